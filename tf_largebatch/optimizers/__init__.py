@@ -1,0 +1,4 @@
+"""Optimizers for large-batch training (Keras 3, TensorFlow backend)."""
+
+from tf_largebatch.optimizers.base import LargeBatchOptimizer
+from tf_largebatch.optimizers.sngm import SNGM

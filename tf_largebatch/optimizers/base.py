@@ -1,0 +1,289 @@
+"""The base class of every tf_largebatch optimizer: all-reduce first.
+
+Keras 3's TensorFlow optimizer clips gradients, applies weight decay and
+accumulates micro-batches on *one replica's partial gradient*, and only then
+all-reduces (``TFOptimizer._backend_update_step``). For large-batch optimizers
+that is wrong twice over: a global gradient norm (SNGM, ``global_clipnorm``) of a
+partial gradient is not the norm of the global gradient, and the GSNR needs the
+per-replica gradients *and* their squares before they are summed away.
+
+``LargeBatchOptimizer`` moves the all-reduce to the front. Inside a replica
+context, per optimizer step:
+
+1. local statistics of this replica's gradient ``h`` (by default ``[h]``; the VR
+   optimizers add ``h**2``) are accumulated over ``gradient_accumulation_steps``
+   micro-batches in replica-local (sync-on-read) variables;
+2. on the update micro-step, :meth:`_reduce_and_update` all-reduces them in one
+   collective and hands the global mean gradient to
+   :meth:`_update_with_reduced_gradients`, which clips it, applies the
+   optimizer's cross-variable transform (e.g. SNGM's global normalisation), and
+   runs ``update_step`` per variable in cross-replica context.
+
+All the Keras private hooks this relies on are overridden in this one module.
+They are checked against the Keras range pinned in ``setup.cfg``.
+"""
+
+import re
+
+import keras
+import tensorflow as tf
+from keras.src import backend as keras_backend
+from keras.src.utils import tracking
+
+from tf_largebatch import validation
+
+_KerasOptimizer = keras.optimizers.Optimizer
+
+
+def _tf_variable(variable):
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def _statistic_dtype(variable):
+    dtype = tf.as_dtype(variable.dtype)
+    return "float32" if dtype in (tf.float16, tf.bfloat16) else dtype.name
+
+
+def densify(gradient):
+    """Sparse (``IndexedSlices``) gradients become dense tensors.
+
+    Trust ratios, global norms and GSNR statistics are functions of the dense
+    gradient (duplicate indices summed), so the package works on dense values;
+    this makes a sparse gradient give exactly the result of its dense twin.
+    """
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.convert_to_tensor(gradient)
+    return gradient
+
+
+class PathPatterns:
+    """Regular expressions matched (``re.search``) against ``variable.path``.
+
+    Keras's own ``exclude_from_weight_decay(var_names=...)`` matches the short
+    name only (``gamma``), so patterns such as ``"LayerNorm"`` or
+    ``"layer_normalization"`` silently match nothing there. Matching the full
+    path (``"encoder/layer_normalization/gamma"``) makes both kinds work.
+    """
+
+    def __init__(self, patterns):
+        self.patterns = list(patterns)
+        self._regex = re.compile("|".join(f"(?:{p})" for p in self.patterns)) if self.patterns else None
+
+    def matches(self, variable):
+        if self._regex is None:
+            return False
+        path = getattr(variable, "path", None) or variable.name
+        return self._regex.search(path) is not None
+
+
+class LargeBatchOptimizer(_KerasOptimizer):
+    """Keras optimizer whose update sees the all-reduced, global-mean gradient.
+
+    Subclasses implement ``build`` (slot variables) and ``update_step`` like any
+    Keras optimizer; they may override :meth:`_transform_reduced_gradients` for a
+    step that needs every variable's gradient at once (a global norm).
+
+    Compared with a plain Keras optimizer, ``clipnorm``, ``global_clipnorm`` and
+    ``clipvalue`` act on the global mean gradient, and gradient accumulation keeps
+    its partial sums in replica-local variables that checkpoint exactly. The
+    ``weight_decay`` of a subclass is the paper's own (coupled or inside the trust
+    ratio) and is applied by the subclass, never by Keras's decoupled rule.
+    """
+
+    def __init__(self, learning_rate, *, weight_decay=None, exclude_from_weight_decay=None, **kwargs):
+        validation.check_learning_rate(learning_rate)
+        validation.check_number("weight_decay", weight_decay, low=0.0, allow_none=True)
+        super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
+        self._weight_decay_exclusions = validation.check_patterns(
+            "exclude_from_weight_decay", exclude_from_weight_decay
+        )
+        self._weight_decay_patterns = PathPatterns(self._weight_decay_exclusions)
+
+    # ------------------------------------------------------------------ build
+    @tracking.no_automatic_dependency_tracking
+    def build(self, variables):
+        # Keras would create mirrored accumulators holding diverged per-replica
+        # values (lost on save/restore); ours are sync-on-read, made below.
+        steps = self.gradient_accumulation_steps
+        self.gradient_accumulation_steps = None
+        try:
+            super().build(variables)
+        finally:
+            self.gradient_accumulation_steps = steps
+        self._local_accumulators = []
+        if steps:
+            for index in range(self._num_local_statistics()):
+                self._local_accumulators.append(
+                    [self._add_local_variable(v, f"local_statistic_{index}") for v in variables]
+                )
+
+    def _add_local_variable(self, reference, name):
+        """A replica-local (sync-on-read, SUM) slot shaped like ``reference``.
+
+        Each replica reads and writes its own copy without communication; a
+        checkpoint saves the sum over replicas and a restore gives every replica
+        ``sum / replicas``, so sums over replicas survive save/restore exactly.
+        """
+        with self._distribution_strategy.extended.colocate_vars_with(_tf_variable(reference)):
+            with keras_backend.name_scope(self.name, caller=self):
+                variable = keras.Variable(
+                    initializer="zeros",
+                    shape=reference.shape,
+                    dtype=_statistic_dtype(reference),
+                    trainable=False,
+                    aggregation="sum",
+                    synchronization="on_read",
+                    name=f"{reference.name}_{name}",
+                )
+        self._track_variable(variable)
+        return variable
+
+    # ------------------------------------------------- Keras hooks we replace
+    def _clip_gradients(self, grads):
+        # Keras calls this on one replica's partial gradient; clipping happens in
+        # `_update_with_reduced_gradients`, on the global mean gradient.
+        return grads
+
+    def _apply_weight_decay(self, variables):
+        # Weight decay is part of each subclass's update rule (coupled, or inside
+        # the trust ratio as the papers define it), never Keras's decoupled one.
+        return
+
+    def _use_weight_decay(self, variable):
+        """Weight decay applies unless excluded by path pattern or by Keras's own API."""
+        if self._weight_decay_patterns.matches(variable):
+            return False
+        return super()._use_weight_decay(variable)
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        grads = [densify(g) for g in grads]
+        steps = self.gradient_accumulation_steps
+        if steps:
+            statistics = self._local_statistics(grads)
+            indices = [self._get_variable_index(v) for v in trainable_variables]
+            accumulators = [[acc[i] for i in indices] for acc in self._local_accumulators]
+            for values, slots in zip(statistics, accumulators):
+                for value, slot in zip(values, slots):
+                    slot.assign_add(tf.cast(value, slot.dtype))
+
+            def update():
+                means = [[slot.value / steps for slot in slots] for slots in accumulators]
+                self._reduce_and_update(means, trainable_variables)
+                for slots in accumulators:
+                    for slot in slots:
+                        slot.assign(tf.zeros_like(slot.value))
+
+            cond_with_collectives(lambda: tf.equal((self._iterations + 1) % steps, 0), update)
+        else:
+            self._reduce_and_update(self._local_statistics(grads), trainable_variables)
+        self._update_ema(trainable_variables)
+
+    def _update_ema(self, trainable_variables):
+        # Same behaviour as BaseOptimizer._backend_apply_gradients' EMA branch.
+        if not self.use_ema:
+            return
+        self._update_model_variables_moving_average(self._trainable_variables)
+        if self.ema_overwrite_frequency:
+            should_overwrite = tf.equal((self.iterations + 1) % self.ema_overwrite_frequency, 0)
+            tf.cond(
+                should_overwrite,
+                lambda: self._overwrite_model_variables_with_average_value(self._trainable_variables),
+                lambda: None,
+            )
+
+    # ------------------------------------------------------ extension points
+    def _num_local_statistics(self):
+        return 1
+
+    def _local_statistics(self, grads):
+        """Per-replica statistics averaged over micro-batches, then all-reduced."""
+        return [grads]
+
+    def _reduce_and_update(self, local_statistics, trainable_variables):
+        """All-reduce (SUM) the replicas' mean gradients, then update."""
+        (local_grads,) = local_statistics
+        reduced = all_reduce_sum(local_grads)
+        self._update_with_reduced_gradients(reduced, trainable_variables)
+
+    def _transform_reduced_gradients(self, grads, trainable_variables):
+        """Cross-variable step on the global mean gradient (default: none)."""
+        return grads
+
+    def _update_with_reduced_gradients(self, grads, trainable_variables):
+        """Clip, transform and apply a gradient that is already the global mean."""
+        grads = _KerasOptimizer._clip_gradients(self, grads)
+        grads = self._transform_reduced_gradients(grads, trainable_variables)
+        run_update_steps(self, grads, trainable_variables)
+
+    # ---------------------------------------------------------------- config
+    def get_config(self):
+        config = super().get_config()
+        config["exclude_from_weight_decay"] = list(self._weight_decay_exclusions)
+        return config
+
+
+def all_reduce_sum(values):
+    """SUM over replicas in one collective; identity without a strategy."""
+    context = tf.distribute.get_replica_context()
+    if context is None or not tf.distribute.has_strategy() or not values:
+        return list(values)
+    return list(context.all_reduce(tf.distribute.ReduceOp.SUM, list(values)))
+
+
+def cond_with_collectives(predicate_fn, true_fn):
+    """``if predicate: true_fn()`` from a replica context, where ``true_fn`` may all-reduce.
+
+    ``MirroredStrategy`` cannot run a collective (a merge call) inside a
+    ``tf.cond`` entered in replica context (Keras's own gradient accumulation
+    fails there for this reason). So: merge into cross-replica context once,
+    branch there, and re-enter the replicas with ``call_for_each_replica`` (the
+    pattern of Keras's ``LossScaleOptimizer``). Strategies without merge calls
+    (TPU, and no strategy at all) branch directly. ``predicate_fn`` must read only
+    replica-invariant state (e.g. the iteration counter).
+    """
+    if not tf.distribute.has_strategy() or tf.__internal__.distribute.strategy_supports_no_merge_call():
+        tf.cond(predicate_fn(), true_fn, lambda: None)
+        return
+
+    def cross_replica(distribution):
+        tf.cond(
+            predicate_fn(),
+            lambda: distribution.extended.call_for_each_replica(true_fn),
+            lambda: None,
+        )
+
+    tf.distribute.get_replica_context().merge_call(cross_replica)
+
+
+def run_update_steps(optimizer, grads, trainable_variables, learning_rate=None):
+    """Runs ``optimizer.update_step`` on every variable, in cross-replica context.
+
+    The gradients must already be identical on every replica (all-reduced). This
+    is Keras's own ``_distributed_tf_update_step`` reached through one merge call.
+    """
+    if learning_rate is None:
+        learning_rate = optimizer.learning_rate
+    grads_and_vars = [(g, _tf_variable(v)) for g, v in zip(grads, trainable_variables)]
+    tf.__internal__.distribute.interim.maybe_merge_call(
+        optimizer._distributed_tf_update_step,
+        optimizer._distribution_strategy,
+        grads_and_vars,
+        learning_rate,
+    )
+
+
+def apply_reduced_gradients(optimizer, grads, trainable_variables):
+    """Applies global-mean gradients with any Keras optimizer, without re-reducing.
+
+    For a :class:`LargeBatchOptimizer` this is its own reduced-gradient path; for
+    any other Keras optimizer (``SGD``, ``Adam``, ``AdamW``, ``Lion``, ...) it is
+    that optimizer's ``apply`` minus the all-reduce: clipping, decoupled weight
+    decay, ``update_step`` per variable, and the iteration counter.
+    """
+    if isinstance(optimizer, LargeBatchOptimizer):
+        optimizer._update_with_reduced_gradients(grads, trainable_variables)
+    else:
+        grads = optimizer._clip_gradients(grads)
+        optimizer._apply_weight_decay(trainable_variables)
+        run_update_steps(optimizer, grads, trainable_variables)
+    optimizer._iterations.assign_add(1)
