@@ -149,6 +149,13 @@ class LargeBatchOptimizer(_KerasOptimizer):
         # the trust ratio as the papers define it), never Keras's decoupled one.
         return
 
+    def _get_current_learning_rate(self):
+        # Keras evaluates a schedule at the micro-step counter `_iterations`;
+        # under gradient accumulation ours count real updates (`iterations`).
+        if isinstance(self._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+            return self._learning_rate(self.iterations)
+        return super()._get_current_learning_rate()
+
     def _use_weight_decay(self, variable):
         """Weight decay applies unless excluded by path pattern or by Keras's own API."""
         if self._weight_decay_patterns.matches(variable):
