@@ -117,12 +117,15 @@ class LargeBatchOptimizer(_KerasOptimizer):
                     [self._add_local_variable(v, f"local_statistic_{index}") for v in variables]
                 )
 
-    def _add_local_variable(self, reference, name):
-        """A replica-local (sync-on-read, SUM) slot shaped like ``reference``.
+    def _add_local_variable(self, reference, name, aggregation="sum"):
+        """A replica-local (sync-on-read) slot shaped like ``reference``, float32 or wider.
 
-        Each replica reads and writes its own copy without communication; a
-        checkpoint saves the sum over replicas and a restore gives every replica
-        ``sum / replicas``, so sums over replicas survive save/restore exactly.
+        Each replica reads and writes its own copy without communication. With
+        ``aggregation="sum"`` a checkpoint saves the sum over replicas and a
+        restore gives every replica ``sum / replicas``, so sums over replicas
+        (partial gradient sums) survive save/restore exactly, even onto another
+        number of replicas. With ``"mean"`` it suits state that every replica
+        computes identically (restored unchanged).
         """
         with self._distribution_strategy.extended.colocate_vars_with(_tf_variable(reference)):
             with keras_backend.name_scope(self.name, caller=self):
@@ -131,7 +134,7 @@ class LargeBatchOptimizer(_KerasOptimizer):
                     shape=reference.shape,
                     dtype=_statistic_dtype(reference),
                     trainable=False,
-                    aggregation="sum",
+                    aggregation=aggregation,
                     synchronization="on_read",
                     name=f"{reference.name}_{name}",
                 )
