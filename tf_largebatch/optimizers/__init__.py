@@ -1,6 +1,7 @@
 """Optimizers for large-batch training (Keras 3, TensorFlow backend)."""
 
 from tf_largebatch.optimizers.base import LargeBatchOptimizer
+from tf_largebatch.optimizers.curvature import MCLR, PercentDelta
 from tf_largebatch.optimizers.lamb import LAMB
 from tf_largebatch.optimizers.lars import LARS
 from tf_largebatch.optimizers.layerwise import LayerwiseAdagrad, LayerwiseAdam, LayerwiseRMSprop, LayerwiseSGD
