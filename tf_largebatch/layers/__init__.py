@@ -1,0 +1,5 @@
+"""Layers of the large-batch recipe."""
+
+from tf_largebatch.layers.ghost_batch_norm import GhostBatchNormalization
+
+__all__ = ["GhostBatchNormalization"]
