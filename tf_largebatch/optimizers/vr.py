@@ -261,7 +261,7 @@ class _NamedVR(VR):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        return keras.optimizers.Optimizer.from_config.__func__(cls, config, custom_objects=custom_objects)
+        return keras.optimizers.Optimizer.from_config.__func__(cls, dict(config), custom_objects=custom_objects)
 
 
 def _named_vr(class_name, inner_class, default_gsnr_momentum, default_learning_rate, inner_defaults=None, doc=""):

@@ -1,0 +1,446 @@
+"""The VR family against a NumPy implementation of the VRGD paper, and its replica paths.
+
+The reference below is written from Algorithms 1, 3 and 5 of
+``shared/papers/vrgd_gsnr_large_batch.txt``; the inner update rules come from
+``tests/reference_optimizers.py``. Nothing here imports the package's GSNR code.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import reference_optimizers as ref
+import tf_largebatch.optimizers as tlb_opt
+
+# ----------------------------------------------------------- NumPy reference
+
+
+def np_gsnr_factor(samples, gamma, upper=1.0):
+    """Algorithm 1 lines 'Compute gradient variance' .. 'Confine max/min' for one variable.
+
+    Only the non-degenerate case (every element has variance > 0) is written
+    from the paper; degenerate cases have their own tests.
+    """
+    samples = np.asarray(samples, np.float64)
+    mean = samples.mean(axis=0)
+    variance = (samples**2).mean(axis=0) - mean**2
+    assert np.all(variance > 0), "reference covers the non-degenerate case"
+    r = mean**2 / variance
+    r = r / r.mean()
+    return np.clip(r, gamma, upper), mean
+
+
+class NumpyVR:
+    """VR-X for a list of variables: GSNR factor -> GSNR momentum -> inner rule."""
+
+    def __init__(self, inner_step, gamma=0.1, beta3=0.0, upper=1.0, **inner_hp):
+        self.inner_step = inner_step
+        self.gamma, self.beta3, self.upper = gamma, beta3, upper
+        self.inner_hp = inner_hp
+        self.t = 0
+        self.p = None
+        self.state = None
+
+    def adapted_gradients(self, samples_per_variable):
+        self.t += 1
+        out = []
+        if self.p is None:
+            self.p = [0.0] * len(samples_per_variable)
+        for i, samples in enumerate(samples_per_variable):
+            r, mean = np_gsnr_factor(samples, self.gamma, self.upper)
+            self.p[i] = self.beta3 * self.p[i] + (1 - self.beta3) * r
+            p_hat = self.p[i] / (1 - self.beta3**self.t)
+            out.append(p_hat * mean)
+        return out
+
+    def step(self, weights, samples_per_variable, lr):
+        adapted = self.adapted_gradients(samples_per_variable)
+        if self.state is None:
+            self.state = [None] * len(weights)
+        new = []
+        for i, (w, g) in enumerate(zip(weights, adapted)):
+            self.state[i], w = self.inner_step(self.state[i], w, g, lr, **self.inner_hp)
+            new.append(w)
+        return new
+
+
+# VR variant -> (constructor kwargs, NumPy inner step, its hyperparameters, beta3)
+VARIANTS = {
+    "VRSGD": (dict(learning_rate=0.1), ref.sgd_momentum_step, dict(momentum=0.0), 0.0),
+    "VRMomentum": (dict(learning_rate=0.05, momentum=0.9), ref.sgd_momentum_step, dict(momentum=0.9), 0.0),
+    "VRAdam": (dict(learning_rate=0.01, epsilon=1e-7), ref.adam_step, dict(epsilon=1e-7), 0.9),
+    "VRLAMB": (dict(learning_rate=0.01, weight_decay=0.01, epsilon=1e-6), ref.lamb_step,
+               dict(weight_decay=0.01, epsilon=1e-6), 0.9),
+    "VRLARS": (dict(learning_rate=0.5, momentum=0.9, weight_decay=1e-3, trust_coefficient=0.01),
+               ref.lars_step, dict(momentum=0.9, weight_decay=1e-3, trust_coefficient=0.01), 0.0),
+}
+
+SHAPES = [(1,), (7,), (4, 5), (3, 3, 2, 4)]
+NUM_SAMPLES = 4
+NUM_STEPS = 5
+
+
+def make_samples(rng, shapes, num_steps, k, scale=1.0):
+    """samples[t][v] has shape (k, *shape): k gradient samples of variable v at step t."""
+    return [
+        [scale * (rng.normal(size=(k,) + s) + rng.normal(size=s)) for s in shapes]
+        for _ in range(num_steps)
+    ]
+
+
+def make_variables(rng, shapes):
+    return [keras.Variable(rng.normal(size=s).astype("float32"), name=f"w{i}") for i, s in enumerate(shapes)]
+
+
+def run_accumulated(optimizer, variables, samples):
+    """Feeds each sample as one micro-batch on a single device (k = accumulation steps)."""
+    for step_samples in samples:
+        k = step_samples[0].shape[0]
+        for i in range(k):
+            optimizer.apply([tf.constant(s[i], tf.float32) for s in step_samples], variables)
+    return [v.numpy() for v in variables]
+
+
+def numpy_trajectory(name, weights, samples, gamma=0.1, upper=1.0):
+    kwargs, inner_step, inner_hp, beta3 = VARIANTS[name]
+    vr = NumpyVR(inner_step, gamma=gamma, beta3=beta3, upper=upper, **inner_hp)
+    ws = [np.asarray(w, np.float64) for w in weights]
+    for step_samples in samples:
+        ws = vr.step(ws, step_samples, kwargs["learning_rate"])
+    return ws
+
+
+# ------------------------------------------------------------------- math
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+@pytest.mark.parametrize("upper", [1.0, 3.0])
+def test_variant_matches_numpy_reference(name, upper):
+    rng = np.random.default_rng(7)
+    variables = make_variables(rng, SHAPES)
+    initial = [v.numpy() for v in variables]
+    samples = make_samples(rng, SHAPES, NUM_STEPS, NUM_SAMPLES)
+    kwargs = VARIANTS[name][0]
+    optimizer = getattr(tlb_opt, name)(
+        gradient_accumulation_steps=NUM_SAMPLES, gsnr_upper_bound=upper, **kwargs
+    )
+    got = run_accumulated(optimizer, variables, samples)
+    expected = numpy_trajectory(name, initial, samples, upper=upper)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+    assert int(optimizer.iterations) == NUM_STEPS
+
+
+def test_vr_wraps_any_keras_optimizer():
+    """The generic wrapper around Keras's own AdamW (decoupled weight decay on g_hat)."""
+    rng = np.random.default_rng(3)
+    variables = make_variables(rng, SHAPES[:3])
+    initial = [v.numpy() for v in variables]
+    samples = make_samples(rng, SHAPES[:3], NUM_STEPS, 2)
+    inner = keras.optimizers.AdamW(learning_rate=0.01, weight_decay=0.05)
+    optimizer = tlb_opt.VR(inner, gamma=0.2, gsnr_momentum=0.5, gradient_accumulation_steps=2)
+    got = run_accumulated(optimizer, variables, samples)
+
+    vr = NumpyVR(None, gamma=0.2, beta3=0.5)
+    ws = [np.asarray(w, np.float64) for w in initial]
+    states = [None] * len(ws)
+    for step_samples in samples:
+        adapted = vr.adapted_gradients(step_samples)
+        ws = [w * (1 - 0.01 * 0.05) for w in ws]  # AdamW: decoupled decay before the Adam step
+        for i, g in enumerate(adapted):
+            states[i], ws[i] = ref.adam_step(states[i], ws[i], g, 0.01)
+    for g, e in zip(got, ws):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("inner_factory", [
+    lambda: keras.optimizers.Adam(0.01),
+    lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+    lambda: keras.optimizers.Lion(0.001),
+])
+def test_gamma_one_gives_the_inner_optimizer_exactly(inner_factory):
+    """The paper's sanity check: gamma = 1 clips every factor to 1, so VR-X == X."""
+    rng = np.random.default_rng(11)
+    shapes = SHAPES[1:3]
+    samples = make_samples(rng, shapes, NUM_STEPS, 3)
+    start = [rng.normal(size=s).astype("float32") for s in shapes]
+
+    vr_vars = [keras.Variable(w) for w in start]
+    run_accumulated(tlb_opt.VR(inner_factory(), gamma=1.0, gradient_accumulation_steps=3), vr_vars, samples)
+
+    plain_vars = [keras.Variable(w) for w in start]
+    plain = inner_factory()
+    for step_samples in samples:
+        plain.apply([tf.constant(s.mean(axis=0), tf.float32) for s in step_samples], plain_vars)
+    for a, b in zip(vr_vars, plain_vars):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e-3, 1e3, 1e6])
+def test_scale_free(scale):
+    """Multiplying every gradient by c changes nothing but the scale of g_hat."""
+    rng = np.random.default_rng(5)
+    shapes = SHAPES[1:]
+    base_samples = make_samples(rng, shapes, 1, NUM_SAMPLES)
+    steps = {}
+    for c in (1.0, scale):
+        variables = [keras.Variable(np.zeros(s, np.float32)) for s in shapes]
+        samples = [[c * s for s in step] for step in base_samples]
+        run_accumulated(tlb_opt.VRSGD(learning_rate=1.0, gradient_accumulation_steps=NUM_SAMPLES), variables,
+                        samples)
+        steps[c] = [-v.numpy() / c for v in variables]  # g_hat / c
+    for a, b in zip(steps[1.0], steps[scale]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7 * np.abs(a).max())
+
+
+# ------------------------------------------------------------ degenerate
+
+
+def test_identical_samples_give_the_upper_bound_factor():
+    """sigma^2 = 0 everywhere (identical replicas): factor = upper bound, finite."""
+    rng = np.random.default_rng(2)
+    g = rng.normal(size=(4, 3)).astype("float32")
+    for upper in (1.0, 2.0):
+        variable = keras.Variable(np.zeros((4, 3), np.float32))
+        optimizer = tlb_opt.VRSGD(learning_rate=1.0, gsnr_upper_bound=upper, gradient_accumulation_steps=2)
+        run_accumulated(optimizer, [variable], [[np.stack([g, g])]])
+        np.testing.assert_allclose(variable.numpy(), -upper * g, rtol=1e-6)
+        stats = optimizer.gradient_statistics()[variable.path]
+        assert stats["variance"] == 0.0 and stats["fraction_at_upper"] == 1.0
+
+
+def test_partially_identical_samples_are_finite_and_normalised_without_them():
+    """Elements with zero variance get the upper bound; the others are normalised among themselves."""
+    rng = np.random.default_rng(4)
+    samples = rng.normal(size=(4, 10)) + 0.5
+    samples[:, :3] = samples[0, :3]  # three elements with identical samples
+    variable = keras.Variable(np.zeros(10, np.float32))
+    run_accumulated(tlb_opt.VRSGD(learning_rate=1.0, gamma=0.1, gradient_accumulation_steps=4), [variable],
+                    [[samples]])
+    factor, mean = np_gsnr_factor(samples[:, 3:], 0.1)
+    expected = np.concatenate([samples[0, :3], factor * mean])
+    np.testing.assert_allclose(-variable.numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_zero_gradients_and_single_element_variables_are_finite():
+    """A zero gradient gives a zero step; a single element has normalised GSNR 1 (the base step)."""
+    rng = np.random.default_rng(8)
+    zero = keras.Variable(np.ones((3, 2), np.float32))
+    single = keras.Variable(np.zeros((1,), np.float32))
+    optimizer = tlb_opt.VRAdam(learning_rate=0.1, gradient_accumulation_steps=2)
+    single_samples = rng.normal(size=(2, 1))
+    for _ in range(3):
+        run_accumulated(optimizer, [zero, single], [[np.zeros((2, 3, 2)), single_samples]])
+    np.testing.assert_array_equal(zero.numpy(), np.ones((3, 2), np.float32))
+    state = [None]
+    w = np.zeros(1)
+    for _ in range(3):
+        state[0], w = ref.adam_step(state[0], w, single_samples.mean(axis=0), 0.1)
+    np.testing.assert_allclose(single.numpy(), w, rtol=1e-5)
+    for stats in optimizer.gradient_statistics().values():
+        assert all(np.isfinite(list(stats.values())))
+
+
+def test_a_single_sample_is_a_clear_error():
+    variable = keras.Variable(np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=r"k >= 2.*gradient_accumulation_steps >= 2"):
+        tlb_opt.VRSGD(learning_rate=0.1).apply([tf.ones(3)], [variable])
+
+
+@pytest.mark.parametrize("bad", [
+    dict(gamma=0.0), dict(gamma=1.5), dict(gsnr_momentum=1.0), dict(gsnr_momentum=-0.1),
+    dict(gamma=0.5, gsnr_upper_bound=0.4),
+])
+def test_bad_hyperparameters_name_the_argument(bad):
+    name = next(iter(bad)) if "gsnr_upper_bound" not in bad else "gsnr_upper_bound"
+    with pytest.raises(ValueError, match=name):
+        tlb_opt.VRSGD(learning_rate=0.1, **bad)
+
+
+def test_inner_arguments_belong_to_the_inner_optimizer():
+    with pytest.raises(ValueError, match="clipnorm"):
+        tlb_opt.VR(keras.optimizers.SGD(0.1), clipnorm=1.0)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        tlb_opt.VR(keras.optimizers.SGD(0.1, gradient_accumulation_steps=2))
+
+
+# ------------------------------------------------------------ replicas
+
+
+def run_replicated(strategy, make_optimizer, start, samples, accumulation):
+    """Each replica d feeds h = g_d / R (Keras's convention) for micro-batch a."""
+    num_replicas = strategy.num_replicas_in_sync
+    with strategy.scope():
+        variables = [keras.Variable(w) for w in start]
+        optimizer = make_optimizer()
+        optimizer.build(variables)
+
+    @tf.function
+    def micro_step(per_replica):
+        strategy.run(lambda grads: optimizer.apply(grads, variables), args=(per_replica,))
+
+    for step_samples in samples:
+        for a in range(accumulation):
+            def value_fn(context, a=a):
+                d = context.replica_id_in_sync_group
+                sample = d * accumulation + a
+                return [tf.constant(s[sample] / num_replicas, tf.float32) for s in step_samples]
+
+            micro_step(strategy.experimental_distribute_values_from_function(value_fn))
+    return [v.numpy() for v in variables], optimizer
+
+
+@pytest.mark.parametrize("name", ["VRAdam", "VRLARS"])
+@pytest.mark.parametrize("replicas,accumulation", [(4, 1), (2, 2)])
+def test_replicas_equal_single_device_on_the_same_samples(name, replicas, accumulation, mirrored):
+    rng = np.random.default_rng(13)
+    shapes = SHAPES
+    start = [rng.normal(size=s).astype("float32") for s in shapes]
+    samples = make_samples(rng, shapes, 3, 4)
+    kwargs = VARIANTS[name][0]
+
+    single = [keras.Variable(w) for w in start]
+    run_accumulated(getattr(tlb_opt, name)(gradient_accumulation_steps=4, **kwargs), single, samples)
+
+    extra = {"gradient_accumulation_steps": accumulation} if accumulation > 1 else {}
+    got, optimizer = run_replicated(
+        mirrored(replicas), lambda: getattr(tlb_opt, name)(**kwargs, **extra), start, samples, accumulation
+    )
+    assert optimizer.num_gradient_samples == 4
+    for g, s in zip(got, single):
+        np.testing.assert_allclose(g, s.numpy(), rtol=1e-4, atol=1e-5)
+    expected = numpy_trajectory(name, start, samples)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_one_all_reduce_per_step_carries_both_moments(mirrored, monkeypatch):
+    """Exactly one all-reduce call per replica per update, carrying 2 x (number of variables) tensors."""
+    calls = []
+    original = tf.distribute.ReplicaContext.all_reduce
+
+    def counting_all_reduce(self, reduce_op, value, options=None):
+        calls.append(len(tf.nest.flatten(value)))
+        return original(self, reduce_op, value, options)
+
+    monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", counting_all_reduce)
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=s).astype("float32") for s in SHAPES]
+    run_replicated(mirrored(2), lambda: tlb_opt.VRLAMB(learning_rate=0.01), start,
+                   make_samples(rng, SHAPES, 2, 2), 1)
+    # One traced call per replica (the function is traced once and reused).
+    assert calls == [2 * len(SHAPES)] * 2
+
+
+def test_fit_replicas_accumulation_and_both_agree(mirrored):
+    """model.fit: 4 replicas == 1 device x 4 micro-batches == 2 replicas x 2 micro-batches."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5)).astype("float32")
+    y = rng.normal(size=(64, 3)).astype("float32")
+
+    def fit(replicas, accumulation):
+        strategy = mirrored(replicas) if replicas > 1 else tf.distribute.get_strategy()
+        with strategy.scope():
+            keras.utils.set_random_seed(1)
+            model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="tanh"),
+                                      keras.layers.Dense(3)])
+            extra = {"gradient_accumulation_steps": accumulation} if accumulation > 1 else {}
+            model.compile(optimizer=tlb_opt.VRLAMB(learning_rate=0.01, **extra), loss="mse")
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16 // accumulation)
+        model.fit(data, epochs=2, verbose=0, shuffle=False)
+        return [w.numpy() for w in model.trainable_weights]
+
+    reference = fit(4, 1)
+    for replicas, accumulation in [(1, 4), (2, 2)]:
+        for a, b in zip(reference, fit(replicas, accumulation)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------ checkpoints
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_checkpoint_mid_accumulation_restores_the_same_trajectory(replicas, mirrored, tmp_path):
+    """Saved after an odd number of micro-steps (partial sums pending), restored into fresh objects."""
+    rng = np.random.default_rng(21)
+    start = [rng.normal(size=s).astype("float32") for s in SHAPES[1:3]]
+    samples = make_samples(rng, SHAPES[1:3], 4, 4)
+    accumulation = 4 // replicas
+    strategy = mirrored(replicas) if replicas > 1 else tf.distribute.get_strategy()
+
+    def make():
+        with strategy.scope():
+            variables = [keras.Variable(w) for w in start]
+            optimizer = tlb_opt.VRAdam(learning_rate=0.01, gradient_accumulation_steps=accumulation)
+        return variables, optimizer
+
+    def micro_steps(variables, optimizer, pairs):
+        @tf.function
+        def micro_step(per_replica):
+            strategy.run(lambda grads: optimizer.apply(grads, variables), args=(per_replica,))
+
+        for t, a in pairs:
+            def value_fn(context, t=t, a=a):
+                sample = context.replica_id_in_sync_group * accumulation + a
+                return [tf.constant(s[sample] / replicas, tf.float32) for s in samples[t]]
+
+            micro_step(strategy.experimental_distribute_values_from_function(value_fn))
+
+    schedule = [(t, a) for t in range(4) for a in range(accumulation)]
+    cut = len(schedule) // 2 + 1 if accumulation > 1 else len(schedule) // 2
+
+    straight_vars, straight_opt = make()
+    micro_steps(straight_vars, straight_opt, schedule)
+
+    first_vars, first_opt = make()
+    micro_steps(first_vars, first_opt, schedule[:cut])
+    # Under MirroredStrategy the variables are built lazily inside strategy.run: build before saving.
+    path = tf.train.Checkpoint(variables=first_vars, optimizer=first_opt).save(str(tmp_path / "ckpt"))
+
+    resumed_vars, resumed_opt = make()
+    with strategy.scope():
+        resumed_opt.build(resumed_vars)
+    tf.train.Checkpoint(variables=resumed_vars, optimizer=resumed_opt).restore(path).assert_consumed()
+    micro_steps(resumed_vars, resumed_opt, schedule[cut:])
+    for a, b in zip(straight_vars, resumed_vars):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------ Keras surface
+
+
+def test_serialization_round_trip_of_wrapper_and_variants():
+    wrapper = tlb_opt.VR(keras.optimizers.Lion(0.002), gamma=0.2, gsnr_momentum=0.5, gsnr_upper_bound=2.0,
+                         gradient_accumulation_steps=2)
+    clone = keras.optimizers.deserialize(keras.optimizers.serialize(wrapper))
+    assert isinstance(clone.inner_optimizer, keras.optimizers.Lion)
+    assert clone.get_config() == wrapper.get_config()
+
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9)
+    variant = tlb_opt.VRAdam(learning_rate=schedule, beta_1=0.8, gamma=0.3, weight_decay=0.01,
+                             gradient_accumulation_steps=3)
+    config = variant.get_config()
+    assert config["beta_1"] == 0.8 and config["gradient_accumulation_steps"] == 3
+    clone = tlb_opt.VRAdam.from_config(config)
+    assert keras.optimizers.serialize(clone) == keras.optimizers.serialize(variant)
+    assert clone.inner_optimizer.weight_decay == 0.01
+
+
+def test_statistics_are_readable_and_match_the_samples():
+    rng = np.random.default_rng(9)
+    variables = make_variables(rng, SHAPES[1:3])
+    samples = make_samples(rng, SHAPES[1:3], 1, 4)
+    optimizer = tlb_opt.VRSGD(learning_rate=0.1, gradient_accumulation_steps=4)
+    run_accumulated(optimizer, variables, samples)
+    stats = optimizer.gradient_statistics()
+    assert optimizer.num_gradient_samples == 4
+    for variable, s in zip(variables, samples[0]):
+        mean = s.mean(axis=0)
+        variance = (s**2).mean(axis=0) - mean**2
+        got = stats[variable.path]
+        np.testing.assert_allclose(got["mean_square"], np.sum(mean**2), rtol=1e-5)
+        np.testing.assert_allclose(got["variance"], np.sum(variance), rtol=1e-5)
+        np.testing.assert_allclose(got["gsnr_mean"], np.mean(mean**2 / variance), rtol=1e-4)
+        factor, _ = np_gsnr_factor(s, 0.1)
+        np.testing.assert_allclose(got["fraction_at_lower"], np.mean(factor <= 0.1), atol=1e-6)
