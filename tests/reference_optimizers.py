@@ -357,3 +357,94 @@ def run(step, weights, gradients, lr, num_steps=None, **hp):
         state, ws = step(state, ws, [_f(g) for g in gs], lr_t, **hp)
         history.append([w.copy() for w in ws])
     return history
+
+
+# ------------------------------------------------- driving a Keras optimizer
+# (Test harness, not a reference: it runs any Keras optimizer on the same inputs.)
+
+
+def make_variables(weights, paths=None):
+    """``keras.Variable``s (float32) holding ``weights``, named by ``paths``.
+
+    ``paths`` such as ``"encoder/layer_normalization/gamma"`` become nested
+    ``keras.name_scope``s, so ``variable.path`` is exactly that string.
+    """
+    import keras
+
+    if paths is None:
+        paths = [f"variable_{i}" for i in range(len(weights))]
+    variables = []
+    for weight, path in zip(weights, paths):
+        *scopes, name = path.split("/")
+        scope_stack = [keras.name_scope(s) for s in scopes]
+        for scope in scope_stack:
+            scope.__enter__()
+        try:
+            variables.append(keras.Variable(np.asarray(weight, dtype=np.float32), name=name))
+        finally:
+            for scope in reversed(scope_stack):
+                scope.__exit__(None, None, None)
+    return variables
+
+
+def run_keras(optimizer, weights, gradients, num_steps=None, paths=None, compiled=False):
+    """Runs ``optimizer.apply(grads, variables)`` step by step, like :func:`run`.
+
+    Args:
+        optimizer: any Keras optimizer.
+        weights, gradients, num_steps: as in :func:`run` (a gradient function
+            receives the current weights as float64 arrays).
+        paths: optional variable paths (see :func:`make_variables`).
+        compiled: run each step in a ``tf.function`` instead of eagerly.
+
+    Returns:
+        ``(history, variables)``: weights (float64 copies) after each step, and the
+        ``keras.Variable``s.
+    """
+    import tensorflow as tf
+
+    variables = make_variables(weights, paths)
+    optimizer.build(variables)
+
+    def apply(grads):
+        optimizer.apply(grads, variables)
+
+    if compiled:
+        apply = tf.function(apply)
+    history = []
+    steps = len(gradients) if num_steps is None else num_steps
+    for t in range(steps):
+        ws = [v.numpy().astype(np.float64) for v in variables]
+        gs = gradients(t, ws) if callable(gradients) else gradients[t]
+        apply([tf.constant(np.asarray(g, dtype=np.float32)) for g in gs])
+        history.append([v.numpy().astype(np.float64) for v in variables])
+    return history, variables
+
+
+def random_problem(steps=6, seed=0):
+    """Weights and per-step gradients that exercise trust ratios far from 1 and zero norms.
+
+    Six variables: a ``(1,)`` scalar-like weight with tiny gradients (ratio >> 1),
+    a vector of tiny weights with huge gradients (ratio << 1), a matrix, a conv
+    kernel ``(3, 3, 2, 4)`` whose gradient is all zero at step 2, a zero-initialised
+    bias (``||w|| = 0``), and a matrix whose gradient is always zero.
+    """
+    rng = np.random.default_rng(seed)
+    specs = [  # (shape, weight scale, gradient scale)
+        ((1,), None, 1e-3),
+        ((7,), 0.01, 10.0),
+        ((4, 3), 1.0, 0.1),
+        ((3, 3, 2, 4), 0.1, 1.0),
+        ((5,), 0.0, 1.0),
+        ((2, 3), 1.0, 0.0),
+    ]
+    weights = []
+    for shape, w_scale, _ in specs:
+        weights.append(np.array([3.0]) if w_scale is None else w_scale * rng.normal(size=shape))
+    gradients = []
+    for t in range(steps):
+        gs = [g_scale * rng.normal(size=shape) for shape, _, g_scale in specs]
+        if t == 2:
+            gs[3] = np.zeros_like(gs[3])
+        gradients.append(gs)
+    return weights, gradients
