@@ -1,0 +1,162 @@
+"""LAMB against the NumPy reference and against keras.optimizers.Lamb."""
+
+import keras
+import numpy as np
+import pytest
+
+import reference_optimizers as ref
+from tf_largebatch.optimizers import LAMB
+
+RTOL, ATOL = 2e-5, 2e-6
+
+
+def assert_histories_close(actual, expected, rtol=RTOL, atol=ATOL):
+    assert len(actual) == len(expected)
+    for step, (a_step, e_step) in enumerate(zip(actual, expected)):
+        for index, (a, e) in enumerate(zip(a_step, e_step)):
+            np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=f"step {step}, variable {index}")
+
+
+LAMB_CASES = [
+    dict(),
+    dict(weight_decay=0.01),
+    dict(weight_decay=0.1, trust_ratio_bounds=(0.5, 2.0)),
+    dict(trust_ratio_bounds=(0.01, 0.05), beta_1=0.5, beta_2=0.9, epsilon=1e-3),
+]
+
+
+@pytest.mark.parametrize("case", LAMB_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_lamb_matches_reference(case):
+    weights, gradients = ref.random_problem(steps=6)
+    lr = 0.05
+    history, _ = ref.run_keras(LAMB(learning_rate=lr, **case), weights, gradients)
+    kwargs = dict(case)
+    if "trust_ratio_bounds" in kwargs:
+        kwargs["bounds"] = kwargs.pop("trust_ratio_bounds")
+    expected = ref.run(ref.per_variable(ref.lamb_step), weights, gradients, lr, **kwargs)
+    assert_histories_close(history, expected)
+    assert all(np.all(np.isfinite(w)) for w in history[-1])
+
+
+def test_reference_problem_has_far_from_one_ratios():
+    weights, gradients = ref.random_problem(steps=1)
+    ratios = [ref.lamb_step(None, w, g, 0.05, weight_decay=0.01)[0]["last_ratio"]
+              for w, g in zip(weights, gradients[0])]
+    assert max(ratios) > 1.5 and min(ratios) < 0.05
+    ratios = [ref.lamb_step(None, w, g, 0.05)[0]["last_ratio"] for w, g in zip(weights, gradients[0])]
+    assert ratios[4] == 1.0 and ratios[5] == 1.0  # zero weight norm; zero update norm
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_agrees_with_keras_lamb_when_configured_alike(compiled):
+    """keras.optimizers.Lamb is an independent implementation of the same Algorithm 2."""
+    weights, gradients = ref.random_problem(steps=6, seed=3)
+    ours, _ = ref.run_keras(LAMB(0.05, epsilon=1e-6), weights, gradients, compiled=compiled)
+    theirs, _ = ref.run_keras(keras.optimizers.Lamb(0.05, epsilon=1e-6), weights, gradients, compiled=compiled)
+    assert_histories_close(ours, theirs)
+
+
+def test_weight_decay_is_inside_the_trust_ratio_not_decoupled():
+    """Decay inside the ratio differs from Keras's decoupled weight decay on the same Lamb."""
+    weights, gradients = ref.random_problem(steps=4)
+    ours, _ = ref.run_keras(LAMB(0.05, weight_decay=0.1), weights, gradients)
+    decoupled, _ = ref.run_keras(keras.optimizers.Lamb(0.05, epsilon=1e-6, weight_decay=0.1), weights, gradients)
+    assert not np.allclose(ours[-1][2], decoupled[-1][2], rtol=1e-4)
+
+
+# ------------------------------------------------------------------ NVLAMB
+def test_nvlamb_global_norm_clipping_matches_reference():
+    weights, gradients = ref.random_problem(steps=6)
+    # Global gradient norms are ~30 here: clipping at 5 is active on every step.
+    optimizer = LAMB(0.05, weight_decay=0.01, clip_global_norm_before_moments=5.0)
+    history, _ = ref.run_keras(optimizer, weights, gradients)
+    expected = ref.run(ref.nvlamb_step, weights, gradients, 0.05, max_norm=5.0, weight_decay=0.01)
+    assert_histories_close(history, expected)
+    # Clipping changes the result (epsilon and the moments see the clipped scale).
+    unclipped = ref.run(ref.per_variable(ref.lamb_step), weights, gradients, 0.05, weight_decay=0.01)
+    assert not np.allclose(expected[-1][2], unclipped[-1][2], rtol=1e-4)
+
+
+def test_nvlamb_clipping_is_inactive_below_the_threshold():
+    weights, gradients = ref.random_problem(steps=4)
+    clipped, _ = ref.run_keras(LAMB(0.05, clip_global_norm_before_moments=1e6), weights, gradients)
+    plain, _ = ref.run_keras(LAMB(0.05), weights, gradients)
+    assert_histories_close(clipped, plain, rtol=1e-6, atol=1e-7)
+
+
+def test_nvlamb_clipping_equals_global_clipnorm_on_the_reduced_gradient():
+    """Both divide the all-reduced gradient by max(1, ||g|| / max_norm)."""
+    weights, gradients = ref.random_problem(steps=4)
+    a, _ = ref.run_keras(LAMB(0.05, clip_global_norm_before_moments=2.0), weights, gradients)
+    b, _ = ref.run_keras(LAMB(0.05, global_clipnorm=2.0), weights, gradients)
+    assert_histories_close(a, b)
+
+
+# ----------------------------------------------------- exclusions, steps, config
+PATHS = [
+    "encoder/dense/kernel",
+    "encoder/dense/bias",
+    "encoder/layer_normalization/gamma",
+    "encoder/conv/kernel",
+    "encoder/conv/bias",
+    "encoder/layer_normalization/beta",
+]
+
+
+def test_exclusions_match_variable_path():
+    weights, gradients = ref.random_problem(steps=5)
+    optimizer = LAMB(
+        0.05,
+        weight_decay=0.1,
+        exclude_from_weight_decay=["bias", "layer_normalization"],
+        exclude_from_layer_adaptation=["layer_normalization"],
+    )
+    history, _ = ref.run_keras(optimizer, weights, gradients, paths=PATHS)
+    decay_mask = [True, False, False, True, False, False]
+    adapt_mask = [True, True, False, True, True, False]
+    step = ref.per_variable(ref.lamb_step, adapt_mask=adapt_mask, decay_mask=decay_mask)
+    assert_histories_close(history, ref.run(step, weights, gradients, 0.05, weight_decay=0.1))
+
+
+def test_bias_correction_counts_real_updates_under_gradient_accumulation():
+    """With 2 micro-batches per update, t in (1 - beta**t) is the update count."""
+    weights, gradients = ref.random_problem(steps=4)
+    micro = []
+    for gs in gradients:  # two micro-batch gradients whose mean is gs
+        micro.append([1.5 * g for g in gs])
+        micro.append([0.5 * g for g in gs])
+    accumulated, _ = ref.run_keras(LAMB(0.05, weight_decay=0.01, gradient_accumulation_steps=2), weights, micro)
+    expected = ref.run(ref.per_variable(ref.lamb_step), weights, gradients, 0.05, weight_decay=0.01)
+    assert_histories_close(accumulated[1::2], expected)
+
+
+def test_config_round_trip():
+    optimizer = LAMB(
+        0.002, beta_1=0.8, beta_2=0.99, epsilon=1e-7, weight_decay=0.01, trust_ratio_bounds=(0.1, 5.0),
+        exclude_from_weight_decay=["bias", "LayerNorm"], exclude_from_layer_adaptation=["LayerNorm"],
+        clip_global_norm_before_moments=1.0,
+    )
+    config = optimizer.get_config()
+    assert config["exclude_from_weight_decay"] == ["bias", "LayerNorm"]
+    assert config["exclude_from_layer_adaptation"] == ["LayerNorm"]
+    assert config["clip_global_norm_before_moments"] == 1.0
+    assert LAMB.from_config(config).get_config() == config
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument, value",
+    [
+        (dict(learning_rate=-1.0), "learning_rate", "-1.0"),
+        (dict(beta_1=1.0), "beta_1", "1.0"),
+        (dict(beta_2=-0.1), "beta_2", "-0.1"),
+        (dict(epsilon=-1e-6), "epsilon", "-1e-06"),
+        (dict(trust_ratio_bounds=(3.0, 2.0)), "trust_ratio_bounds", "(3.0, 2.0)"),
+        (dict(trust_ratio_bounds=(0.0, 2.0)), "trust_ratio_bounds", "0.0"),
+        (dict(clip_global_norm_before_moments=0.0), "clip_global_norm_before_moments", "0.0"),
+        (dict(weight_decay=-0.01), "weight_decay", "-0.01"),
+    ],
+)
+def test_bad_hyperparameters_raise_naming_argument_and_value(kwargs, argument, value):
+    with pytest.raises(ValueError) as error:
+        LAMB(**kwargs)
+    assert argument in str(error.value) and value in str(error.value)
