@@ -93,6 +93,10 @@ class LargeBatchOptimizer(_KerasOptimizer):
     def __init__(self, learning_rate, *, weight_decay=None, exclude_from_weight_decay=None, **kwargs):
         validation.check_learning_rate(learning_rate)
         validation.check_number("weight_decay", weight_decay, low=0.0, allow_none=True)
+        # Keras treats 0 as "no accumulation" and accepts 2.5; both are mistakes.
+        validation.check_positive_int(
+            "gradient_accumulation_steps", kwargs.get("gradient_accumulation_steps"), minimum=2, allow_none=True
+        )
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
         self._weight_decay_exclusions = validation.check_patterns(
             "exclude_from_weight_decay", exclude_from_weight_decay

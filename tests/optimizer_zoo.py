@@ -1,0 +1,158 @@
+"""Every public optimizer of the package, with small hyperparameters, for cross-cutting tests.
+
+``ZOO`` is a list of ``pytest.param(ZooEntry, id=...)``: the Keras-behaviour tests
+(fit, XLA, saving, mixed precision, sparse gradients, replicas, validation) are
+parametrized over it so that a new optimizer gets all of them by adding one line.
+Factories look the class up by name in ``tf_largebatch.optimizers``; an entry whose
+class does not exist (yet) is skipped rather than failing at import.
+
+The VR optimizers need at least two gradient samples per step (replicas x
+``gradient_accumulation_steps``); ``ZooEntry.min_samples`` says so, and
+``ZooEntry.single_device`` gives them ``gradient_accumulation_steps=2`` when a test
+runs on one device.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_largebatch.optimizers as tlb_optimizers
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooEntry:
+    """One optimizer configuration: ``class_name(**kwargs)`` (or a wrapper factory)."""
+
+    id: str
+    class_name: str
+    kwargs: dict
+    min_samples: int = 1
+    inner: tuple = None  # (keras optimizer class name, kwargs) for the VR wrapper
+
+    @property
+    def cls(self):
+        return getattr(tlb_optimizers, self.class_name)
+
+    def make(self, **overrides):
+        """A fresh optimizer; ``overrides`` replace or add constructor arguments."""
+        kwargs = {**self.kwargs, **overrides}
+        if self.inner is not None:
+            inner_name, inner_kwargs = self.inner
+            inner_kwargs = dict(inner_kwargs)
+            if "learning_rate" in kwargs:
+                inner_kwargs["learning_rate"] = kwargs.pop("learning_rate")
+            inner = getattr(keras.optimizers, inner_name)(**inner_kwargs)
+            return self.cls(inner, **kwargs)
+        return self.cls(**kwargs)
+
+    def accumulation_for(self, replicas):
+        """``gradient_accumulation_steps`` needed to have ``min_samples`` samples."""
+        if replicas >= self.min_samples:
+            return None
+        return -(-self.min_samples // replicas)
+
+    def single_device(self, **overrides):
+        """Like :meth:`make`, with enough accumulation for one device."""
+        if "gradient_accumulation_steps" not in overrides:
+            overrides["gradient_accumulation_steps"] = self.accumulation_for(1)
+        return self.make(**overrides)
+
+    def accepts(self, argument):
+        """Whether the optimizer's constructor takes ``argument`` (directly or via Keras kwargs)."""
+        import inspect
+
+        if self.inner is not None and argument in ("learning_rate", "momentum"):
+            return False
+        parameters = inspect.signature(self.cls.__init__).parameters
+        names = set(parameters)
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            # **kwargs reach Keras's base optimizer (clipnorm, use_ema, gradient_accumulation_steps, ...)
+            names |= set(inspect.signature(keras.src.optimizers.base_optimizer.BaseOptimizer.__init__).parameters)
+        return argument in names
+
+
+_ENTRIES = [
+    ZooEntry("SNGM", "SNGM", dict(learning_rate=0.05, momentum=0.9, weight_decay=1e-3,
+                                   exclude_from_weight_decay=["bias"])),
+    ZooEntry("LARS", "LARS", dict(learning_rate=0.1, momentum=0.9, weight_decay=1e-3,
+                                   exclude_from_weight_decay=["bias"],
+                                   exclude_from_layer_adaptation=["bias"])),
+    ZooEntry("LAMB", "LAMB", dict(learning_rate=0.01, weight_decay=1e-2,
+                                   exclude_from_weight_decay=["bias"],
+                                   exclude_from_layer_adaptation=["bias"])),
+    ZooEntry("LayerwiseSGD", "LayerwiseSGD", dict(learning_rate=0.1)),
+    ZooEntry("LayerwiseAdagrad", "LayerwiseAdagrad", dict(learning_rate=0.05)),
+    ZooEntry("LayerwiseRMSprop", "LayerwiseRMSprop", dict(learning_rate=0.01)),
+    ZooEntry("LayerwiseAdam", "LayerwiseAdam", dict(learning_rate=0.01)),
+    ZooEntry("MCLR", "MCLR", dict(learning_rate=1.0, gamma=1e-2, weight_decay=1e-3,
+                                   exclude_from_weight_decay=["bias"])),
+    ZooEntry("PercentDelta", "PercentDelta", dict(learning_rate=1.0, gamma=1e-2)),
+    ZooEntry("VR-SGD-wrapper", "VR", dict(gamma=0.1), min_samples=2,
+             inner=("SGD", dict(learning_rate=0.05, momentum=0.9))),
+    ZooEntry("VRSGD", "VRSGD", dict(learning_rate=0.05), min_samples=2),
+    ZooEntry("VRMomentum", "VRMomentum", dict(learning_rate=0.05), min_samples=2),
+    ZooEntry("VRAdam", "VRAdam", dict(learning_rate=0.01), min_samples=2),
+    ZooEntry("VRLAMB", "VRLAMB", dict(learning_rate=0.01), min_samples=2),
+    ZooEntry("VRLARS", "VRLARS", dict(learning_rate=0.1), min_samples=2),
+]
+
+
+def _param(entry):
+    if hasattr(tlb_optimizers, entry.class_name):
+        return pytest.param(entry, id=entry.id)
+    return pytest.param(entry, id=entry.id, marks=pytest.mark.skip(reason="not implemented yet"))
+
+
+ZOO = [_param(entry) for entry in _ENTRIES]
+ENTRIES = {entry.id: entry for entry in _ENTRIES}
+
+
+# --------------------------------------------------------------- tiny problems
+def regression_data(num_examples=48, features=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num_examples, features)).astype("float32")
+    w = rng.normal(size=(features, 1)).astype("float32")
+    y = (np.tanh(x @ w) + 0.1 * rng.normal(size=(num_examples, 1))).astype("float32")
+    return x, y
+
+
+def tiny_model(features=4, dtype=None):
+    """Dense(3, tanh) -> Dense(1): four variables of different shapes, 19 parameters."""
+    return keras.Sequential(
+        [
+            keras.Input((features,)),
+            keras.layers.Dense(3, activation="tanh", dtype=dtype),
+            keras.layers.Dense(1, dtype=dtype),
+        ]
+    )
+
+
+def initial_weights(features=4, seed=7):
+    keras.utils.set_random_seed(seed)
+    return tiny_model(features).get_weights()
+
+
+def mirrored_strategy(num_replicas):
+    """A MirroredStrategy over the first ``num_replicas`` logical CPUs.
+
+    Strategies of *different sizes* in one process collide on collective group
+    keys ("joining a group with size 2, but that group has size 4"), even with
+    Keras's own SGD. TensorFlow's own tests avoid it by moving the key base of
+    every new strategy (``strategy_combinations._mirrored_strategy_with_collective_key_base``);
+    we do the same.
+    """
+    tf.distribute.MirroredStrategy._collective_key_base += 100000
+    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(num_replicas)])
+
+
+def assert_weights_close(actual, expected, rtol=2e-5, atol=2e-6, what="weights"):
+    assert len(actual) == len(expected)
+    for index, (a, e) in enumerate(zip(actual, expected)):
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=f"{what}[{index}]")
+
+
+def weights_changed(before, after):
+    return any(not np.array_equal(b, a) for b, a in zip(before, after))
