@@ -1,0 +1,72 @@
+"""Shared input plumbing: TFDS loading with clear errors, TFRecord file lists."""
+
+import tensorflow as tf
+
+from tf_largebatch.config import ConfigError
+
+# Where tensorflow-datasets expects manually downloaded archives.
+_MANUAL_FILES = {
+    "imagenet2012": "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar",
+}
+
+
+def load_tfds(data_cfg, split, *, shuffle_files, path="data.name"):
+    """``tfds.load(data_cfg.name, split=split)`` or a ConfigError saying what is missing.
+
+    Datasets that need a manual download (ImageNet) fail with the directory
+    where the archives must be placed.
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.load(data_cfg.name, split=split, data_dir=data_cfg.data_dir, shuffle_files=shuffle_files)
+    except AssertionError as error:
+        if "manual" not in str(error).lower():
+            raise
+        base = data_cfg.name.split("/")[0].split(":")[0]
+        data_dir = data_cfg.data_dir or tfds.core.constants.DATA_DIR
+        files = _MANUAL_FILES.get(base, "the archives named in the dataset's documentation")
+        raise ConfigError(
+            path,
+            f"{data_cfg.name!r} needs a manual download: put {files} in "
+            f"{data_dir}/downloads/manual/ (or set data.data_dir), then run again; "
+            "or give data.train_files as TFRecord files.",
+        ) from None
+    except (tfds.core.registered.DatasetNotFoundError, ValueError) as error:
+        if isinstance(error, ValueError) and "split" in str(error).lower():
+            raise ConfigError("data.train_split / data.eval_split", str(error)) from None
+        raise ConfigError(path, f"cannot load {data_cfg.name!r}: {error}") from None
+
+
+def tfrecord_files(pattern, path):
+    """Sorted files matching ``pattern`` (a glob, or several joined by commas)."""
+    files = []
+    for part in pattern.split(","):
+        files.extend(tf.io.gfile.glob(part.strip()))
+    if not files:
+        raise ConfigError(path, f"no files match {pattern!r}")
+    return sorted(files)
+
+
+def tfrecord_dataset(pattern, path, *, shuffle, seed):
+    """A ``TFRecordDataset`` over the files of ``pattern``, interleaved and
+    (for training) shuffled by file; sharded per worker by tf.distribute."""
+    files = tf.data.Dataset.from_tensor_slices(tfrecord_files(pattern, path))
+    if shuffle:
+        files = files.shuffle(files.cardinality(), seed=seed, reshuffle_each_iteration=True)
+    return files.interleave(
+        tf.data.TFRecordDataset, cycle_length=tf.data.AUTOTUNE, num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=not shuffle,
+    )
+
+
+def finish(ds, preprocess, batch_size, *, training, shuffle_buffer, seed, cache=False):
+    """Cache (raw records), repeat, shuffle (training), preprocess, fixed-size
+    batches (static shapes, as TPUs need), prefetch."""
+    if cache:
+        ds = ds.cache()
+    ds = ds.repeat()
+    if training and shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=seed)
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

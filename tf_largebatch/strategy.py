@@ -1,0 +1,91 @@
+"""Distribution strategy and mixed-precision policy from a config.
+
+``build_strategy`` maps ``strategy.type`` to a ``tf.distribute`` strategy:
+
+- ``tpu``: ``TPUClusterResolver(tpu=<name or grpc:// address>)``, connect,
+  initialise the TPU system, ``TPUStrategy``. An empty ``tpu`` means a TPU VM
+  (``tpu="local"``).
+- ``mirrored``: ``MirroredStrategy`` over ``devices``, over
+  ``num_cpu_replicas`` logical CPUs (testing: configured here if the runtime
+  is not initialised yet), or over every local GPU.
+- ``multi_worker``: ``MultiWorkerMirroredStrategy`` with the cluster read from
+  the ``TF_CONFIG`` environment variable (one process per worker, same command).
+- ``one_device``: ``OneDeviceStrategy`` on the first GPU, else the CPU.
+
+``set_precision`` sets Keras's global dtype policy: ``mixed_bfloat16`` is the
+TPU choice (no loss scaling needed); ``mixed_float16`` is for GPUs, where
+``Model.compile`` wraps the optimizer in a ``LossScaleOptimizer`` (dynamic loss
+scaling) automatically.
+"""
+
+import json
+import os
+
+_PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def logical_cpus(count):
+    """Names of ``count`` logical CPU devices, creating them if TF is not initialised.
+
+    Raises:
+        ValueError: if fewer than ``count`` logical CPUs exist and the runtime
+            is already initialised (the split must happen before the first op).
+    """
+    tf = _tf()
+    cpus = tf.config.list_logical_devices("CPU")
+    if len(cpus) < count:
+        physical = tf.config.list_physical_devices("CPU")
+        try:
+            tf.config.set_logical_device_configuration(
+                physical[0], [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+            )
+        except RuntimeError:
+            raise ValueError(
+                f"`strategy.num_cpu_replicas` is {count} but only {len(cpus)} logical CPUs exist and "
+                "TensorFlow is already initialised; logical CPUs must be configured before the first op."
+            ) from None
+        cpus = tf.config.list_logical_devices("CPU")
+    return [f"/cpu:{i}" for i in range(count)]
+
+
+def build_strategy(strategy_cfg):
+    """A ``tf.distribute.Strategy`` for ``strategy_cfg`` (a ``StrategyConfig``)."""
+    tf = _tf()
+    kind = strategy_cfg.type
+    if kind == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+            tpu=strategy_cfg.tpu or "local", zone=strategy_cfg.tpu_zone, project=strategy_cfg.tpu_project
+        )
+        if strategy_cfg.tpu:
+            tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    if kind == "mirrored":
+        if strategy_cfg.num_cpu_replicas:
+            return tf.distribute.MirroredStrategy(logical_cpus(strategy_cfg.num_cpu_replicas))
+        return tf.distribute.MirroredStrategy(strategy_cfg.devices or None)
+    if kind == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("`strategy.type` is 'multi_worker' but the TF_CONFIG environment variable is not set")
+        json.loads(os.environ["TF_CONFIG"])  # a clear JSON error before the collective setup
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    raise ValueError(f"`strategy.type` must be one of tpu, mirrored, multi_worker, one_device. Received: {kind!r}")
+
+
+def set_precision(precision):
+    """Sets Keras's global dtype policy (``float32``, ``mixed_bfloat16``, ``mixed_float16``)."""
+    import keras
+
+    if precision not in _PRECISIONS:
+        raise ValueError(f"`precision` must be one of {', '.join(_PRECISIONS)}. Received: precision={precision!r}")
+    keras.mixed_precision.set_global_policy(precision)
+    return keras.mixed_precision.global_policy()
