@@ -229,3 +229,29 @@ def test_clear_error_without_a_vr_optimizer(tmp_path):
     model.compile(optimizer=keras.optimizers.SGD(), loss="mse")
     with pytest.raises(ValueError, match="records none"):
         model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[GSNRMonitor(str(tmp_path), 8)])
+
+
+def test_b_simple_of_a_frozen_linear_model_matches_the_population_value(mirrored, tmp_path):
+    """With learning rate 0 every step samples the same gradient distribution, whose
+    true G and Sigma follow from the per-example gradients of the whole data set."""
+    rng = np.random.default_rng(4)
+    n = 8192
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    y = (x @ np.array([[0.3], [-0.2], [0.1]]) + 0.4 + rng.normal(scale=1.0, size=(n, 1))).astype(np.float32)
+    # Per-example gradients of (w.x + b - y)^2 at w = 0, b = 0: 2 r [x, 1] with r = -y.
+    per_example = 2.0 * (-y) * np.concatenate([x, np.ones((n, 1), np.float32)], axis=1).astype(np.float64)
+    true_g2 = np.sum(per_example.mean(axis=0) ** 2)
+    true_trace = np.sum(per_example.var(axis=0))
+    with mirrored(2).scope():
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, kernel_initializer="zeros")])
+        optimizer = VRSGD(learning_rate=0.0, gradient_accumulation_steps=2)
+        model.compile(optimizer=optimizer, loss="mse")
+    monitor = GSNRMonitor(str(tmp_path), global_batch_size=64, update_freq=2, smoothing=0.99)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[monitor])
+    assert int(optimizer.iterations) == n // 64
+    np.testing.assert_allclose(monitor.trace_covariance.value, true_trace, rtol=0.08)
+    # The plug-in |G_big|^2 would be tr(Sigma)/B = 28% too high here; the unbiased estimate is not.
+    np.testing.assert_allclose(monitor.gradient_square_norm.value, true_g2, rtol=0.1)
+    values, _ = read_events(str(tmp_path))
+    b_simple = values["noise_scale/b_simple"][n // 64]
+    np.testing.assert_allclose(b_simple, true_trace / true_g2, rtol=0.12)
