@@ -1,0 +1,152 @@
+"""Batch-size schedules: one compiled model, optimizer state kept across phases."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+from tf_largebatch import schedules
+from tf_largebatch.batch_size_schedule import Phase, fit_with_batch_size_schedule
+
+
+class SeenBatchSize(keras.metrics.Metric):
+    """Largest batch the model saw during the epoch (the metric resets every epoch)."""
+
+    def __init__(self, name="seen_batch_size", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.size = self.add_variable(shape=(), initializer="zeros", name="size")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.size.assign(ops.maximum(self.size, ops.cast(ops.shape(y_true)[0], "float32")))
+
+    def result(self):
+        return ops.add(self.size, 0.0)  # a value, not the variable (read after validation)
+
+    def reset_state(self):
+        self.size.assign(0.0)
+
+
+def linear_model(optimizer, metrics=()):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
+    model.compile(optimizer=optimizer, loss="mse", metrics=list(metrics))
+    return model
+
+
+def np_momentum_sgd(x, y, phases, momentum, lr0):
+    """Keras SGD (m <- momentum*m - lr*g; w <- w + m) on mse, one state through all phases."""
+    w = np.zeros((3, 1))
+    m = np.zeros_like(w)
+    lr = lr0
+    steps = 0
+    for epochs, batch_size, phase_lr in phases:
+        lr = phase_lr if phase_lr is not None else lr
+        for _ in range(epochs):
+            for start in range(0, len(x), batch_size):
+                xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+                grad = 2.0 / len(xb) * xb.T @ (xb @ w - yb)
+                m = momentum * m - lr * grad
+                w = w + m
+                steps += 1
+    return w, steps
+
+
+PHASES = [(1, 4, 0.05), (2, 8, 0.1), (1, 20, None)]
+
+
+def data(n=20):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 3)).astype("float32")
+    y = (x @ np.array([[1.0], [-2.0], [0.5]]) + 0.1 * rng.normal(size=(n, 1))).astype("float32")
+    return x, y
+
+
+def test_phases_continue_optimizer_state_and_apply_learning_rates():
+    x, y = data()
+    optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
+    model = linear_model(optimizer, [SeenBatchSize()])
+    model.fit(x[:4], y[:4], batch_size=4, epochs=1, verbose=0)  # build optimizer state first
+    model.get_layer(index=0).kernel.assign(np.zeros((3, 1), "float32"))
+    optimizer.momentums[0].assign(np.zeros((3, 1), "float32"))
+    optimizer.iterations.assign(0)
+    slots = [id(v) for v in optimizer.variables]
+
+    history = fit_with_batch_size_schedule(model, (x, y), [Phase(*p) for p in PHASES], verbose=0)
+
+    expected_w, expected_steps = np_momentum_sgd(x.astype(np.float64), y.astype(np.float64), PHASES, 0.9, 0.01)
+    # one trajectory: resetting the momentum or ignoring a phase's lr would change it
+    np.testing.assert_allclose(model.get_layer(index=0).kernel.numpy(), expected_w, rtol=1e-4, atol=1e-5)
+    assert int(optimizer.iterations) == expected_steps == 5 + 2 * 3 + 1
+    assert [id(v) for v in optimizer.variables] == slots
+    assert history.epoch == [0, 1, 2, 3]
+    assert history.history["seen_batch_size"] == [4, 8, 8, 20]
+    assert history.history["batch_size"] == [4, 8, 8, 20]
+    np.testing.assert_allclose(history.history["learning_rate"], [0.05, 0.1, 0.1, 0.1])
+    assert len(history.history["loss"]) == 4
+    assert model.history is history
+
+
+def test_reset_momentum_would_differ():
+    """The reference distinguishes carried-over from fresh optimizer state."""
+    x, y = data()
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    carried, _ = np_momentum_sgd(x, y, PHASES, 0.9, 0.01)
+    w = np.zeros((3, 1))
+    for phase in PHASES:  # fresh momentum per phase, starting from the previous weights
+        step, _ = np_momentum_sgd(x, y - x @ w, [phase], 0.9, 0.01)
+        w = w + step
+    assert np.abs(carried - w).max() > 1e-3
+
+
+def test_schedule_keeps_counting_updates_and_phases_from_dicts():
+    x, y = data(24)
+    schedule = schedules.WarmupPolynomialDecay(0.1, 4, 20)
+    model = linear_model(keras.optimizers.SGD(learning_rate=schedule))
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    history = fit_with_batch_size_schedule(
+        model, dataset, [dict(epochs=1, batch_size=6), (2, 12)], initial_epoch=3, verbose=0,
+    )
+    assert int(model.optimizer.iterations) == 4 + 2 * 2
+    assert history.epoch == [3, 4, 5]
+    assert float(model.optimizer.learning_rate) == pytest.approx(float(schedule(8)))
+    with pytest.raises(ValueError, match="schedule"):
+        fit_with_batch_size_schedule(model, dataset, [(1, 6, 0.5)], verbose=0)
+
+
+def test_drop_remainder_shuffle_and_validation():
+    x, y = data(20)
+    model = linear_model(keras.optimizers.SGD(0.01), [SeenBatchSize()])
+    val = tf.data.Dataset.from_tensor_slices((x[:5], y[:5]))
+    history = fit_with_batch_size_schedule(
+        model, (x, y), [(1, 8), (1, 16)], drop_remainder=True, shuffle_buffer_size=20,
+        validation_data=val, verbose=0,
+    )
+    assert int(model.optimizer.iterations) == 2 + 1
+    assert history.history["seen_batch_size"] == [8, 16]
+    assert len(history.history["val_loss"]) == 2
+
+
+@pytest.mark.parametrize("phases,name", [
+    ([], "phases"),
+    ([(0, 8)], "epochs"),
+    ([(1, 0)], "batch_size"),
+    ([(1, 8, -0.1)], "learning_rate"),
+    (["bad"], "phase"),
+])
+def test_bad_phases(phases, name):
+    x, y = data(8)
+    model = linear_model(keras.optimizers.SGD(0.01))
+    with pytest.raises(ValueError, match=name):
+        fit_with_batch_size_schedule(model, (x, y), phases, verbose=0)
+
+
+def test_bad_model_data_and_reserved_arguments():
+    x, y = data(8)
+    uncompiled = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="compiled"):
+        fit_with_batch_size_schedule(uncompiled, (x, y), [(1, 4)])
+    model = linear_model(keras.optimizers.SGD(0.01))
+    with pytest.raises(ValueError, match="data"):
+        fit_with_batch_size_schedule(model, x, [(1, 4)])
+    with pytest.raises(ValueError, match="batch_size"):
+        fit_with_batch_size_schedule(model, (x, y), [(1, 4)], batch_size=3)

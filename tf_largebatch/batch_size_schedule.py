@@ -1,0 +1,209 @@
+"""Batch-size scheduling: phases of (epochs, batch size, learning rate) with ``model.fit``.
+
+"Don't decay the learning rate, increase the batch size" (Smith, Kindermans,
+Ying and Le, 2018): the SGD noise scale is ``lr * N / B``, so multiplying the
+batch size by ``k`` has the effect of dividing the learning rate by ``k`` with
+``k`` times fewer updates. The curvature paper
+(``shared/papers/second_order_curvature_lr.txt`` §3.2) goes the other way at the
+start: its first epoch runs at batch 512 and learning rate 0.005, then training
+continues at 8192 and 0.05, which enlarges the early update steps.
+
+:func:`fit_with_batch_size_schedule` runs such phases on one compiled model: the
+same model, optimizer (slot variables, iteration counter) and callbacks, one
+``model.fit`` call per phase with the dataset re-batched, the learning rate
+assigned to the optimizer's own learning-rate variable, and ``initial_epoch``
+so epoch numbers and logs (TensorBoard, CSVLogger) continue.
+"""
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from tf_largebatch import validation
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One phase of a batch-size schedule.
+
+    Attributes:
+        epochs: int >= 1, epochs (passes over the data) in this phase.
+        batch_size: int >= 1, the global batch size of this phase.
+        learning_rate: float >= 0 to assign to the optimizer at the start of the
+            phase, or ``None`` to keep the current one.
+    """
+
+    epochs: int
+    batch_size: int
+    learning_rate: float = None
+
+    def __post_init__(self):
+        validation.check_positive_int("epochs", self.epochs)
+        validation.check_positive_int("batch_size", self.batch_size)
+        validation.check_number("learning_rate", self.learning_rate, low=0.0, allow_none=True)
+
+
+def as_phase(phase):
+    """A :class:`Phase` from a ``Phase``, a dict, or a tuple ``(epochs, batch_size[, learning_rate])``."""
+    if isinstance(phase, Phase):
+        return phase
+    if isinstance(phase, dict):
+        return Phase(**phase)
+    if isinstance(phase, (tuple, list)) and len(phase) in (2, 3):
+        return Phase(*phase)
+    raise ValueError(
+        "Each phase must be a Phase, a dict with keys epochs/batch_size/learning_rate, or a "
+        f"tuple (epochs, batch_size[, learning_rate]). Received: phase={phase!r}"
+    )
+
+
+def as_unbatched_dataset(data):
+    """An unbatched ``tf.data.Dataset`` of examples from a dataset or a tuple of arrays."""
+    if isinstance(data, tf.data.Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and 1 <= len(data) <= 3:
+        return tf.data.Dataset.from_tensor_slices(tuple(data))
+    raise ValueError(
+        "`data` must be an unbatched tf.data.Dataset of examples or a tuple (x, y[, sample_weight]) "
+        f"of arrays. Received: data of type {type(data).__name__}"
+    )
+
+
+def set_learning_rate(optimizer, learning_rate):
+    """Assigns a float learning rate to the optimizer's learning-rate variable.
+
+    Keras keeps a float learning rate in a variable that the compiled train
+    function reads, so assigning it needs no retracing. An optimizer driven by
+    a ``LearningRateSchedule`` (or a callable) has no such variable; replacing
+    the schedule would silently drop it, so that is an error.
+    """
+    current = getattr(optimizer, "_learning_rate", None)
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if inner is not None:
+        current = getattr(inner, "_learning_rate", current)
+    if callable(current) and not isinstance(current, keras.Variable):
+        raise ValueError(
+            "A phase sets `learning_rate`, but the optimizer follows a schedule "
+            f"({type(current).__name__}). Use learning_rate=None in the phases to keep the "
+            f"schedule, or compile with a float learning rate. Received: learning_rate={learning_rate!r}"
+        )
+    optimizer.learning_rate = float(learning_rate)
+
+
+def fit_with_batch_size_schedule(
+    model,
+    data,
+    phases,
+    *,
+    shuffle_buffer_size=None,
+    drop_remainder=False,
+    initial_epoch=0,
+    callbacks=None,
+    validation_data=None,
+    validation_batch_size=None,
+    verbose="auto",
+    **fit_kwargs,
+):
+    """Trains ``model`` through phases of (epochs, batch size, learning rate).
+
+    For each phase, in order: the learning rate (if given) is assigned to the
+    optimizer, the unbatched ``data`` is (optionally shuffled and) batched with
+    the phase's batch size, and ``model.fit`` runs ``phase.epochs`` epochs
+    starting at ``initial_epoch`` = the epochs done so far. Nothing is rebuilt:
+    weights, optimizer slots and ``optimizer.iterations`` carry over, and
+    learning-rate schedules keep counting optimizer updates. The model must be
+    compiled. Under a ``tf.distribute`` strategy, ``batch_size`` is the global
+    batch size (split over replicas by ``fit``).
+
+    Args:
+        model: a compiled ``keras.Model``.
+        data: an *unbatched* ``tf.data.Dataset`` of ``(x, y[, sample_weight])``
+            examples, or a tuple of arrays ``(x, y[, sample_weight])``.
+        phases: sequence of :class:`Phase` (or ``(epochs, batch_size[,
+            learning_rate])`` tuples, or dicts).
+        shuffle_buffer_size: optional int: shuffle the examples with this
+            buffer (reshuffled every epoch) before batching.
+        drop_remainder: drop the last incomplete batch of each epoch (needed
+            for static shapes, e.g. on TPUs or with ghost batch norm).
+        initial_epoch: epoch number the first phase starts at (resuming).
+        callbacks: callbacks shared by all phases.
+        validation_data: passed to every ``fit`` call (an unbatched dataset
+            is batched with ``validation_batch_size``, default the phase's
+            batch size).
+        validation_batch_size: batch size for unbatched validation data.
+        verbose: passed to ``fit``.
+        **fit_kwargs: any other ``model.fit`` argument except ``x``, ``y``,
+            ``batch_size``, ``epochs``, ``initial_epoch`` and ``shuffle``.
+
+    Returns:
+        A ``keras.callbacks.History`` whose ``history`` holds every phase's
+        per-epoch logs concatenated, plus ``"batch_size"`` and
+        ``"learning_rate"`` per epoch, and whose ``epoch`` lists the epoch numbers.
+
+    References:
+        Smith et al., "Don't Decay the Learning Rate, Increase the Batch Size",
+        ICLR 2018, §2-3; the curvature paper, §3.2.
+    """
+    if not getattr(model, "compiled", False) or model.optimizer is None:
+        raise ValueError("`model` must be compiled before fit_with_batch_size_schedule.")
+    phases = [as_phase(p) for p in phases]
+    if not phases:
+        raise ValueError(f"`phases` must contain at least one phase. Received: phases={phases!r}")
+    validation.check_positive_int("initial_epoch", initial_epoch, minimum=0)
+    validation.check_positive_int("shuffle_buffer_size", shuffle_buffer_size, allow_none=True)
+    for reserved in ("x", "y", "batch_size", "epochs", "initial_epoch", "shuffle"):
+        if reserved in fit_kwargs:
+            raise ValueError(f"`{reserved}` is set by the phases; do not pass it. Received: {reserved}={fit_kwargs[reserved]!r}")
+    examples = as_unbatched_dataset(data)
+
+    merged = keras.callbacks.History()
+    merged.set_model(model)
+    merged.epoch = []
+    epoch = initial_epoch
+    for phase in phases:
+        if phase.learning_rate is not None:
+            set_learning_rate(model.optimizer, phase.learning_rate)
+        dataset = examples
+        if shuffle_buffer_size:
+            dataset = dataset.shuffle(shuffle_buffer_size, reshuffle_each_iteration=True)
+        dataset = dataset.batch(phase.batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+        phase_validation = _batched_validation(validation_data, validation_batch_size or phase.batch_size)
+        history = model.fit(
+            dataset,
+            epochs=epoch + phase.epochs,
+            initial_epoch=epoch,
+            callbacks=callbacks,
+            validation_data=phase_validation,
+            verbose=verbose,
+            shuffle=False,  # a dataset is not shuffled by fit; see shuffle_buffer_size
+            **fit_kwargs,
+        )
+        done = len(history.epoch)
+        lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        for key, values in history.history.items():
+            merged.history.setdefault(key, []).extend(values)
+        merged.history.setdefault("batch_size", []).extend([phase.batch_size] * done)
+        if "learning_rate" not in history.history:
+            merged.history.setdefault("learning_rate", []).extend([lr] * done)
+        merged.epoch.extend(history.epoch)
+        epoch += phase.epochs
+        if getattr(model, "stop_training", False) and done < phase.epochs:
+            break  # a callback (e.g. EarlyStopping) ended training
+    model.history = merged
+    return merged
+
+
+def _batched_validation(validation_data, batch_size):
+    if isinstance(validation_data, tf.data.Dataset) and _is_unbatched(validation_data):
+        return validation_data.batch(batch_size)
+    return validation_data
+
+
+def _is_unbatched(dataset):
+    spec = dataset.element_spec
+    first = tf.nest.flatten(spec)[0]
+    return not (first.shape.rank and first.shape[0] is None)
+
+
+__all__ = ["Phase", "as_phase", "fit_with_batch_size_schedule", "set_learning_rate"]
