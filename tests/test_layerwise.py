@@ -109,7 +109,7 @@ def test_all_layerwise_optimizers_share_one_trust_ratio_step():
         assert "update_step" not in vars(cls)
 
 
-def test_compiled_training_with_model_fit():
+def test_trains_a_model_with_fit():
     """A real Keras model trains with ``model.fit``."""
     x = np.random.normal(size=(64, 3)).astype("float32")
     y = (x @ np.array([[1.0], [-2.0], [0.5]], dtype="float32")).astype("float32")
