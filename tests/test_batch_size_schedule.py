@@ -150,3 +150,17 @@ def test_bad_model_data_and_reserved_arguments():
         fit_with_batch_size_schedule(model, x, [(1, 4)])
     with pytest.raises(ValueError, match="batch_size"):
         fit_with_batch_size_schedule(model, (x, y), [(1, 4)], batch_size=3)
+
+
+def test_phases_under_mirrored_strategy_match_single_device_reference(mirrored):
+    """Global batch sizes split over 2 replicas; the mean gradient, lr and momentum are unchanged."""
+    x, y = data()
+    phases = [(1, 4, 0.05), (1, 10, 0.1)]
+    with mirrored(2).scope():
+        optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
+        model = linear_model(optimizer)
+    history = fit_with_batch_size_schedule(model, (x, y), phases, verbose=0)
+    expected_w, expected_steps = np_momentum_sgd(x.astype(np.float64), y.astype(np.float64), phases, 0.9, 0.01)
+    np.testing.assert_allclose(model.get_layer(index=0).kernel.numpy(), expected_w, rtol=1e-4, atol=1e-5)
+    assert int(optimizer.iterations.numpy()) == expected_steps == 5 + 2
+    assert history.history["batch_size"] == [4, 10]

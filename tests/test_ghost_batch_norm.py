@@ -201,3 +201,15 @@ def test_per_replica_statistics_under_mirrored_strategy(mirrored):
     dataset = tf.data.Dataset.from_tensor_slices((x[:12], y[:12])).batch(12)
     with pytest.raises(tf.errors.InvalidArgumentError, match="multiple of virtual_batch_size=4"):
         model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+
+
+def test_mixed_precision_computes_statistics_in_float32():
+    rng = np.random.default_rng(8)
+    x = (rng.normal(size=(8, 2, 2, 3)) * 5 + 100).astype("float32")  # large mean: float16 moments would lose it
+    layer = GhostBatchNormalization(4, dtype="mixed_float16")
+    out = layer(x.astype("float16"), training=True)
+    assert out.dtype == "float16"
+    assert layer.moving_mean.dtype == "float32"
+    expected, mean, _ = np_ghost_bn(x.astype("float16").astype("float32"), 4, np.ones(3), np.zeros(3))
+    np.testing.assert_allclose(np.asarray(out, np.float32), expected, atol=2e-2)
+    np.testing.assert_allclose(layer.moving_mean, 0.01 * mean, rtol=1e-4)

@@ -4,6 +4,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tf_largebatch.losses import DiscardSmallLosses, small_loss_mask
 
@@ -11,7 +13,7 @@ from tf_largebatch.losses import DiscardSmallLosses, small_loss_mask
 def np_discarded_mean(per_sample, fraction, weights=None):
     """Drop the round(fraction*B) smallest per-sample losses, average the rest."""
     b = len(per_sample)
-    n = min(int(np.round(fraction * b)), b - 1)
+    n = min(int(np.round(np.float32(fraction) * np.float32(b))), b - 1)  # float32, as computed in TF
     order = np.argsort(per_sample, kind="stable")
     keep = np.ones(b, bool)
     keep[order[:n]] = False
@@ -157,3 +159,14 @@ def test_unbound_discard_steps_raises():
 def test_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         DiscardSmallLosses(**kwargs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    losses=st.lists(st.floats(0.0, 10.0, width=32), min_size=1, max_size=40),
+    fraction=st.floats(0.0, 0.99),
+)
+def test_mask_matches_numpy_for_any_batch(losses, fraction):
+    values = np.array(losses, np.float32)
+    _, keep = np_discarded_mean(values.astype(np.float64), fraction)
+    np.testing.assert_array_equal(small_loss_mask(tf.constant(values), fraction), keep)
