@@ -42,8 +42,11 @@ class ZooEntry:
         if self.inner is not None:
             inner_name, inner_kwargs = self.inner
             inner_kwargs = dict(inner_kwargs)
-            if "learning_rate" in kwargs:
-                inner_kwargs["learning_rate"] = kwargs.pop("learning_rate")
+            # The wrapper's learning rate and clipping belong to its inner optimizer
+            # (which clips the GSNR-adapted global gradient).
+            for argument in ("learning_rate", "clipnorm", "global_clipnorm", "clipvalue"):
+                if argument in kwargs:
+                    inner_kwargs[argument] = kwargs.pop(argument)
             inner = getattr(keras.optimizers, inner_name)(**inner_kwargs)
             return self.cls(inner, **kwargs)
         return self.cls(**kwargs)
