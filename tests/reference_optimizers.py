@@ -363,8 +363,8 @@ def run(step, weights, gradients, lr, num_steps=None, **hp):
 # (Test harness, not a reference: it runs any Keras optimizer on the same inputs.)
 
 
-def make_variables(weights, paths=None):
-    """``keras.Variable``s (float32) holding ``weights``, named by ``paths``.
+def make_variables(weights, paths=None, dtype="float32"):
+    """``keras.Variable``s (float32 unless ``dtype``) holding ``weights``, named by ``paths``.
 
     ``paths`` such as ``"encoder/layer_normalization/gamma"`` become nested
     ``keras.name_scope``s, so ``variable.path`` is exactly that string.
@@ -380,14 +380,14 @@ def make_variables(weights, paths=None):
         for scope in scope_stack:
             scope.__enter__()
         try:
-            variables.append(keras.Variable(np.asarray(weight, dtype=np.float32), name=name))
+            variables.append(keras.Variable(np.asarray(weight, dtype=np.float32), dtype=dtype, name=name))
         finally:
             for scope in reversed(scope_stack):
                 scope.__exit__(None, None, None)
     return variables
 
 
-def run_keras(optimizer, weights, gradients, num_steps=None, paths=None, compiled=False):
+def run_keras(optimizer, weights, gradients, num_steps=None, paths=None, compiled=False, dtype="float32"):
     """Runs ``optimizer.apply(grads, variables)`` step by step, like :func:`run`.
 
     Args:
@@ -396,6 +396,7 @@ def run_keras(optimizer, weights, gradients, num_steps=None, paths=None, compile
             receives the current weights as float64 arrays).
         paths: optional variable paths (see :func:`make_variables`).
         compiled: run each step in a ``tf.function`` instead of eagerly.
+        dtype: the variables' dtype (gradients are fed in the same dtype).
 
     Returns:
         ``(history, variables)``: weights (float64 copies) after each step, and the
@@ -403,7 +404,7 @@ def run_keras(optimizer, weights, gradients, num_steps=None, paths=None, compile
     """
     import tensorflow as tf
 
-    variables = make_variables(weights, paths)
+    variables = make_variables(weights, paths, dtype)
     optimizer.build(variables)
 
     def apply(grads):
@@ -414,10 +415,10 @@ def run_keras(optimizer, weights, gradients, num_steps=None, paths=None, compile
     history = []
     steps = len(gradients) if num_steps is None else num_steps
     for t in range(steps):
-        ws = [v.numpy().astype(np.float64) for v in variables]
+        ws = [np.asarray(v.numpy(), dtype=np.float64) for v in variables]
         gs = gradients(t, ws) if callable(gradients) else gradients[t]
-        apply([tf.constant(np.asarray(g, dtype=np.float32)) for g in gs])
-        history.append([v.numpy().astype(np.float64) for v in variables])
+        apply([tf.cast(tf.constant(np.asarray(g, dtype=np.float32)), dtype) for g in gs])
+        history.append([np.asarray(v.numpy(), dtype=np.float64) for v in variables])
     return history, variables
 
 

@@ -160,3 +160,11 @@ def test_bad_hyperparameters_raise_naming_argument_and_value(kwargs, argument, v
     with pytest.raises(ValueError) as error:
         LAMB(**kwargs)
     assert argument in str(error.value) and value in str(error.value)
+
+
+def test_bfloat16_variables_follow_the_float32_trajectory():
+    """In bfloat16, beta_2 = 0.999 rounds to 1: the moments must live in float32."""
+    weights, gradients = ref.random_problem(steps=5)
+    history, _ = ref.run_keras(LAMB(0.05, weight_decay=0.01), weights, gradients, dtype="bfloat16")
+    expected = ref.run(ref.per_variable(ref.lamb_step), weights, gradients, 0.05, weight_decay=0.01)
+    assert_histories_close(history, expected, rtol=3e-2, atol=1e-3)

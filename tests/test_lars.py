@@ -186,3 +186,12 @@ def test_lars_with_bounded_phi_crosses_zero_towards_the_minimum():
     lars = LARS(0.1, momentum=0.0, trust_coefficient=1.0, trust_ratio_bounds=(0.5, 10.0))
     history, _ = ref.run_keras(lars, x0, _quadratic_gradient, num_steps=150, compiled=True)
     assert abs(history[-1][0][0] + 1.0) <= 0.1 + 1e-6
+
+
+@pytest.mark.parametrize("version", ["gradient", "momentum"])
+def test_bfloat16_variables_follow_the_float32_trajectory(version):
+    weights, gradients = ref.random_problem(steps=5)
+    case = dict(trust_ratio_on=version, trust_coefficient=0.1, weight_decay=1e-2)
+    history, _ = ref.run_keras(LARS(0.5, **case), weights, gradients, dtype="bfloat16")
+    expected = ref.run(ref.per_variable(ref.lars_step), weights, gradients, 0.5, **case)
+    assert_histories_close(history, expected, rtol=3e-2, atol=1e-3)

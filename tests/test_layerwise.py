@@ -146,3 +146,12 @@ def test_config_round_trip(cls):
     assert config["trust_ratio_bounds"] == [0.2, 4.0]
     assert config["exclude_from_layer_adaptation"] == ["layer_normalization"]
     assert cls.from_config(config).get_config() == config
+
+
+@pytest.mark.parametrize("cls, base, base_kwargs", [BASES[1], BASES[2], BASES[4], BASES[5]], ids=_id)
+def test_bfloat16_variables_follow_the_float32_trajectory(cls, base, base_kwargs):
+    """State and update math are float32 for bfloat16 variables (only the weights round)."""
+    weights, gradients = ref.random_problem(steps=5)
+    history, _ = ref.run_keras(cls(0.05, **base_kwargs), weights, gradients, dtype="bfloat16")
+    expected = ref.run(ref.per_variable(ref.layerwise_step), weights, gradients, 0.05, base=base, **base_kwargs)
+    assert_histories_close(history, expected, rtol=3e-2, atol=1e-3)

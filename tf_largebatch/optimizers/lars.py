@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tf_largebatch import validation
 from tf_largebatch.optimizers import rules
-from tf_largebatch.optimizers.layerwise import LayerwiseOptimizer
+from tf_largebatch.optimizers.layerwise import LayerwiseOptimizer, compute_dtype
 
 TRUST_RATIO_ON = ("gradient", "momentum")
 
@@ -116,11 +116,12 @@ class LARS(LayerwiseOptimizer):
         if self.built:
             return
         super().build(var_list)
-        self.momentums = self.add_optimizer_variables(var_list, "momentum")
+        self.momentums = self._add_slots(var_list, "momentum")
 
     def update_step(self, gradient, variable, learning_rate):
-        learning_rate = tf.cast(learning_rate, variable.dtype)
-        gradient = tf.cast(gradient, variable.dtype)
+        dtype = compute_dtype(variable)
+        learning_rate = tf.cast(learning_rate, dtype)
+        gradient = tf.cast(gradient, dtype)
         momentum = self._slot(self.momentums, variable)
         update = self._with_weight_decay(gradient, variable)
         if self.trust_ratio_on == "gradient":

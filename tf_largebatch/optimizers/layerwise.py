@@ -57,6 +57,12 @@ def scale_by_trust_ratio(update, variable, *, trust_coefficient=1.0, bounds=None
     return update * tf.cast(ratio, update.dtype)
 
 
+def compute_dtype(variable):
+    """float32 for float16/bfloat16 variables, else the variable's own dtype."""
+    dtype = tf.as_dtype(variable.dtype)
+    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
+
+
 class LayerwiseOptimizer(LargeBatchOptimizer):
     """Base of the trust-ratio optimizers: direction, weight decay, trust ratio, lr.
 
@@ -150,12 +156,38 @@ class LayerwiseOptimizer(LargeBatchOptimizer):
         raise NotImplementedError
 
     def update_step(self, gradient, variable, learning_rate):
-        learning_rate = tf.cast(learning_rate, variable.dtype)
-        gradient = tf.cast(gradient, variable.dtype)
+        dtype = compute_dtype(variable)
+        learning_rate = tf.cast(learning_rate, dtype)
+        gradient = tf.cast(gradient, dtype)
         update = self._direction(gradient, variable)
         update = self._with_weight_decay(update, variable)
         update = self._layer_adapted(update, variable)
         self.assign_sub(variable, learning_rate * update)
+
+    # ----------------------------------------------------------------- slots
+    def _add_slots(self, var_list, name, initializer="zeros"):
+        """One optimizer variable per model variable, float32 for float16/bfloat16 ones.
+
+        In bfloat16, ``beta_2 = 0.999`` rounds to 1 and Adam's second moment never
+        moves; keeping the state (and the update math, see :func:`compute_dtype`)
+        in float32 makes low-precision variables follow the float32 trajectory up
+        to the rounding of the weights themselves.
+        """
+        slots = []
+        for variable in var_list:
+            if compute_dtype(variable) == tf.as_dtype(variable.dtype):
+                slots.append(self.add_variable_from_reference(variable, name=name, initializer=initializer))
+                continue
+            with self._distribution_strategy.extended.colocate_vars_with(variable.value):
+                slots.append(
+                    self.add_variable(
+                        shape=variable.shape,
+                        initializer=initializer,
+                        dtype="float32",
+                        name=f"{variable.path.replace('/', '_')}_{name}",
+                    )
+                )
+        return slots
 
     def _slot(self, slots, variable):
         return slots[self._get_variable_index(variable)]
@@ -236,7 +268,7 @@ class LayerwiseSGD(LayerwiseOptimizer):
         if self.built:
             return
         super().build(var_list)
-        self.momentums = self.add_optimizer_variables(var_list, "momentum") if self.momentum else []
+        self.momentums = self._add_slots(var_list, "momentum") if self.momentum else []
 
     def _direction(self, gradient, variable):
         if not self.momentum:
@@ -288,9 +320,7 @@ class LayerwiseAdagrad(LayerwiseOptimizer):
             return
         super().build(var_list)
         initializer = keras.initializers.Constant(self.initial_accumulator_value)
-        self._accumulators = [
-            self.add_variable_from_reference(v, name="accumulator", initializer=initializer) for v in var_list
-        ]
+        self._accumulators = self._add_slots(var_list, "accumulator", initializer)
 
     def _direction(self, gradient, variable):
         accumulator = self._slot(self._accumulators, variable)
@@ -342,9 +372,9 @@ class LayerwiseRMSprop(LayerwiseOptimizer):
         if self.built:
             return
         super().build(var_list)
-        self._velocities = self.add_optimizer_variables(var_list, "velocity")
-        self._average_gradients = self.add_optimizer_variables(var_list, "average_gradient") if self.centered else []
-        self._momentums = self.add_optimizer_variables(var_list, "momentum") if self.momentum else []
+        self._velocities = self._add_slots(var_list, "velocity")
+        self._average_gradients = self._add_slots(var_list, "average_gradient") if self.centered else []
+        self._momentums = self._add_slots(var_list, "momentum") if self.momentum else []
 
     def _direction(self, gradient, variable):
         velocity = self._slot(self._velocities, variable)
@@ -408,8 +438,8 @@ class LayerwiseAdam(LayerwiseOptimizer):
         if self.built:
             return
         super().build(var_list)
-        self._momentums = self.add_optimizer_variables(var_list, "momentum")
-        self._velocities = self.add_optimizer_variables(var_list, "velocity")
+        self._momentums = self._add_slots(var_list, "momentum")
+        self._velocities = self._add_slots(var_list, "velocity")
 
     def _direction(self, gradient, variable):
         step = self.iterations + 1
