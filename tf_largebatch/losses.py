@@ -39,6 +39,20 @@ def small_loss_mask(per_sample_losses, fraction):
     return ascending_rank >= num_discarded(tf.shape(per_sample_losses)[0], fraction)
 
 
+class _StepSource:
+    """Holds the optimizer whose ``iterations`` count the steps.
+
+    Not a ``KerasSaveable``: ``model.save`` walks every attribute of the compiled
+    loss, and an optimizer reached through the loss first would be saved under
+    the loss's path, leaving the model's own optimizer entry empty.
+    """
+
+    __slots__ = ("optimizer",)
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+
 @keras.saving.register_keras_serializable(package="tf_largebatch")
 class DiscardSmallLosses(keras.losses.Loss):
     """Wraps a loss so that the smallest per-sample losses of each batch are dropped.
@@ -102,11 +116,11 @@ class DiscardSmallLosses(keras.losses.Loss):
             raise ValueError(f"`loss` must be a loss name, function or keras.losses.Loss. Received: loss={loss!r}")
         self.fraction = float(validation.check_number("fraction", fraction, low=0.0, high=1.0, high_inclusive=False))
         self.discard_steps = validation.check_positive_int("discard_steps", discard_steps, minimum=0, allow_none=True)
-        self.optimizer = optimizer
+        self._step_source = _StepSource(optimizer)
 
     def bind(self, optimizer):
         """Uses ``optimizer.iterations`` as the step counter; returns ``self``."""
-        self.optimizer = optimizer
+        self._step_source = _StepSource(optimizer)
         return self
 
     def per_sample_losses(self, y_true, y_pred):
@@ -125,12 +139,13 @@ class DiscardSmallLosses(keras.losses.Loss):
         keep = small_loss_mask(per_sample_losses, self.fraction)
         if self.discard_steps is None:
             return keep
-        if self.optimizer is None:
+        optimizer = self._step_source.optimizer
+        if optimizer is None:
             raise ValueError(
                 "DiscardSmallLosses(discard_steps=...) counts optimizer updates: pass "
                 "`optimizer=` or call `loss.bind(model.optimizer)` before training."
             )
-        finished = self.optimizer.iterations >= self.discard_steps
+        finished = optimizer.iterations >= self.discard_steps
         return tf.logical_or(keep, finished)
 
     def call(self, y_true, y_pred):
