@@ -74,7 +74,7 @@ class LayerwiseOptimizer(LargeBatchOptimizer):
         w = w - learning_rate * u
 
     Weight decay sits inside the trust ratio, as in LAMB (You et al. 2020,
-    Algorithm 2) and LARS's ``||g|| + wd * ||w||`` denominator.
+    Algorithm 2) and LARS (You et al. 2017, local LR ``||w|| / ||g + wd * w||``).
 
     Subclasses implement ``_direction`` (and create its slots in ``build``);
     ``LARS`` overrides ``update_step`` and reuses :meth:`_with_weight_decay` and
