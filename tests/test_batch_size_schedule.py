@@ -7,7 +7,11 @@ import tensorflow as tf
 from keras import ops
 
 from tf_largebatch import schedules
-from tf_largebatch.batch_size_schedule import Phase, fit_with_batch_size_schedule
+from tf_largebatch.batch_size_schedule import (
+    Phase,
+    fit_with_batch_size_schedule,
+    increase_batch_size_instead_of_decay,
+)
 
 
 class SeenBatchSize(keras.metrics.Metric):
@@ -164,3 +168,24 @@ def test_phases_under_mirrored_strategy_match_single_device_reference(mirrored):
     np.testing.assert_allclose(model.get_layer(index=0).kernel.numpy(), expected_w, rtol=1e-4, atol=1e-5)
     assert int(optimizer.iterations.numpy()) == expected_steps == 5 + 2
     assert history.history["batch_size"] == [4, 10]
+
+
+def test_increase_batch_size_instead_of_decay_keeps_noise_scale():
+    phases = increase_batch_size_instead_of_decay(
+        total_epochs=90, boundaries=[30, 60, 80], batch_size=256, learning_rate=0.1, factor=5, max_batch_size=8192,
+    )
+    assert [p.epochs for p in phases] == [30, 30, 20, 10]
+    assert [p.batch_size for p in phases] == [256, 1280, 6400, 8192]
+    np.testing.assert_allclose([p.learning_rate for p in phases], [0.1, 0.1, 0.1, 0.1 / 125 * 32])
+    # noise scale lr/B equals the step schedule's (0.1 / 5**i) / 256 in every phase
+    for i, p in enumerate(phases):
+        assert p.learning_rate / p.batch_size == pytest.approx(0.1 / 5**i / 256)
+    uncapped = increase_batch_size_instead_of_decay(10, [5], 32, 0.4, factor=2)
+    assert [(p.batch_size, p.learning_rate) for p in uncapped] == [(32, 0.4), (64, 0.4)]
+    for bad in ([0, 5], [5, 5], [12], [6, 3]):
+        with pytest.raises(ValueError, match="boundaries"):
+            increase_batch_size_instead_of_decay(10, bad, 32, 0.1)
+    with pytest.raises(ValueError, match="max_batch_size"):
+        increase_batch_size_instead_of_decay(10, [5], 32, 0.1, max_batch_size=16)
+    with pytest.raises(ValueError, match="factor"):
+        increase_batch_size_instead_of_decay(10, [5], 32, 0.1, factor=1)

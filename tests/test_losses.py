@@ -27,7 +27,9 @@ def np_mse(y, p):
     return np.mean((y.astype(np.float64) - p) ** 2, axis=-1)
 
 
-@pytest.mark.parametrize("batch,fraction", [(10, 0.3), (16, 0.5), (7, 0.29), (100, 0.29), (5, 0.0), (3, 0.9), (33, 0.75)])
+@pytest.mark.parametrize(
+    "batch,fraction", [(10, 0.3), (16, 0.5), (7, 0.29), (100, 0.29), (5, 0.0), (3, 0.9), (33, 0.75)]
+)
 def test_matches_numpy_reference(batch, fraction):
     rng = np.random.default_rng(batch)
     y = rng.normal(size=(batch, 4)).astype("float32")

@@ -91,6 +91,63 @@ def set_learning_rate(optimizer, learning_rate):
     optimizer.learning_rate = float(learning_rate)
 
 
+def increase_batch_size_instead_of_decay(
+    total_epochs, boundaries, batch_size, learning_rate, factor=5, max_batch_size=None
+):
+    """Phases replacing a step learning-rate decay by batch-size increases.
+
+    The step schedule "``learning_rate`` divided by ``factor`` at each epoch in
+    ``boundaries``" becomes: multiply the batch size by ``factor`` instead, up
+    to ``max_batch_size``; past that cap, decay the learning rate by what the
+    batch size could not absorb. Each phase keeps the SGD noise scale
+    ``lr / B`` of the step schedule (Smith et al., eq. (1): ``g = lr N / B``)::
+
+        lr_i = learning_rate / factor**i                     (the step schedule)
+        B_i  = min(batch_size * factor**i, max_batch_size)
+        phase i: (batch B_i, learning rate lr_i * B_i / batch_size)
+
+    Args:
+        total_epochs: int >= 1, the length of training.
+        boundaries: increasing epochs in ``(0, total_epochs)`` where the step
+            schedule would decay.
+        batch_size: int >= 1, the initial batch size.
+        learning_rate: float > 0, the initial learning rate.
+        factor: int >= 2, the decay factor of the step schedule.
+        max_batch_size: optional int >= ``batch_size``, the largest batch
+            that fits (Smith et al.'s "hybrid" schedule once it is reached).
+
+    Returns:
+        A list of :class:`Phase`, one per interval between boundaries.
+
+    References:
+        Smith, Kindermans, Ying and Le, "Don't Decay the Learning Rate,
+        Increase the Batch Size", ICLR 2018, §2 (eq. 1) and §5.1.
+    """
+    validation.check_positive_int("total_epochs", total_epochs)
+    validation.check_positive_int("batch_size", batch_size)
+    validation.check_number("learning_rate", learning_rate, low=0.0, low_inclusive=False)
+    validation.check_positive_int("factor", factor, minimum=2)
+    max_batch_size = validation.check_positive_int(
+        "max_batch_size", max_batch_size, minimum=batch_size, allow_none=True
+    )
+    edges = [0] + list(boundaries) + [total_epochs]
+    if any(not isinstance(e, int) or isinstance(e, bool) for e in edges) or any(
+        b <= a for a, b in zip(edges, edges[1:])
+    ):
+        raise ValueError(
+            "`boundaries` must be increasing integers strictly between 0 and total_epochs "
+            f"({total_epochs}). Received: boundaries={boundaries!r}"
+        )
+    phases = []
+    for i, (start, end) in enumerate(zip(edges, edges[1:])):
+        size = batch_size * factor**i
+        if max_batch_size is not None:
+            size = min(size, max_batch_size)
+        rate = learning_rate / factor**i * size / batch_size
+        phases.append(Phase(epochs=end - start, batch_size=size, learning_rate=rate))
+    return phases
+
+
 def fit_with_batch_size_schedule(
     model,
     data,
@@ -154,7 +211,10 @@ def fit_with_batch_size_schedule(
     validation.check_positive_int("shuffle_buffer_size", shuffle_buffer_size, allow_none=True)
     for reserved in ("x", "y", "batch_size", "epochs", "initial_epoch", "shuffle"):
         if reserved in fit_kwargs:
-            raise ValueError(f"`{reserved}` is set by the phases; do not pass it. Received: {reserved}={fit_kwargs[reserved]!r}")
+            raise ValueError(
+                f"`{reserved}` is set by the phases; do not pass it. "
+                f"Received: {reserved}={fit_kwargs[reserved]!r}"
+            )
     examples = as_unbatched_dataset(data)
 
     merged = keras.callbacks.History()
@@ -206,4 +266,10 @@ def _is_unbatched(dataset):
     return not (first.shape.rank and first.shape[0] is None)
 
 
-__all__ = ["Phase", "as_phase", "fit_with_batch_size_schedule", "set_learning_rate"]
+__all__ = [
+    "Phase",
+    "as_phase",
+    "fit_with_batch_size_schedule",
+    "increase_batch_size_instead_of_decay",
+    "set_learning_rate",
+]
