@@ -6,7 +6,15 @@ serialization, so ``keras.saving.load_model`` finds them.
 
 __version__ = "0.1.0"
 
-from tf_largebatch import callbacks, layers, losses, optimizers, scaling, schedules  # noqa: E402,F401
+from tf_largebatch import (  # noqa: E402,F401
+    batch_size_schedule,
+    callbacks,
+    layers,
+    losses,
+    optimizers,
+    scaling,
+    schedules,
+)
 from tf_largebatch.optimizers import (  # noqa: E402,F401
     LAMB,
     LARS,

@@ -39,9 +39,14 @@ def _tf_variable(variable):
     return variable.value if isinstance(variable, keras.Variable) else variable
 
 
-def _statistic_dtype(variable):
+def compute_dtype(variable):
+    """float32 for float16/bfloat16 variables, else the variable's own dtype.
+
+    Optimizer state and update math run in this dtype: in bfloat16, ``0.999``
+    rounds to 1 (Adam's second moment would never move) and ``0.9`` to ``0.8984``.
+    """
     dtype = tf.as_dtype(variable.dtype)
-    return "float32" if dtype in (tf.float16, tf.bfloat16) else dtype.name
+    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
 
 
 def densify(gradient):
@@ -136,7 +141,7 @@ class LargeBatchOptimizer(_KerasOptimizer):
                 variable = keras.Variable(
                     initializer="zeros",
                     shape=reference.shape,
-                    dtype=_statistic_dtype(reference),
+                    dtype=compute_dtype(reference).name,
                     trainable=False,
                     aggregation=aggregation,
                     synchronization="on_read",
@@ -144,6 +149,32 @@ class LargeBatchOptimizer(_KerasOptimizer):
                 )
         self._track_variable(variable)
         return variable
+
+    def _add_slots(self, var_list, name, initializer="zeros"):
+        """One optimizer variable per model variable, in :func:`compute_dtype`.
+
+        Like Keras's ``add_optimizer_variables``, but float32 for float16/bfloat16
+        variables, so low-precision weights follow the float32 trajectory up to
+        the rounding of the weights themselves.
+        """
+        slots = []
+        for variable in var_list:
+            if compute_dtype(variable) == tf.as_dtype(variable.dtype):
+                slots.append(self.add_variable_from_reference(variable, name=name, initializer=initializer))
+                continue
+            with self._distribution_strategy.extended.colocate_vars_with(_tf_variable(variable)):
+                slots.append(
+                    self.add_variable(
+                        shape=variable.shape,
+                        initializer=initializer,
+                        dtype="float32",
+                        name=f"{variable.path.replace('/', '_')}_{name}",
+                    )
+                )
+        return slots
+
+    def _slot(self, slots, variable):
+        return slots[self._get_variable_index(variable)]
 
     # ------------------------------------------------- Keras hooks we replace
     def _clip_gradients(self, grads):

@@ -164,7 +164,7 @@ class _LayerwiseRateOptimizer(LargeBatchOptimizer):
         if self.built:
             return
         super().build(var_list)
-        self.momentums = self.add_optimizer_variables(var_list, "momentum")
+        self.momentums = self._add_slots(var_list, "momentum")
         # update_step receives tf.Variables (no `.path`): decide per index now.
         self._decays = [bool(self.weight_decay) and self._use_weight_decay(v) for v in var_list]
         self._adapts = [not self._layer_adaptation_patterns.matches(v) for v in var_list]

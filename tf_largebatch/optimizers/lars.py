@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from tf_largebatch import validation
 from tf_largebatch.optimizers import rules
-from tf_largebatch.optimizers.layerwise import LayerwiseOptimizer, compute_dtype
+from tf_largebatch.optimizers.base import compute_dtype
+from tf_largebatch.optimizers.layerwise import LayerwiseOptimizer
 
 TRUST_RATIO_ON = ("gradient", "momentum")
 

@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from tf_largebatch import validation
 from tf_largebatch.optimizers import rules
-from tf_largebatch.optimizers.base import LargeBatchOptimizer, PathPatterns
+from tf_largebatch.optimizers.base import LargeBatchOptimizer, PathPatterns, compute_dtype
 
 
 def scale_by_trust_ratio(update, variable, *, trust_coefficient=1.0, bounds=None, epsilon=0.0):
@@ -55,12 +55,6 @@ def scale_by_trust_ratio(update, variable, *, trust_coefficient=1.0, bounds=None
         epsilon=epsilon,
     )
     return update * tf.cast(ratio, update.dtype)
-
-
-def compute_dtype(variable):
-    """float32 for float16/bfloat16 variables, else the variable's own dtype."""
-    dtype = tf.as_dtype(variable.dtype)
-    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
 
 
 class LayerwiseOptimizer(LargeBatchOptimizer):
@@ -165,33 +159,6 @@ class LayerwiseOptimizer(LargeBatchOptimizer):
         self.assign_sub(variable, learning_rate * update)
 
     # ----------------------------------------------------------------- slots
-    def _add_slots(self, var_list, name, initializer="zeros"):
-        """One optimizer variable per model variable, float32 for float16/bfloat16 ones.
-
-        In bfloat16, ``beta_2 = 0.999`` rounds to 1 and Adam's second moment never
-        moves; keeping the state (and the update math, see :func:`compute_dtype`)
-        in float32 makes low-precision variables follow the float32 trajectory up
-        to the rounding of the weights themselves.
-        """
-        slots = []
-        for variable in var_list:
-            if compute_dtype(variable) == tf.as_dtype(variable.dtype):
-                slots.append(self.add_variable_from_reference(variable, name=name, initializer=initializer))
-                continue
-            with self._distribution_strategy.extended.colocate_vars_with(variable.value):
-                slots.append(
-                    self.add_variable(
-                        shape=variable.shape,
-                        initializer=initializer,
-                        dtype="float32",
-                        name=f"{variable.path.replace('/', '_')}_{name}",
-                    )
-                )
-        return slots
-
-    def _slot(self, slots, variable):
-        return slots[self._get_variable_index(variable)]
-
     # ---------------------------------------------------------------- config
     def get_config(self):
         config = super().get_config()

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tf_largebatch import validation
 from tf_largebatch.optimizers import rules
-from tf_largebatch.optimizers.base import LargeBatchOptimizer
+from tf_largebatch.optimizers.base import LargeBatchOptimizer, compute_dtype
 
 
 @keras.saving.register_keras_serializable(package="tf_largebatch")
@@ -71,7 +71,7 @@ class SNGM(LargeBatchOptimizer):
         if self.built:
             return
         super().build(var_list)
-        self.momentums = self.add_optimizer_variables(var_list, "momentum")
+        self.momentums = self._add_slots(var_list, "momentum")
 
     def _transform_reduced_gradients(self, grads, trainable_variables):
         if self.weight_decay:
@@ -85,9 +85,10 @@ class SNGM(LargeBatchOptimizer):
         return [rules.normalize(g, norm) for g in grads]
 
     def update_step(self, gradient, variable, learning_rate):
-        learning_rate = tf.cast(learning_rate, variable.dtype)
-        gradient = tf.cast(gradient, variable.dtype)
-        momentum = self.momentums[self._get_variable_index(variable)]
+        dtype = compute_dtype(variable)
+        learning_rate = tf.cast(learning_rate, dtype)
+        gradient = tf.cast(gradient, dtype)
+        momentum = self._slot(self.momentums, variable)
         self.assign(momentum, rules.heavy_ball(momentum, gradient, self.momentum))
         self.assign_sub(variable, learning_rate * momentum)
 
