@@ -130,8 +130,11 @@ def phase_dir(cfg):
     return os.path.join(cfg.training.model_dir, cfg.phase) if cfg.phase else cfg.training.model_dir
 
 
-def run_phase(cfg, strategy, *, initial_weights=None, callbacks=()):
-    """Trains one phase; returns its summary (also written to ``summary.json``)."""
+def run_phase(cfg, strategy, *, initial_weights=None, callbacks=(), data=None):
+    """Trains one phase; returns its summary (also written to ``summary.json``).
+
+    ``data``: the phase's ``(train, eval)`` datasets if already built.
+    """
     directory = phase_dir(cfg)
     tf.io.gfile.makedirs(directory)
     summary_path = os.path.join(directory, SUMMARY)
@@ -144,7 +147,7 @@ def run_phase(cfg, strategy, *, initial_weights=None, callbacks=()):
 
     keras.utils.set_random_seed(cfg.training.seed)
     strategy_lib.set_precision(cfg.precision)
-    train_ds, eval_ds = task_module(cfg.task).make_datasets(cfg)
+    train_ds, eval_ds = data or task_module(cfg.task).make_datasets(cfg)
 
     accumulation = cfg.training.gradient_accumulation_steps
     total_steps = cfg.total_steps()
@@ -200,11 +203,14 @@ def run(configs, *, callbacks=()):
             later phase from the previous phase's final weights.
         callbacks: extra Keras callbacks for every phase.
     """
+    # Every phase's input is checked (files found, datasets loadable) before
+    # the first step of the first phase.
+    data = [task_module(cfg.task).make_datasets(cfg) for cfg in configs]
     strategy = strategy_lib.build_strategy(configs[0].strategy)
     summaries = []
     previous = configs[0].training.initial_weights
-    for cfg in configs:
-        summary = run_phase(cfg, strategy, initial_weights=previous, callbacks=callbacks)
+    for cfg, datasets in zip(configs, data):
+        summary = run_phase(cfg, strategy, initial_weights=previous, callbacks=callbacks, data=datasets)
         summaries.append(summary)
         previous = os.path.join(phase_dir(cfg), FINAL_WEIGHTS)
     return summaries
