@@ -30,6 +30,7 @@ import inspect
 import math
 import numbers
 import os
+import re
 import typing
 from typing import Literal, Optional, Union
 
@@ -428,10 +429,10 @@ def resolve_optimizer_class(name, path="optimizer.name"):
                       f"({', '.join(ours)}) or keras.optimizers ({', '.join(theirs)})")
 
 
-def _argument_defaults(cls):
-    """Defaults of every named constructor argument along the class (and inner
-    optimizer) hierarchy: used to type-check ``optimizer.args``."""
-    defaults = {}
+def _constructor_parameters(cls):
+    """Named constructor parameters along the class (and inner optimizer)
+    hierarchy, first definition wins: used to check ``optimizer.args``."""
+    parameters = {}
     classes = list(cls.__mro__)
     inner = getattr(cls, "_inner_class", None)
     if inner is not None:
@@ -444,20 +445,24 @@ def _argument_defaults(cls):
         if init is None:
             continue
         for param in inspect.signature(init).parameters.values():
-            if param.default is not inspect.Parameter.empty and param.name not in defaults:
-                defaults[param.name] = param.default
-    return defaults
+            if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL) or param.name == "self":
+                continue
+            parameters.setdefault(param.name, param)
+    return parameters
 
 
 def _validate_optimizer(opt_cfg, path):
     cls = resolve_optimizer_class(opt_cfg.name, path + ".name")
-    defaults = _argument_defaults(cls)
+    parameters = _constructor_parameters(cls)
     for key, value in opt_cfg.args.items():
         key_path = f"{path}.args.{key}"
         if key in _RUNNER_OPTIMIZER_ARGS:
             where = "schedule" if key == "learning_rate" else "training.gradient_accumulation_steps"
             raise ConfigError(key_path, f"set by the runner; put it in {where}")
-        default = defaults.get(key)
+        if key not in parameters:
+            known = sorted(k for k in parameters if k not in _RUNNER_OPTIMIZER_ARGS + ("name",))
+            raise ConfigError(key_path, f"unknown argument of {opt_cfg.name}; expected one of: {', '.join(known)}")
+        default = parameters[key].default
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ConfigError(key_path, f"expected true or false, got {_describe(value)}")
@@ -516,6 +521,9 @@ def _validate_model(cfg, path):
     if builder is None:
         raise ConfigError(path + ".name", f"unknown model {cfg.model.name!r}; expected one of "
                           f"{', '.join(sorted(models.BUILDERS))}")
+    if cfg.model.name not in models.MODELS_FOR_TASK[cfg.task]:
+        raise ConfigError(path + ".name", f"model {cfg.model.name!r} does not fit task {cfg.task!r}; expected "
+                          f"one of {', '.join(models.MODELS_FOR_TASK[cfg.task])}")
     params = inspect.signature(builder).parameters
     for key, value in cfg.model.args.items():
         if key not in params or key in models.SUPPLIED_BY_RUNNER:
@@ -529,9 +537,6 @@ def _validate_model(cfg, path):
         elif isinstance(default, numbers.Real):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ConfigError(f"{path}.args.{key}", f"expected a number, got {_describe(value)}")
-    if cfg.model.name not in models.MODELS_FOR_TASK[cfg.task]:
-        raise ConfigError(path + ".name", f"model {cfg.model.name!r} does not fit task {cfg.task!r}; expected "
-                          f"one of {', '.join(models.MODELS_FOR_TASK[cfg.task])}")
 
 
 def _validate_dataset_name(data_cfg, path):
@@ -546,6 +551,18 @@ def _validate_dataset_name(data_cfg, path):
 
 
 # --------------------------------------------------------------------------- loading
+
+
+class _Loader(yaml.SafeLoader):
+    """``SafeLoader`` that also reads ``1e-4`` and ``2E5`` as floats (YAML 1.2
+    style); plain YAML 1.1 wants ``1.0e-4`` and would give the string '1e-4'."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def deep_merge(base, override):
@@ -568,7 +585,7 @@ def parse_override(text):
     if any(not p for p in parts):
         raise ConfigError("--set", f"expected key.path=value, got {text!r}")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = yaml.load(value, Loader=_Loader) if value.strip() else ""
     except yaml.YAMLError as error:
         raise ConfigError(key, f"value is not valid YAML: {error}") from None
     return parts, parsed
@@ -604,7 +621,7 @@ def read_yaml(path):
         raise ConfigError("--config", f"no such file: {path}")
     with open(path) as f:
         try:
-            raw = yaml.safe_load(f)
+            raw = yaml.load(f, Loader=_Loader)
         except yaml.YAMLError as error:
             raise ConfigError("--config", f"{path} is not valid YAML: {error}") from None
     if not isinstance(raw, dict):
