@@ -202,11 +202,21 @@ def run(configs, *, callbacks=()):
             first phase starts from ``training.initial_weights`` (if set), each
             later phase from the previous phase's final weights.
         callbacks: extra Keras callbacks for every phase.
+
+    The global Keras dtype policy is set per phase and restored on return.
     """
+    policy = keras.mixed_precision.global_policy()
+    try:
+        return _run(configs, callbacks)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)  # the caller's policy, as found
+
+
+def _run(configs, callbacks):
+    strategy = strategy_lib.build_strategy(configs[0].strategy)
     # Every phase's input is checked (files found, datasets loadable) before
     # the first step of the first phase.
     data = [task_module(cfg.task).make_datasets(cfg) for cfg in configs]
-    strategy = strategy_lib.build_strategy(configs[0].strategy)
     summaries = []
     previous = configs[0].training.initial_weights
     for cfg, datasets in zip(configs, data):
