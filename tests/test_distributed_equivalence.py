@@ -43,14 +43,14 @@ def _schedule(entry):
     return keras.optimizers.schedules.ExponentialDecay(base, decay_steps=1, decay_rate=0.7)
 
 
-def _fit(entry, strategy, *, batch_size, accumulation, clip, run_eagerly=False):
+def _fit(entry, strategy, *, batch_size, accumulation, clip, run_eagerly=False, **extra):
     x, y = regression_data()
     init = initial_weights()
     with strategy.scope():
         model = tiny_model()
         model.set_weights(init)
         optimizer = entry.make(
-            learning_rate=_schedule(entry), gradient_accumulation_steps=accumulation, **clip
+            learning_rate=_schedule(entry), gradient_accumulation_steps=accumulation, **clip, **extra
         )
         model.compile(optimizer=optimizer, loss="mse", run_eagerly=run_eagerly)
     model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
@@ -200,3 +200,17 @@ def test_checkpoint_mid_accumulation_under_mirrored_strategy(tmp_path):
         restored_step(xs, ys)
     assert int(restored_optimizer.iterations.numpy()) == 3
     assert_weights_close(restored_model.get_weights(), model.get_weights(), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------ EMA under replicas
+@pytest.mark.parametrize("entry_id", ["SNGM", "VRAdam"])
+def test_ema_with_overwrite_under_replicas_and_accumulation_matches_single_device(entry_id):
+    """``use_ema`` + ``ema_overwrite_frequency`` work under MirroredStrategy (Keras's own
+    overwrite ``tf.cond`` fails there, even for ``keras.optimizers.SGD``), and the
+    average moves on real updates only, so 2 replicas x 2 micro-batches equal one
+    device x 4 micro-batches."""
+    entry = ENTRIES[entry_id]
+    ema = dict(use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=2, clip={})
+    reference = _fit(entry, tf.distribute.get_strategy(), batch_size=4, accumulation=4, run_eagerly=True, **ema)
+    replicas = _fit(entry, mirrored_strategy(2), batch_size=8, accumulation=2, **ema)
+    assert_weights_close(replicas, reference, what="EMA-overwritten weights, 2x2 vs 1x4")

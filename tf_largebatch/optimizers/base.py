@@ -217,11 +217,14 @@ class LargeBatchOptimizer(_KerasOptimizer):
                 for slots in accumulators:
                     for slot in slots:
                         slot.assign(tf.zeros_like(slot.value))
+                # The average moves on real updates only (Keras moves it on every
+                # micro-step, so its EMA would depend on the accumulation layout).
+                self._update_ema(trainable_variables)
 
             cond_with_collectives(lambda: tf.equal((self._iterations + 1) % steps, 0), update)
         else:
             self._reduce_and_update(self._local_statistics(grads), trainable_variables)
-        self._update_ema(trainable_variables)
+            self._update_ema(trainable_variables)
 
     def _update_ema(self, trainable_variables):
         # Same behaviour as BaseOptimizer._backend_apply_gradients' EMA branch.
@@ -229,11 +232,12 @@ class LargeBatchOptimizer(_KerasOptimizer):
             return
         self._update_model_variables_moving_average(self._trainable_variables)
         if self.ema_overwrite_frequency:
-            should_overwrite = tf.equal((self.iterations + 1) % self.ema_overwrite_frequency, 0)
-            tf.cond(
-                should_overwrite,
+            # Keras's plain `tf.cond` here wraps a merge call (the overwrite is a
+            # `distribution.extended.update`), which MirroredStrategy rejects in a
+            # replica context, even for keras.optimizers.SGD.
+            cond_with_collectives(
+                lambda: tf.equal((self.iterations + 1) % self.ema_overwrite_frequency, 0),
                 lambda: self._overwrite_model_variables_with_average_value(self._trainable_variables),
-                lambda: None,
             )
 
     # ------------------------------------------------------ extension points
