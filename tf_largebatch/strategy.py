@@ -7,7 +7,7 @@
   (``tpu="local"``).
 - ``mirrored``: ``MirroredStrategy`` over ``devices``, over
   ``num_cpu_replicas`` logical CPUs (testing: configured here if the runtime
-  is not initialised yet), or over every local GPU.
+  is not initialised yet; reduced through one device), or over every local GPU.
 - ``multi_worker``: ``MultiWorkerMirroredStrategy`` with the cluster read from
   the ``TF_CONFIG`` environment variable (one process per worker, same command).
 - ``one_device``: ``OneDeviceStrategy`` on the first GPU, else the CPU.
@@ -68,7 +68,12 @@ def build_strategy(strategy_cfg):
         return tf.distribute.TPUStrategy(resolver)
     if kind == "mirrored":
         if strategy_cfg.num_cpu_replicas:
-            return tf.distribute.MirroredStrategy(logical_cpus(strategy_cfg.num_cpu_replicas))
+            # Reduce through one device: CPU collectives keyed by group collide
+            # when a process builds several strategies (tests, several runs),
+            # and gain nothing between logical CPUs of one host.
+            return tf.distribute.MirroredStrategy(
+                logical_cpus(strategy_cfg.num_cpu_replicas), cross_device_ops=tf.distribute.ReductionToOneDevice()
+            )
         return tf.distribute.MirroredStrategy(strategy_cfg.devices or None)
     if kind == "multi_worker":
         if "TF_CONFIG" not in os.environ:
