@@ -272,6 +272,23 @@ def configure_replicas(num_replicas):
     return devices[:num_replicas]
 
 
+_STRATEGIES = {}
+
+
+def mirrored_strategy(devices):
+    """One MirroredStrategy per device list and process.
+
+    A second MirroredStrategy over the same devices in one process makes the
+    package optimizers' collectives fail, so repeated demo runs share one.
+    """
+    key = tuple(devices)
+    if key not in _STRATEGIES:
+        import tensorflow as tf
+
+        _STRATEGIES[key] = tf.distribute.MirroredStrategy(list(devices))
+    return _STRATEGIES[key]
+
+
 def resolve_optimizer_class(recipe):
     """The optimizer class a recipe names; a clear error if it does not exist."""
     if recipe.source == "keras":
@@ -442,6 +459,7 @@ def train_one(task, optimizer_name, batch_size, settings, strategy):
         steps_per_epoch=steps_per_epoch * accumulation,
         validation_data=evaluation_data(task.test),
         callbacks=[recorder],
+        shuffle=False,  # the dataset reshuffles itself each epoch
         verbose=0,
     ).history
     seconds = time.perf_counter() - start
@@ -634,8 +652,6 @@ def run(args):
         print(f"tf-largebatch demo: error: {error}", file=sys.stderr)
         return 2
 
-    import tensorflow as tf
-
     from tf_largebatch import demo_data
 
     try:
@@ -647,7 +663,7 @@ def run(args):
         print(f"tf-largebatch demo: error: {error}", file=sys.stderr)
         return 2
 
-    strategy = tf.distribute.MirroredStrategy(devices)
+    strategy = mirrored_strategy(devices)
     header = {
         "task": task.description,
         "bayes_test_accuracy": task.bayes_test_accuracy,

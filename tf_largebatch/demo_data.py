@@ -139,23 +139,35 @@ def cifar10_task(data_dir=None, num_train=None, num_test=None):
         num_train = _check_positive_int("num_train", num_train)
     if num_test is not None:
         num_test = _check_positive_int("num_test", num_test)
-    builder = tfds.builder("cifar10", data_dir=data_dir)
-    if not builder.is_prepared():
-        raise DatasetNotAvailableError(
-            f"CIFAR-10 is not prepared in the TFDS data directory {builder.data_dir!r}, and the demo "
-            "never downloads. Prepare it once where you have network access "
-            "(`python -c \"import tensorflow_datasets as tfds; tfds.builder('cifar10').download_and_prepare()\"`), "
-            "copy it here and pass --data-dir, or run the default offline task (--dataset teacher_student)."
+
+    def spec(split, limit):
+        return split if limit is None else f"{split}[:{limit}]"
+
+    try:
+        # download=False: TFDS reads only what is prepared in data_dir.
+        train_data, test_data = tfds.load(
+            "cifar10",
+            split=[spec("train", num_train), spec("test", num_test)],
+            data_dir=data_dir,
+            as_supervised=True,
+            download=False,
         )
+    except AssertionError as error:  # how TFDS reports "not prepared" when download=False
+        raise DatasetNotAvailableError(
+            f"CIFAR-10 is not prepared in the TFDS data directory ({data_dir or 'the TFDS default'}), and the "
+            "demo never downloads. Prepare it once where you have network access (`python -c \"import "
+            "tensorflow_datasets as tfds; tfds.builder('cifar10').download_and_prepare()\"`), copy it here and "
+            f"pass --data-dir, or run the default offline task. (TFDS said: {error})"
+        ) from error
 
-    def load(split, limit):
-        split_spec = split if limit is None else f"{split}[:{limit}]"
-        data = tfds.as_numpy(builder.as_dataset(split=split_spec, as_supervised=True, batch_size=-1))
-        images, labels = data
-        return Split((images.astype(np.float32) / 255.0), labels.astype(np.int32))
+    def as_split(dataset, limit):
+        batches = list(tfds.as_numpy(dataset.take(-1 if limit is None else limit).batch(4096)))
+        images = np.concatenate([images for images, _ in batches])
+        labels = np.concatenate([labels for _, labels in batches])
+        return Split(images.astype(np.float32) / 255.0, labels.astype(np.int32))
 
-    train = load("train", num_train)
-    test = load("test", num_test)
+    train = as_split(train_data, num_train)
+    test = as_split(test_data, num_test)
     return Task(
         name="cifar10",
         train=train,
