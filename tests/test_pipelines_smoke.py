@@ -71,3 +71,44 @@ def test_resnet50_vrlars_config_trains_in_smoke_mode(tmp_path, mock_tfds):
     cfg, summary = smoke("resnet50_vrlars_32k_v3-512", tmp_path)
     check_run(cfg, summary, tmp_path)
     assert cfg.training.gradient_accumulation_steps == 2
+
+
+def test_imagenet_tfrecords_are_decoded_cropped_and_one_hot(tmp_path):
+    import tensorflow as tf
+
+    from tf_largebatch.pipelines import imagenet
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(40, 60), (72, 50), (64, 64), (33, 90)]]
+    jpegs = [tf.io.encode_jpeg(image).numpy() for image in images]
+    with tf.io.TFRecordWriter(str(tmp_path / "train-00000-of-00001")) as writer:
+        for label, jpeg in enumerate(jpegs, start=1):  # 1-based labels, as imagenet_to_gcs.py writes
+            feature = {
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+            }
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    (cfg,) = config.load_config(config_path("resnet50_lars_32k_v3-512"), smoke=True, overrides=[
+        f"data.train_files={tmp_path}/train-*", f"data.eval_files={tmp_path}/train-*", "data.label_offset=1",
+        "data.shuffle_buffer=1", "training.global_batch_size=8", "training.gradient_accumulation_steps=2",
+    ])
+    train_ds, eval_ds = imagenet.make_datasets(cfg)
+    x, y = next(iter(eval_ds))
+    assert x.shape == (4, 64, 64, 3) and y.shape == (4, 1000)
+    np.testing.assert_array_equal(np.argmax(y, -1), [0, 1, 2, 3])
+    # Evaluation is the centre crop: the 64x64 image's central 64/96 = 42 pixels, resized.
+    decoded = tf.io.decode_jpeg(jpegs[2], channels=3)
+    expected = imagenet.normalize(tf.image.resize(decoded[11:53, 11:53], [64, 64], method="bicubic"))
+    np.testing.assert_allclose(x[2], expected, atol=1e-3)
+    x, y = next(iter(train_ds))
+    assert x.shape == (4, 64, 64, 3) and np.all(np.isfinite(x))
+    assert sorted(np.argmax(y, -1)) == [0, 1, 2, 3]
+
+
+def test_xla_compiled_smoke_run(tmp_path, mock_tfds):
+    # What a TPU runs is XLA-compiled; on CPU, XLA works on a single device
+    # (Keras turns it off under MirroredStrategy on CPUs).
+    cfg, summary = smoke("resnet20_sngm_128_v3-8", tmp_path, "strategy.type=one_device",
+                         "strategy.num_cpu_replicas=null", "training.jit_compile=true")
+    check_run(cfg, summary, tmp_path)
+    assert summary["replicas"] == 1 and summary["jit_compile"] is True

@@ -186,6 +186,7 @@ def run_phase(cfg, strategy, *, initial_weights=None, callbacks=(), data=None):
         "loops": loops,
         "final_logs": {k: float(v[-1]) for k, v in history.history.items() if v},
         "replicas": strategy.num_replicas_in_sync,
+        "jit_compile": bool(model.jit_compile),
         "initial_weights": initial_weights,
         "skipped": False,
     }
