@@ -145,10 +145,13 @@ def mirrored_strategy(num_replicas):
     keys ("joining a group with size 2, but that group has size 4"), even with
     Keras's own SGD. TensorFlow's own tests avoid it by moving the key base of
     every new strategy (``strategy_combinations._mirrored_strategy_with_collective_key_base``);
-    we do the same.
+    we do the same, before and after, so that strategies made elsewhere afterwards
+    (without this) do not share our keys either.
     """
     tf.distribute.MirroredStrategy._collective_key_base += 100000
-    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(num_replicas)])
+    strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(num_replicas)])
+    tf.distribute.MirroredStrategy._collective_key_base += 100000
+    return strategy
 
 
 def assert_weights_close(actual, expected, rtol=2e-5, atol=2e-6, what="weights"):
