@@ -211,6 +211,16 @@ def test_required_and_cross_field_checks(tmp_path):
         "schedule.warmup_steps: the warm-up (4 steps) must be shorter than training (4 steps)")
 
 
+def test_gsnr_monitor_needs_a_vr_optimizer(tmp_path):
+    assert error_of(tmp_path, overrides=["callbacks.gsnr_monitor={update_freq: 5}"]).startswith(
+        "callbacks.gsnr_monitor: needs a VR optimizer")
+    assert error_of(tmp_path, overrides=["callbacks.gsnr_monitor={update_freqq: 5}", "optimizer.name=VRMomentum"]
+                    ).startswith("callbacks.gsnr_monitor.update_freqq: unknown argument of GSNRMonitor")
+    (cfg,) = config.load_config(write(tmp_path, base_raw()), overrides=[
+        "callbacks.gsnr_monitor={update_freq: 5}", "optimizer.name=VRMomentum"])
+    assert cfg.callbacks.gsnr_monitor == {"update_freq": 5}
+
+
 def test_set_values_are_yaml_typed(tmp_path):
     path = write(tmp_path, base_raw())
     (cfg,) = config.load_config(path, overrides=[

@@ -134,6 +134,7 @@ def test_two_phases_phase_two_starts_from_phase_one_with_a_fresh_warmup(tmp_path
         f"phases.1.data.train_files={tmp_path}/seq512.tfrecord",
         "phases.0.schedule.learning_rate=0.01", "phases.1.schedule.learning_rate=0.02",
         f"training.model_dir={tmp_path}/run", "callbacks.tensorboard=false",
+        "callbacks.gsnr_monitor.update_freq=1",
     ])
     assert [c.data.seq_length for c in configs] == [128, 512]
     recorder = PhaseRecorder()
@@ -154,6 +155,9 @@ def test_two_phases_phase_two_starts_from_phase_one_with_a_fresh_warmup(tmp_path
     assert summaries[1]["initial_weights"] == os.path.join(tmp_path, "run", "phase1_seq128", "final.weights.h5")
     for s in summaries:
         assert all(np.isfinite(v) for v in s["final_logs"].values())
+    for phase in ("phase1_seq128", "phase2_seq512"):  # VR-LAMB's GSNR statistics, per phase
+        assert glob.glob(str(tmp_path / "run" / phase / "logs" / "gsnr" / "**" / "events.out.tfevents.*"),
+                         recursive=True)
     with open(tmp_path / "run" / "phase2_seq512" / "summary.json") as f:
         assert json.load(f)["phase"] == "phase2_seq512"
     # A rerun of the finished command skips both phases instead of training again.

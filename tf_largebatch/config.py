@@ -391,6 +391,8 @@ def _validate_semantics(cfg, prefix):
             raise ConfigError(p + "callbacks.tensorboard", "needs the tensorboard package "
                               "(pip install tensorboard), or set it to false")
     _validate_optimizer(cfg.optimizer, p + "optimizer")
+    if cfg.callbacks.gsnr_monitor is not None:
+        _validate_gsnr_monitor(cfg, p + "callbacks.gsnr_monitor")
     _validate_model(cfg, p + "model")
     _validate_dataset_name(cfg.data, p + "data.name")
 
@@ -512,6 +514,28 @@ def build_optimizer(opt_cfg, learning_rate, gradient_accumulation_steps=None):
         target = getattr(optimizer, "inner_optimizer", optimizer)
         target.exclude_from_weight_decay(var_names=list(keras_exclusions))
     return optimizer
+
+
+def _validate_gsnr_monitor(cfg, path):
+    """GSNRMonitor reads the statistics a VR optimizer computes; its arguments
+    (except ``log_dir`` and ``global_batch_size``, set by the runner) are checked."""
+    from tf_largebatch import optimizers
+    from tf_largebatch.callbacks import GSNRMonitor
+
+    if not issubclass(resolve_optimizer_class(cfg.optimizer.name), optimizers.VR):
+        raise ConfigError(path, f"needs a VR optimizer (VR, VRSGD, VRMomentum, VRAdam, VRLAMB, VRLARS), "
+                          f"got {cfg.optimizer.name!r}")
+    params = inspect.signature(GSNRMonitor.__init__).parameters
+    for key, value in cfg.callbacks.gsnr_monitor.items():
+        allowed = [n for n in params if n not in ("self", "log_dir", "global_batch_size")]
+        if key not in allowed and key != "log_dir":
+            raise ConfigError(f"{path}.{key}", f"unknown argument of GSNRMonitor; expected one of: {', '.join(allowed)}")
+        default = params[key].default
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path}.{key}", f"expected true or false, got {_describe(value)}")
+        elif isinstance(default, numbers.Real) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise ConfigError(f"{path}.{key}", f"expected a number, got {_describe(value)}")
 
 
 def _validate_model(cfg, path):

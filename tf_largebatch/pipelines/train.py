@@ -110,6 +110,7 @@ def build_callbacks(cfg, phase_dir, extra=()):
             raise config_lib.ConfigError("callbacks.gsnr_monitor", f"GSNRMonitor is not available: {error}") from None
         args = dict(c.gsnr_monitor)
         args.setdefault("log_dir", os.path.join(phase_dir, "logs", "gsnr"))
+        args.setdefault("global_batch_size", cfg.training.global_batch_size)
         callbacks.append(GSNRMonitor(**args))
     return callbacks
 
