@@ -153,15 +153,18 @@ def test_clipping_acts_on_global_mean_gradient_not_replica_partials(clip_argumen
 
 
 # ------------------------------------ checkpoint mid-accumulation, 2 replicas
-def test_checkpoint_mid_accumulation_under_mirrored_strategy(tmp_path):
-    """Interrupted after 3 micro-steps (accumulation 2): the replica-local partial sums
-    survive ``tf.train.Checkpoint`` and the continued run equals the uninterrupted one."""
-    entry = ENTRIES["SNGM"]
+@pytest.mark.parametrize("entry_id", ["SNGM", "VRAdam"])
+def test_checkpoint_mid_accumulation_under_mirrored_strategy(entry_id, tmp_path):
+    """Interrupted after 3 micro-steps (accumulation 2) on 2 replicas: the replica-local
+    partial sums survive ``tf.train.Checkpoint`` and the continued run equals the
+    uninterrupted one. The checkpoint holds the sums over replicas, so (for optimizers
+    that need no per-replica samples) it also resumes on a single device."""
+    entry = ENTRIES[entry_id]
     x, y = regression_data(num_examples=48)
     init = initial_weights()
-    strategy = mirrored_strategy(2)
+    two_replicas = mirrored_strategy(2)
 
-    def build():
+    def build(strategy):
         with strategy.scope():
             model = tiny_model()
             model.set_weights(init)
@@ -169,7 +172,7 @@ def test_checkpoint_mid_accumulation_under_mirrored_strategy(tmp_path):
             optimizer.build(model.trainable_variables)
         return model, optimizer
 
-    def make_step(model, optimizer):
+    def make_step(strategy, model, optimizer):
         @tf.function
         def train_step(xs, ys):
             def step(xs, ys):
@@ -182,24 +185,33 @@ def test_checkpoint_mid_accumulation_under_mirrored_strategy(tmp_path):
 
         return train_step
 
-    batches = list(
-        strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices((x, y)).batch(8))
-    )
-    model, optimizer = build()
-    train_step = make_step(model, optimizer)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    batches = list(two_replicas.experimental_distribute_dataset(dataset))
+    model, optimizer = build(two_replicas)
+    train_step = make_step(two_replicas, model, optimizer)
     for xs, ys in batches[:3]:
         train_step(xs, ys)
     path = tf.train.Checkpoint(model=model, optimizer=optimizer).save(str(tmp_path / "ckpt"))
     for xs, ys in batches[3:]:
         train_step(xs, ys)
 
-    restored_model, restored_optimizer = build()
+    restored_model, restored_optimizer = build(two_replicas)
     tf.train.Checkpoint(model=restored_model, optimizer=restored_optimizer).restore(path).assert_consumed()
-    restored_step = make_step(restored_model, restored_optimizer)
+    restored_step = make_step(two_replicas, restored_model, restored_optimizer)
     for xs, ys in batches[3:]:
         restored_step(xs, ys)
     assert int(restored_optimizer.iterations.numpy()) == 3
     assert_weights_close(restored_model.get_weights(), model.get_weights(), rtol=1e-5, atol=1e-6)
+
+    if entry.min_samples == 1:
+        one_device = tf.distribute.get_strategy()
+        single_model, single_optimizer = build(one_device)
+        tf.train.Checkpoint(model=single_model, optimizer=single_optimizer).restore(path).assert_consumed()
+        single_step = make_step(one_device, single_model, single_optimizer)
+        for xs, ys in list(dataset)[3:]:
+            single_step(xs, ys)
+        assert_weights_close(single_model.get_weights(), model.get_weights(), rtol=1e-5, atol=1e-6,
+                             what="resumed on one device")
 
 
 # ------------------------------------------------------ EMA under replicas
