@@ -260,3 +260,19 @@ def test_keras_optimizer_weight_decay_exclusions_use_keras_mechanism():
     gamma = keras.Variable(1.0, name="gamma")
     kernel = keras.Variable(1.0, name="kernel")
     assert not optimizer._use_weight_decay(gamma) and optimizer._use_weight_decay(kernel)
+
+
+def test_resnet50_lars_32k_carries_the_mlperf_submission_values():
+    (cfg,) = config.load_config(os.path.join(ROOT, "tpu_configs", "resnet50_lars_32k_v3-256.yaml"))
+    assert cfg.optimizer.name == "LARS" and cfg.training.global_batch_size == 32768
+    assert (cfg.schedule.learning_rate, cfg.schedule.warmup_epochs, cfg.training.epochs) == (29.0, 18, 64)
+    assert (cfg.schedule.power, cfg.schedule.end_learning_rate, cfg.loss.label_smoothing) == (2.0, 1e-4, 0.1)
+    assert cfg.optimizer.args["momentum"] == 0.929 and cfg.optimizer.args["weight_decay"] == 1e-4
+    assert cfg.optimizer.args["epsilon"] == 0.0 and cfg.optimizer.args["trust_coefficient"] == 0.001
+
+
+def test_resnet50_sngm_32k_follows_sngm_section_7_1():
+    (cfg,) = config.load_config(os.path.join(ROOT, "tpu_configs", "resnet50_sngm_32k_v3-512.yaml"))
+    assert cfg.optimizer.name == "SNGM" and cfg.training.global_batch_size == 32768
+    assert cfg.training.epochs == 90 and cfg.schedule.name == "warmup_polynomial"
+    assert cfg.optimizer.args["momentum"] == 0.9 and cfg.optimizer.args["weight_decay"] == 1e-4

@@ -88,7 +88,7 @@ def test_imagenet_tfrecords_are_decoded_cropped_and_one_hot(tmp_path):
                 "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
             }
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
-    (cfg,) = config.load_config(config_path("resnet50_lars_32k_v3-512"), smoke=True, overrides=[
+    (cfg,) = config.load_config(config_path("resnet50_lars_32k_v3-256"), smoke=True, overrides=[
         f"data.train_files={tmp_path}/train-*", f"data.eval_files={tmp_path}/train-*", "data.label_offset=1",
         "data.shuffle_buffer=1", "training.global_batch_size=8", "training.gradient_accumulation_steps=2",
     ])
