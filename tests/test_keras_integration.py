@@ -89,6 +89,26 @@ def test_fit_with_xla_and_jit_custom_loop_match_eager_loop_without_retracing(ent
     assert_weights_close(model.get_weights(), reference, rtol=1e-4, atol=1e-5, what="jit custom loop")
 
 
+@pytest.mark.parametrize("entry", ZOO)
+def test_accumulation_counts_real_updates_for_schedules_and_bias_correction(entry):
+    """2 micro-batches of 4 accumulated == 1 batch of 8, under a fast-decaying schedule:
+    the schedule (and any bias correction) must see update 0, 1, 2, not micro-step 1, 3, 5."""
+    if entry.min_samples > 1:
+        pytest.skip("one sample per update is not enough for VR; see test_distributed_equivalence")
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        entry.kwargs["learning_rate"], decay_steps=1, decay_rate=0.5
+    )
+    x, y = regression_data(num_examples=24)
+    accumulated, optimizer = _model_and_optimizer(entry, learning_rate=schedule, gradient_accumulation_steps=2)
+    for i in range(0, 24, 4):
+        _eager_step(accumulated, optimizer, x[i:i + 4], y[i:i + 4])
+    assert int(optimizer.iterations.numpy()) == 3
+    whole, optimizer = _model_and_optimizer(entry, learning_rate=schedule)
+    for i in range(0, 24, 8):
+        _eager_step(whole, optimizer, x[i:i + 8], y[i:i + 8])
+    assert_weights_close(accumulated.get_weights(), whole.get_weights(), rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------- serialization
 @pytest.mark.parametrize("entry", ZOO)
 def test_serialization_round_trip_keeps_every_argument(entry):
