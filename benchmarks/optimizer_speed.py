@@ -1,0 +1,347 @@
+"""Speed, memory and scaling of tf_largebatch's optimizers, as ratios to Keras's own.
+
+    python benchmarks/optimizer_speed.py            # a few minutes on a 2-core CPU
+    python benchmarks/optimizer_speed.py --quick    # fewer repetitions and sizes
+
+Prints, in one run:
+
+1. training-step time of each package optimizer divided by the step time of
+   its closest Keras built-in (SNGM, LARS -> SGD with momentum; LAMB -> Keras
+   Lamb; each VR variant -> its own base optimizer), on a small CNN and on a
+   transformer block, (a) on one device with ``jit_compile=True`` and (b) under
+   ``MirroredStrategy`` over 4 logical CPU replicas;
+2. optimizer memory: optimizer-state elements per model parameter, counted
+   from ``optimizer.variables`` (scalars such as the iteration counter left out);
+3. how the VR variants' cost over their base grows with the number of
+   parameters (about 1e5 to 1e7) and with the number of replicas.
+
+Method: every contender gets its own copy of the model (same seed), compiled
+and warmed up with a short ``fit`` first; then the contenders are timed in
+interleaved rounds (the order rotates each round), each round one ``fit`` of a
+few steps on the same in-memory batch (so ``fit``'s fixed per-call cost is in
+both numerator and denominator: the ratios are those a user of ``fit`` sees). The headline is the median
+over rounds of the *paired* ratio (contender / built-in in the same round), in
+wall time and in process CPU time: on a shared, noisy machine the ratio of
+neighbours in time is far steadier than any absolute time.
+
+On one device the VR optimizers need ``gradient_accumulation_steps >= 2`` (their
+GSNR needs k >= 2 gradient samples), so on one device each VR variant *and its
+base* run with ``gradient_accumulation_steps=2``; a step is then one
+micro-batch call.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import tensorflow as tf  # noqa: E402
+
+MAX_REPLICAS = 4
+# Logical CPU replicas must exist before TensorFlow initialises its runtime.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration() for _ in range(MAX_REPLICAS)]
+)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import tf_largebatch.optimizers as tlb  # noqa: E402
+
+# name -> factory(**extra keyword arguments)
+OPTIMIZERS = {
+    "SGD": lambda **kw: keras.optimizers.SGD(0.01, **kw),
+    "SGD+momentum": lambda **kw: keras.optimizers.SGD(0.01, momentum=0.9, **kw),
+    "Adam": lambda **kw: keras.optimizers.Adam(1e-3, **kw),
+    "keras Lamb": lambda **kw: keras.optimizers.Lamb(1e-3, **kw),
+    "SNGM": lambda **kw: tlb.SNGM(0.01, **kw),
+    "LARS": lambda **kw: tlb.LARS(1.0, **kw),
+    "LAMB": lambda **kw: tlb.LAMB(1e-3, **kw),
+    "VRSGD": lambda **kw: tlb.VRSGD(0.01, **kw),
+    "VRMomentum": lambda **kw: tlb.VRMomentum(0.01, **kw),
+    "VRAdam": lambda **kw: tlb.VRAdam(1e-3, **kw),
+    "VRLAMB": lambda **kw: tlb.VRLAMB(1e-3, **kw),
+    "VRLARS": lambda **kw: tlb.VRLARS(1.0, **kw),
+}
+# package optimizer -> closest Keras built-in (or, for a VR variant, its base)
+PAIRS = {
+    "SNGM": "SGD+momentum",
+    "LARS": "SGD+momentum",
+    "LAMB": "keras Lamb",
+    "VRSGD": "SGD",
+    "VRMomentum": "SGD+momentum",
+    "VRAdam": "Adam",
+    "VRLAMB": "LAMB",
+    "VRLARS": "LARS",
+}
+VR_NAMES = [name for name in PAIRS if name.startswith("VR")]
+
+
+# ------------------------------------------------------------------ models
+def small_cnn():
+    return keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10),
+        ],
+        name="small_cnn",
+    )
+
+
+def transformer_block(sequence_length=64, width=128, heads=4, vocabulary=1000):
+    tokens = keras.Input((sequence_length,), dtype="int32")
+    x = keras.layers.Embedding(vocabulary, width)(tokens)
+    attention = keras.layers.MultiHeadAttention(heads, width // heads)(x, x)
+    x = keras.layers.LayerNormalization()(x + attention)
+    feed_forward = keras.layers.Dense(4 * width, activation="gelu")(x)
+    feed_forward = keras.layers.Dense(width)(feed_forward)
+    x = keras.layers.LayerNormalization()(x + feed_forward)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(tokens, keras.layers.Dense(10)(x), name="transformer_block")
+
+
+def mlp(hidden, inputs=256, layers=2):
+    return keras.Sequential(
+        [keras.Input((inputs,))] + [keras.layers.Dense(hidden, activation="relu") for _ in range(layers)]
+        + [keras.layers.Dense(10)],
+        name=f"mlp_{hidden}",
+    )
+
+
+def mlp_hidden_for(num_parameters, inputs=256):
+    """Hidden width h of a 2-hidden-layer MLP with about ``num_parameters`` (h^2 + (inputs + 12) h)."""
+    b = inputs + 12
+    return int((-b + np.sqrt(b * b + 4 * num_parameters)) / 2)
+
+
+def data_for(model, batch_size, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = model.inputs[0].shape[1:]
+    if model.inputs[0].dtype == "int32":
+        x = rng.integers(0, 1000, size=(batch_size, *shape)).astype("int32")
+    else:
+        x = rng.normal(size=(batch_size, *shape)).astype("float32")
+    y = rng.integers(0, 10, size=(batch_size,)).astype("int32")
+    return x, y
+
+
+# ----------------------------------------------------------------- timing
+class Contender:
+    """One (optimizer, model copy) compiled for ``fit`` on a fixed in-memory batch."""
+
+    def __init__(self, label, optimizer_name, build_model, x, y, strategy, jit_compile, accumulation):
+        self.label = label
+        kwargs = {"gradient_accumulation_steps": accumulation} if accumulation > 1 else {}
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            self.model = build_model()
+            self.optimizer = OPTIMIZERS[optimizer_name](**kwargs)
+            self.model.compile(
+                optimizer=self.optimizer,
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                jit_compile=jit_compile,
+            )
+        self.dataset = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(len(y), drop_remainder=True)
+        self.wall = []
+        self.cpu = []
+
+    def run(self, steps):
+        self.model.fit(self.dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+
+    def timed(self, steps):
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.run(steps)
+        self.wall.append((time.perf_counter() - wall) / steps)
+        self.cpu.append((time.process_time() - cpu) / steps)
+
+
+def interleaved(contenders, steps, rounds):
+    for contender in contenders:
+        contender.run(3)  # trace/compile, and build the optimizer
+    for round_index in range(rounds):
+        shift = round_index % len(contenders)
+        for contender in contenders[shift:] + contenders[:shift]:
+            contender.timed(steps)
+
+
+def paired_ratio(a, b, attribute):
+    return statistics.median(x / y for x, y in zip(getattr(a, attribute), getattr(b, attribute)))
+
+
+def state_per_parameter(optimizer, model):
+    """Optimizer-state elements per model parameter (non-scalar optimizer variables)."""
+    parameters = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    state = sum(int(np.prod(v.shape)) for v in optimizer.variables if len(v.shape) > 0)
+    return state / parameters
+
+
+_STRATEGIES = {}
+
+
+def strategy_for(replicas):
+    """The default (one-device) strategy for 0, else one shared MirroredStrategy per replica count.
+
+    Several MirroredStrategy objects over the same devices in one process make
+    their collectives clash, so each replica count gets exactly one.
+    """
+    if replicas == 0:
+        return tf.distribute.get_strategy()
+    if replicas not in _STRATEGIES:
+        _STRATEGIES[replicas] = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
+    return _STRATEGIES[replicas]
+
+
+def make_contenders(pairs, build_model, batch_size, replicas, jit_compile, vr_accumulation):
+    """Contenders for ``pairs`` (package name -> built-in name), each optimizer once per accumulation."""
+    x, y = data_for(build_model(), batch_size)
+    strategy = strategy_for(replicas)
+    contenders = {}
+
+    def get(name, accumulation):
+        key = (name, accumulation)
+        if key not in contenders:
+            label = name if accumulation == 1 else f"{name} (accum {accumulation})"
+            contenders[key] = Contender(label, name, build_model, x, y, strategy, jit_compile, accumulation)
+        return contenders[key]
+
+    matched = []
+    for package_name, builtin_name in pairs.items():
+        accumulation = vr_accumulation if package_name.startswith("VR") else 1
+        try:
+            matched.append((get(package_name, accumulation), get(builtin_name, accumulation)))
+        except Exception as error:  # report and keep benchmarking the others
+            print(f"  ! {package_name} vs {builtin_name}: could not build ({type(error).__name__}: {error})")
+    return list(contenders.values()), matched
+
+
+# ---------------------------------------------------------------- sections
+def step_time_section(models, settings, steps, rounds, batch_size):
+    print("\n== 1. Training-step time relative to the closest Keras built-in (median paired ratio) ==")
+    print(f"   batch {batch_size}; {rounds} interleaved rounds x {steps} steps; > 1 means slower than the built-in")
+    results = {}
+    for setting_name, replicas, jit_compile, vr_accumulation in settings:
+        for model_name, build_model in models.items():
+            contenders, matched = make_contenders(
+                PAIRS, build_model, batch_size, replicas, jit_compile, vr_accumulation
+            )
+            interleaved(contenders, steps, rounds)
+            results[(setting_name, model_name)] = {
+                a.label: (b.label, paired_ratio(a, b, "wall"), paired_ratio(a, b, "cpu"), statistics.median(b.wall))
+                for a, b in matched
+            }
+    columns = list(results)
+    header = f"{'optimizer':<26}{'vs':<28}" + "".join(f"{s[:15] + ' ' + m[:11]:>28}" for s, m in columns)
+    print(header)
+    print(f"{'':<54}" + "".join(f"{'wall':>14}{'cpu':>14}" for _ in columns))
+    labels = list(dict.fromkeys(label for column in columns for label in results[column]))
+    for label in labels:
+        base = next(results[c][label][0] for c in columns if label in results[c])
+        cells = ""
+        for column in columns:
+            if label in results[column]:
+                _, wall, cpu, _ = results[column][label]
+                cells += f"{wall:>13.3f}x{cpu:>13.3f}x"
+            else:
+                cells += f"{'-':>14}{'-':>14}"
+        print(f"{label:<26}{base:<28}{cells}")
+    for builtin in ("SGD+momentum", "Adam"):
+        times = []
+        for column in columns:
+            found = [r[3] for label, r in results[column].items() if r[0] == builtin]
+            times.append(f"{1000 * found[0]:.1f}" if found else "-")
+        print(f"{builtin + ' step (median wall ms)':<54}" + "".join(f"{t:>28}" for t in times))
+    return results
+
+
+def memory_section(models):
+    print("\n== 2. Optimizer memory: state elements per model parameter (from optimizer.variables) ==")
+    names = list(OPTIMIZERS)
+    print(f"{'optimizer':<14}" + "".join(f"{m:>22}" for m in models) + "   closest built-in")
+    for name in names:
+        cells = ""
+        for build_model in models.values():
+            keras.utils.set_random_seed(0)
+            with strategy_for(MAX_REPLICAS).scope():
+                model = build_model()
+                optimizer = OPTIMIZERS[name]()
+                optimizer.build(model.trainable_variables)
+            cells += f"{state_per_parameter(optimizer, model):>22.3f}"
+        print(f"{name:<14}{cells}   {PAIRS.get(name, '')}")
+    print(f"   (built under MirroredStrategy with {MAX_REPLICAS} replicas, no gradient accumulation; with "
+          "gradient_accumulation_steps the package adds 1 (VR: 2) replica-local accumulators per parameter)")
+
+
+def parameter_scaling_section(sizes, steps, rounds, batch_size, replicas):
+    print(f"\n== 3a. Cost over the base vs number of parameters "
+          f"(MLP, MirroredStrategy x{replicas}, batch {batch_size}) ==")
+    pairs = {name: PAIRS[name] for name in ("SNGM", "LAMB", "VRMomentum", "VRAdam", "VRLAMB")}
+    print(f"{'parameters':>12}{'base step ms':>14}" + "".join(f"{f'{a}/{b}'[:22]:>24}" for a, b in pairs.items()))
+    for size in sizes:
+        hidden = mlp_hidden_for(size)
+        build = lambda hidden=hidden: mlp(hidden)  # noqa: E731
+        contenders, matched = make_contenders(pairs, build, batch_size, replicas, False, 1)
+        interleaved(contenders, steps, rounds)
+        count = sum(int(np.prod(v.shape)) for v in contenders[0].model.trainable_variables)
+        base_ms = 1000 * statistics.median(matched[0][1].wall)
+        print(f"{count:>12.2e}{base_ms:>14.1f}" + "".join(
+            f"{paired_ratio(a, b, 'wall'):>15.3f}x (cpu {paired_ratio(a, b, 'cpu'):.2f})"[:24].rjust(24)
+            for a, b in matched
+        ))
+
+
+def replica_scaling_section(replica_counts, size, steps, rounds, batch_size):
+    print(f"\n== 3b. VR cost over the base vs number of replicas "
+          f"(MLP of {size:.0e} parameters, global batch {batch_size}) ==")
+    pairs = {name: PAIRS[name] for name in ("VRMomentum", "VRAdam", "VRLAMB")}
+    print(f"{'replicas':>9}{'k':>4}{'base step ms':>14}" + "".join(f"{f'{a}/{b}':>26}" for a, b in pairs.items()))
+    hidden = mlp_hidden_for(size)
+    for replicas in replica_counts:
+        accumulation = 2 if replicas == 1 else 1
+        contenders, matched = make_contenders(
+            pairs, lambda: mlp(hidden), batch_size, replicas, False, accumulation
+        )
+        interleaved(contenders, steps, rounds)
+        base_ms = 1000 * statistics.median(matched[0][1].wall)
+        k = replicas * accumulation
+        print(f"{replicas:>9}{k:>4}{base_ms:>14.1f}" + "".join(
+            f"{paired_ratio(a, b, 'wall'):>15.3f}x (cpu {paired_ratio(a, b, 'cpu'):.2f})".rjust(26) for a, b in matched
+        ))
+    print("   (1 replica: VR and base both with gradient_accumulation_steps=2, k = 2)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, steps and sizes (about a minute or two)")
+    parser.add_argument("--sections", default="1,2,3", help="comma-separated sections to run (default: %(default)s)")
+    args = parser.parse_args(argv)
+    sections = set(args.sections.split(","))
+    rounds, steps = (3, 5) if args.quick else (5, 10)
+    start = time.perf_counter()
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores, "
+          f"{'--quick' if args.quick else 'full'} run")
+    models = {"small CNN": small_cnn, "transformer": transformer_block}
+    if "1" in sections:
+        settings = [("1 device, XLA", 0, True, 2), (f"Mirrored x{MAX_REPLICAS}", MAX_REPLICAS, False, 1)]
+        step_time_section(models, settings, steps, rounds, batch_size=64)
+    if "2" in sections:
+        memory_section(models)
+    if "3" in sections:
+        sizes = (1e5, 1e6) if args.quick else (1e5, 1e6, 1e7)
+        parameter_scaling_section(sizes, steps, rounds, batch_size=64, replicas=MAX_REPLICAS)
+        replica_scaling_section((1, 2, 4), 1e6, steps, rounds, batch_size=64)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
