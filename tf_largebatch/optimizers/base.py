@@ -34,6 +34,9 @@ from tf_largebatch import validation
 
 _KerasOptimizer = keras.optimizers.Optimizer
 
+#: What to do when the all-reduced gradient of a step is not finite.
+NONFINITE_POLICIES = ("skip", "raise")
+
 
 def _tf_variable(variable):
     return variable.value if isinstance(variable, keras.Variable) else variable
@@ -93,10 +96,24 @@ class LargeBatchOptimizer(_KerasOptimizer):
     its partial sums in replica-local variables that checkpoint exactly. The
     ``weight_decay`` of a subclass is the paper's own (coupled or inside the trust
     ratio) and is applied by the subclass, never by Keras's decoupled rule.
+
+    ``nonfinite_gradients`` (every subclass takes it): ``"skip"`` (default)
+    checks the all-reduced gradient once per update; if any element is NaN or
+    Inf (on any replica or micro-batch), the update is skipped on every replica
+    (no weight, slot or accumulator keeps anything from it), and
+    ``skipped_updates`` counts it; the iteration counter still advances, so
+    schedules stay aligned with the data. ``"raise"`` fails the step with the
+    path of the first non-finite variable instead.
     """
 
-    def __init__(self, learning_rate, *, weight_decay=None, exclude_from_weight_decay=None, **kwargs):
+    def __init__(self, learning_rate, *, weight_decay=None, exclude_from_weight_decay=None,
+                 nonfinite_gradients="skip", **kwargs):
         validation.check_learning_rate(learning_rate)
+        if nonfinite_gradients not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"`nonfinite_gradients` must be one of {NONFINITE_POLICIES}. "
+                f"Received: nonfinite_gradients={nonfinite_gradients!r}"
+            )
         validation.check_number("weight_decay", weight_decay, low=0.0, allow_none=True)
         # Keras treats 0 as "no accumulation" and accepts 2.5; both are mistakes.
         validation.check_positive_int(
@@ -107,6 +124,7 @@ class LargeBatchOptimizer(_KerasOptimizer):
             "exclude_from_weight_decay", exclude_from_weight_decay
         )
         self._weight_decay_patterns = PathPatterns(self._weight_decay_exclusions)
+        self.nonfinite_gradients = nonfinite_gradients
 
     # ------------------------------------------------------------------ build
     @tracking.no_automatic_dependency_tracking
@@ -119,6 +137,9 @@ class LargeBatchOptimizer(_KerasOptimizer):
             super().build(variables)
         finally:
             self.gradient_accumulation_steps = steps
+        self._skipped_updates = self.add_variable(
+            shape=(), initializer="zeros", dtype="int64", aggregation="only_first_replica", name="skipped_updates"
+        )
         self._local_accumulators = []
         if steps:
             for index in range(self._num_local_statistics()):
@@ -221,7 +242,7 @@ class LargeBatchOptimizer(_KerasOptimizer):
                 # micro-step, so its EMA would depend on the accumulation layout).
                 self._update_ema(trainable_variables)
 
-            cond_with_collectives(lambda: tf.equal((self._iterations + 1) % steps, 0), update)
+            cond_with_collectives(tf.equal((self._iterations + 1) % steps, 0), update)
         else:
             self._reduce_and_update(self._local_statistics(grads), trainable_variables)
             self._update_ema(trainable_variables)
@@ -236,7 +257,7 @@ class LargeBatchOptimizer(_KerasOptimizer):
             # `distribution.extended.update`), which MirroredStrategy rejects in a
             # replica context, even for keras.optimizers.SGD.
             cond_with_collectives(
-                lambda: tf.equal((self.iterations + 1) % self.ema_overwrite_frequency, 0),
+                tf.equal((self.iterations + 1) % self.ema_overwrite_frequency, 0),
                 lambda: self._overwrite_model_variables_with_average_value(self._trainable_variables),
             )
 
@@ -249,10 +270,31 @@ class LargeBatchOptimizer(_KerasOptimizer):
         return [grads]
 
     def _reduce_and_update(self, local_statistics, trainable_variables):
-        """All-reduce (SUM) the replicas' mean gradients, then update."""
-        (local_grads,) = local_statistics
-        reduced = all_reduce_sum(local_grads)
-        self._update_with_reduced_gradients(reduced, trainable_variables)
+        """All-reduce (SUM) every statistic in one collective, check it, update."""
+        count = len(local_statistics[0])
+        reduced = all_reduce_sum([value for values in local_statistics for value in values])
+        statistics = [reduced[i * count:(i + 1) * count] for i in range(len(local_statistics))]
+
+        def update(statistics):
+            self._update_from_reduced_statistics(statistics, trainable_variables)
+
+        if self.nonfinite_gradients == "raise":
+            update([[_assert_finite(value, variable) for value, variable in zip(values, trainable_variables)]
+                    for values in statistics])
+        else:
+            finite = tf.reduce_all([tf.math.is_finite(tf.reduce_sum(v)) for values in statistics for v in values])
+            cond_with_collectives(finite, update, args=(statistics,),
+                                  false_fn=lambda: self._skipped_updates.assign_add(1))
+
+    def _update_from_reduced_statistics(self, statistics, trainable_variables):
+        """Update from all-reduced statistics (default: the global mean gradient)."""
+        (grads,) = statistics
+        self._update_with_reduced_gradients(grads, trainable_variables)
+
+    @property
+    def skipped_updates(self):
+        """Updates skipped because the all-reduced gradient was not finite."""
+        return int(self._skipped_updates.numpy()) if self.built else 0
 
     def _transform_reduced_gradients(self, grads, trainable_variables):
         """Cross-variable step on the global mean gradient (default: none)."""
@@ -268,6 +310,7 @@ class LargeBatchOptimizer(_KerasOptimizer):
     def get_config(self):
         config = super().get_config()
         config["exclude_from_weight_decay"] = list(self._weight_decay_exclusions)
+        config["nonfinite_gradients"] = self.nonfinite_gradients
         return config
 
 
@@ -279,29 +322,50 @@ def all_reduce_sum(values):
     return list(context.all_reduce(tf.distribute.ReduceOp.SUM, list(values)))
 
 
-def cond_with_collectives(predicate_fn, true_fn):
-    """``if predicate: true_fn()`` from a replica context, where ``true_fn`` may all-reduce.
+def cond_with_collectives(predicate, true_fn, args=(), false_fn=None):
+    """``true_fn(*args) if predicate else false_fn()`` from a replica context.
 
-    ``MirroredStrategy`` cannot run a collective (a merge call) inside a
-    ``tf.cond`` entered in replica context (Keras's own gradient accumulation
-    fails there for this reason). So: merge into cross-replica context once,
-    branch there, and re-enter the replicas with ``call_for_each_replica`` (the
-    pattern of Keras's ``LossScaleOptimizer``). Strategies without merge calls
-    (TPU, and no strategy at all) branch directly. ``predicate_fn`` must read only
-    replica-invariant state (e.g. the iteration counter).
+    ``true_fn`` may all-reduce and update variables. ``MirroredStrategy`` cannot
+    run a collective (a merge call) inside a ``tf.cond`` entered in replica
+    context (Keras's own gradient accumulation fails there for this reason).
+    So: merge into cross-replica context once, branch there, and re-enter the
+    replicas with ``call_for_each_replica`` (the pattern of Keras's
+    ``LossScaleOptimizer``). ``args`` travel through the merge call, so each
+    replica gets its own copy back (nothing is read across devices). Strategies
+    without merge calls (TPU, and no strategy at all) branch directly.
+
+    ``predicate`` is a boolean tensor computed in replica context that must be
+    identical on every replica (the iteration counter, an all-reduced flag);
+    the first replica's value decides. ``false_fn`` runs in cross-replica context
+    under a merging strategy, so it may only update replica-invariant state.
     """
+    false_fn = false_fn or (lambda: None)
+
+    def no_output(fn, *fn_args):
+        fn(*fn_args)
+        return tf.constant(True)
+
     if not tf.distribute.has_strategy() or tf.__internal__.distribute.strategy_supports_no_merge_call():
-        tf.cond(predicate_fn(), true_fn, lambda: None)
+        tf.cond(predicate, lambda: no_output(true_fn, *args), lambda: no_output(false_fn))
         return
 
-    def cross_replica(distribution):
-        tf.cond(
-            predicate_fn(),
-            lambda: distribution.extended.call_for_each_replica(true_fn),
-            lambda: None,
-        )
+    def cross_replica(distribution, predicate, *args):
+        decision = distribution.experimental_local_results(predicate)[0]
 
-    tf.distribute.get_replica_context().merge_call(cross_replica)
+        def take_branch():
+            distribution.extended.call_for_each_replica(true_fn, args=args)
+            return tf.constant(True)
+
+        tf.cond(decision, take_branch, lambda: no_output(false_fn))
+
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(predicate,) + tuple(args))
+
+
+def _assert_finite(value, variable):
+    path = getattr(variable, "path", None) or variable.name
+    return tf.debugging.assert_all_finite(
+        value, f"Non-finite gradient for variable '{path}' (nonfinite_gradients='raise')."
+    )
 
 
 def run_update_steps(optimizer, grads, trainable_variables, learning_rate=None):

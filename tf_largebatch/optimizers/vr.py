@@ -13,12 +13,12 @@ from keras.src.saving import serialization_lib
 
 from tf_largebatch import validation
 from tf_largebatch.optimizers import gsnr
-from tf_largebatch.optimizers.base import LargeBatchOptimizer, all_reduce_sum, apply_reduced_gradients
+from tf_largebatch.optimizers.base import LargeBatchOptimizer, apply_reduced_gradients
 
 #: Base-optimizer keyword arguments that belong to the VR wrapper (they act on the
 #: per-replica gradient samples); every other one belongs to the inner optimizer.
 WRAPPER_ARGUMENTS = ("use_ema", "ema_momentum", "ema_overwrite_frequency", "gradient_accumulation_steps",
-                     "loss_scale_factor")
+                     "loss_scale_factor", "nonfinite_gradients")
 _INNER_ARGUMENTS = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm")
 
 
@@ -67,6 +67,9 @@ class VR(LargeBatchOptimizer):
         gsnr_upper_bound: float >= gamma, upper clip bound (paper: 1).
         use_ema, ema_momentum, ema_overwrite_frequency, loss_scale_factor: as
             for any Keras optimizer.
+        nonfinite_gradients: ``"skip"`` (default: a step whose all-reduced
+            statistics are not finite changes no weight and no state, of the
+            wrapper or the inner optimizer) or ``"raise"``.
         gradient_accumulation_steps: int >= 2 or None. Each micro-batch is a
             gradient sample; required (or >= 2 replicas) since the variance of a
             single sample is undefined.
@@ -181,15 +184,13 @@ class VR(LargeBatchOptimizer):
     def _local_statistics(self, grads):
         return [grads, [tf.square(tf.cast(g, tf.float32)) for g in grads]]
 
-    def _reduce_and_update(self, local_statistics, trainable_variables):
-        local_means, local_squares = local_statistics
-        count = len(local_means)
-        reduced = all_reduce_sum(list(local_means) + list(local_squares))
+    def _update_from_reduced_statistics(self, statistics, trainable_variables):
+        sums_of_means, sums_of_squares = statistics
         num_replicas = self._distribution_strategy.num_replicas_in_sync
         step = self.iterations + 1
         adapted = []
         rows = [tf.zeros([len(gsnr.STATISTIC_NAMES)])] * len(self._trainable_variables)
-        for sum_of_means, sum_of_squares, variable in zip(reduced[:count], reduced[count:], trainable_variables):
+        for sum_of_means, sum_of_squares, variable in zip(sums_of_means, sums_of_squares, trainable_variables):
             index = self._get_variable_index(variable)
             mean, second_moment = gsnr.moments_from_replica_sums(sum_of_means, sum_of_squares, num_replicas)
             variance = gsnr.sample_variance(mean, second_moment, self.num_gradient_samples)
