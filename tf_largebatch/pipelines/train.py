@@ -176,7 +176,6 @@ def run_phase(cfg, strategy, *, initial_weights=None, callbacks=(), data=None):
         callbacks=build_callbacks(cfg, directory, [record, *callbacks]),
         verbose=cfg.training.verbose,
     )
-    model.save_weights(os.path.join(directory, FINAL_WEIGHTS))
     inner = getattr(model.optimizer, "inner_optimizer", model.optimizer)
     summary = {
         "name": cfg.name,
@@ -191,8 +190,12 @@ def run_phase(cfg, strategy, *, initial_weights=None, callbacks=(), data=None):
         "initial_weights": initial_weights,
         "skipped": False,
     }
-    with tf.io.gfile.GFile(summary_path, "w") as f:
-        json.dump(summary, f, indent=2)
+    if strategy.extended.should_checkpoint:  # the chief only, under MultiWorkerMirroredStrategy
+        model.save_weights(os.path.join(directory, FINAL_WEIGHTS))
+        with tf.io.gfile.GFile(summary_path, "w") as f:
+            json.dump(summary, f, indent=2)
+    # A barrier: every worker waits for the chief's files (the next phase reads them).
+    strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
     return summary
 
 
