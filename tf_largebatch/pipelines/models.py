@@ -12,10 +12,15 @@ SUPPLIED_BY_RUNNER = ("image_size", "seq_length", "max_predictions_per_seq")
 
 
 def resnet50(num_classes=1000, image_size=224):
-    """ResNet-50 v1.5 of ``keras.applications`` with a logits head.
+    """ResNet-50 of ``keras.applications`` with a logits head.
 
     ``weights=None`` (random init, nothing downloaded),
     ``classifier_activation=None`` (logits), float32 output layer.
+
+    This is ResNet v1 as Keras builds it: a stage's stride-2 sits in its first
+    1x1 convolution. MLPerf and the VRGD paper use v1.5 (stride in the 3x3
+    convolution), reported about 0.5% more accurate at a few percent more
+    compute; results from v1.5 papers are not guaranteed to carry over exactly.
 
     References:
         He et al., "Deep Residual Learning for Image Recognition", 2016;
