@@ -227,28 +227,3 @@ def test_ema_with_overwrite_under_replicas_and_accumulation_matches_single_devic
     replicas = _fit(entry, mirrored_strategy(2), batch_size=8, accumulation=2, **ema)
     assert_weights_close(replicas, reference, what="EMA-overwritten weights, 2x2 vs 1x4")
 
-
-# ------------------------------------------- loss scaling under replicas (known gap)
-@pytest.mark.xfail(
-    strict=True,
-    reason="Keras's LossScaleOptimizer (TF backend) takes replica 0's finiteness check as the "
-    "global one ('grads is all-reduced' - it no longer is in Keras 3), so an overflow on "
-    "another replica is applied instead of skipped. Needs a LossScaleOptimizer whose "
-    "check_finite all-reduces the flag; see the report of issue 2.",
-)
-def test_loss_scale_optimizer_skips_a_step_that_overflows_on_one_replica_only():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        x, y = regression_data(num_examples=8)
-        x[4:] *= 3e3  # replica 1's half overflows float16 under the 2**15 loss scale
-        y[4:] *= 3e3
-        strategy = mirrored_strategy(2)
-        with strategy.scope():
-            model = tiny_model()
-            model.set_weights(initial_weights())
-            model.compile(optimizer=ENTRIES["SNGM"].make(), loss="mse")
-        model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    assert int(model.optimizer.inner_optimizer.iterations.numpy()) == 0, "the overflowing step was applied"
-    assert float(model.optimizer.dynamic_scale.numpy()) == 2.0**14
