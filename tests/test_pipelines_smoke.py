@@ -48,11 +48,13 @@ def check_run(cfg, summary, tmp_path):
 
 
 # One ResNet-20/CIFAR-10 config per optimizer of the SNGM paper's Table 2; the
-# SNGM run also covers mixed_bfloat16, the LARS run gradient accumulation.
+# SNGM run also covers mixed_bfloat16, the LARS run gradient accumulation with
+# mixed_float16 (the loss-scale optimizer wrapped around LARS by compile).
 CIFAR_RUNS = [
     ("resnet20_sngm_1024_v3-8", ["precision=mixed_bfloat16"]),
     ("resnet20_msgd_8192_v3-8", []),
-    ("resnet20_lars_2048_v3-8", ["training.global_batch_size=8", "training.gradient_accumulation_steps=2"]),
+    ("resnet20_lars_2048_v3-8", ["training.global_batch_size=8", "training.gradient_accumulation_steps=2",
+                                 "precision=mixed_float16"]),
 ]
 
 
@@ -61,6 +63,8 @@ def test_cifar_configs_train_in_smoke_mode(name, overrides, tmp_path, mock_tfds)
     cfg, summary = smoke(name, tmp_path, *overrides)
     check_run(cfg, summary, tmp_path)
     assert summary["replicas"] == 2
+    expected = {"mixed_float16": "LossScaleOptimizer"}.get(cfg.precision, cfg.optimizer.name)
+    assert summary["optimizer"] == expected
 
 
 @pytest.mark.slow

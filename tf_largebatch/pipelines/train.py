@@ -186,6 +186,8 @@ def run_phase(cfg, strategy, *, initial_weights=None, callbacks=(), data=None):
         "loops": loops,
         "final_logs": {k: float(v[-1]) for k, v in history.history.items() if v},
         "replicas": strategy.num_replicas_in_sync,
+        "optimizer": type(model.optimizer).__name__,
+        "precision": cfg.precision,
         "jit_compile": bool(model.jit_compile),
         "initial_weights": initial_weights,
         "skipped": False,
