@@ -38,6 +38,8 @@ BATCH = 16
 BATCHES_PER_EPOCH = 3  # odd: every epoch boundary is mid-accumulation with accumulation 2
 EPOCHS = 3
 ACCUMULATION = 2
+# Eager steps are cheaper than tracing a train function for a handful of tiny batches.
+RUN_EAGERLY = True
 MIRRORED_SUBSET = ["SNGM", "LAMB", "VRLAMB", "VRLARS"]
 
 
@@ -78,7 +80,8 @@ def _compiled_model(entry, strategy, seed, **overrides):
         else:
             keras.utils.set_random_seed(seed)
             model.set_weights(tiny_model().get_weights())
-        model.compile(optimizer=entry.make(gradient_accumulation_steps=ACCUMULATION, **overrides), loss="mse")
+        model.compile(optimizer=entry.make(gradient_accumulation_steps=ACCUMULATION, **overrides), loss="mse",
+                      run_eagerly=RUN_EAGERLY)
     return model
 
 
