@@ -52,8 +52,9 @@ class Recipe:
     kwargs: tuple = ()
 
     def peak_learning_rate(self, batch_size):
-        ratio = batch_size / BASE_BATCH_SIZE
-        return self.base_learning_rate * (ratio if self.scaling == "linear" else math.sqrt(ratio))
+        from tf_largebatch.scaling import scale_learning_rate
+
+        return scale_learning_rate(self.base_learning_rate, BASE_BATCH_SIZE, batch_size, rule=self.scaling)
 
 
 # Base learning rates: a x1/4, x1, x4 sweep at batch size 128 on the default
@@ -619,7 +620,7 @@ def gsnr_table(runs):
         "GSNR of the VR runs at the last step: k = gradient samples per step; mean raw GSNR (before",
         "normalisation) size-weighted over variables, and its min/max over variables; fractions of",
         "elements clipped at the lower bound gamma / the upper bound",
-        f"{'optimizer':<11}{'B':>6}{'k':>4}{'GSNR mean':>11}{'min layer':>10}{'max layer':>10}"
+        f"{'optimizer':<11}{'B':>6}{'k':>4}{'GSNR mean':>11}{'min layer':>11}{'max layer':>11}"
         f"{'at lower':>10}{'at upper':>10}",
     ]
     for run in vr_runs:
@@ -633,7 +634,7 @@ def gsnr_table(runs):
         gsnr_means = [s["gsnr_mean"] for s in stats]
         lines.append(
             f"{run['optimizer']:<11}{run['batch_size']:>6}{run['num_gradient_samples']:>4}"
-            f"{weighted('gsnr_mean'):>11.4g}{min(gsnr_means):>10.3g}{max(gsnr_means):>10.3g}"
+            f"{weighted('gsnr_mean'):>11.4g}{min(gsnr_means):>11.3g}{max(gsnr_means):>11.3g}"
             f"{weighted('fraction_at_lower'):>10.1%}{weighted('fraction_at_upper'):>10.1%}"
         )
     return "\n".join(lines)
