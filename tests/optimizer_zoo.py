@@ -13,6 +13,7 @@ runs on one device.
 """
 
 import dataclasses
+import functools
 
 import keras
 import numpy as np
@@ -135,9 +136,15 @@ def tiny_model(features=4, dtype=None):
     )
 
 
-def initial_weights(features=4, seed=7):
+@functools.lru_cache(maxsize=None)
+def _initial_weights(features, seed):
     keras.utils.set_random_seed(seed)
-    return tiny_model(features).get_weights()
+    return tuple(tiny_model(features).get_weights())
+
+
+def initial_weights(features=4, seed=7):
+    """The same starting point for every run of :func:`tiny_model` (fresh copies)."""
+    return [w.copy() for w in _initial_weights(features, seed)]
 
 
 def mirrored_strategy(num_replicas):

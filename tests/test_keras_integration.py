@@ -70,6 +70,7 @@ def test_fit_with_xla_and_jit_custom_loop_match_eager_loop_without_retracing(ent
     fitted = tiny_model()
     fitted.set_weights(initial_weights())
     fitted.compile(optimizer=entry.single_device(), loss="mse", jit_compile=True)
+    assert fitted.jit_compile is True  # Keras falls back silently for models it cannot compile
     x, y = regression_data(num_examples=BATCH * 6)
     history = fitted.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
