@@ -80,18 +80,22 @@ class ZooEntry:
         return argument in names
 
 
+# Non-default options where they add state or branches (LARS 2020 version with Nesterov,
+# NVLAMB clipping, bound ratios, centered RMSprop): those paths need the Keras plumbing too.
 _ENTRIES = [
     ZooEntry("SNGM", "SNGM", dict(learning_rate=0.05, momentum=0.9, weight_decay=1e-3,
                                    exclude_from_weight_decay=["bias"])),
-    ZooEntry("LARS", "LARS", dict(learning_rate=0.1, momentum=0.9, weight_decay=1e-3,
+    ZooEntry("LARS", "LARS", dict(learning_rate=0.5, momentum=0.9, trust_coefficient=0.02, weight_decay=1e-3,
+                                   trust_ratio_on="momentum", nesterov=True, trust_ratio_bounds=(1e-3, 10.0),
                                    exclude_from_weight_decay=["bias"],
                                    exclude_from_layer_adaptation=["bias"])),
-    ZooEntry("LAMB", "LAMB", dict(learning_rate=0.01, weight_decay=1e-2,
+    ZooEntry("LAMB", "LAMB", dict(learning_rate=0.01, weight_decay=1e-2, clip_global_norm_before_moments=1.0,
+                                   trust_ratio_bounds=(1e-3, 10.0),
                                    exclude_from_weight_decay=["bias"],
                                    exclude_from_layer_adaptation=["bias"])),
-    ZooEntry("LayerwiseSGD", "LayerwiseSGD", dict(learning_rate=0.1)),
+    ZooEntry("LayerwiseSGD", "LayerwiseSGD", dict(learning_rate=0.1, momentum=0.9, trust_ratio_bounds=(0.01, 10.0))),
     ZooEntry("LayerwiseAdagrad", "LayerwiseAdagrad", dict(learning_rate=0.05)),
-    ZooEntry("LayerwiseRMSprop", "LayerwiseRMSprop", dict(learning_rate=0.01)),
+    ZooEntry("LayerwiseRMSprop", "LayerwiseRMSprop", dict(learning_rate=0.01, momentum=0.5, centered=True)),
     ZooEntry("LayerwiseAdam", "LayerwiseAdam", dict(learning_rate=0.01)),
     ZooEntry("MCLR", "MCLR", dict(learning_rate=1.0, gamma=1e-2, weight_decay=1e-3,
                                    exclude_from_weight_decay=["bias"])),
@@ -102,7 +106,7 @@ _ENTRIES = [
     ZooEntry("VRMomentum", "VRMomentum", dict(learning_rate=0.05), min_samples=2),
     ZooEntry("VRAdam", "VRAdam", dict(learning_rate=0.01), min_samples=2),
     ZooEntry("VRLAMB", "VRLAMB", dict(learning_rate=0.01), min_samples=2),
-    ZooEntry("VRLARS", "VRLARS", dict(learning_rate=0.1), min_samples=2),
+    ZooEntry("VRLARS", "VRLARS", dict(learning_rate=0.5, trust_coefficient=0.02), min_samples=2),
 ]
 
 

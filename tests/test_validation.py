@@ -36,6 +36,8 @@ BAD_VALUES = [
     ("gradient_accumulation_steps", 1, "1"),
     ("gradient_accumulation_steps", -2, "-2"),
     ("gradient_accumulation_steps", 2.5, "2.5"),
+    ("trust_ratio_on", "weights", "'weights'"),
+    ("nonfinite_gradients", "ignore", "'ignore'"),
 ]
 
 
