@@ -111,7 +111,8 @@ def main(argv=None):
     print(f"{'':<24}" + "".join(f"{c:>24}" for c in categories) + f"{'total':>12}")
     for name, (groups, _) in results.items():
         total = sum(groups.values())
-        print(f"{name:<24}" + "".join(f"{groups[c] / per_step:>24.2f}" for c in categories) + f"{total / per_step:>12.2f}")
+        cells = "".join(f"{groups[c] / per_step:>24.2f}" for c in categories)
+        print(f"{name:<24}{cells}{total / per_step:>12.2f}")
     print("\noptimizer ops by type (ms per step):")
     base_ops, ops = results[args.baseline][1], results[args.optimizer][1]
     print(f"{'op type':<32}{args.baseline:>14}{args.optimizer:>14}{'difference':>14}")

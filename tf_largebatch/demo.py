@@ -682,7 +682,10 @@ def run(args):
         "base_batch_size": BASE_BATCH_SIZE,
     }
     writer = ResultsWriter(settings.output_dir, header)
-    title = f"{task.name}: {settings.epochs} epochs, {settings.replicas} replicas"
+    title = (
+        f"{task.name}: {settings.epochs} epochs, {settings.replicas} replicas "
+        "(dashed: a VR variant, in its base optimizer's colour)"
+    )
     print(f"Task: {task.description}")
     print(
         f"{len(settings.optimizers)} optimizers x {len(settings.batch_sizes)} batch sizes, {settings.epochs} epochs "
