@@ -109,3 +109,55 @@ def test_an_interrupted_run_resumes_from_its_backup_with_the_same_command(tmp_pa
         np.testing.assert_array_equal(saved, live)
     # The backup is removed once training finishes (keras.callbacks.BackupAndRestore).
     assert not (model_dir / "backup").exists() or not os.listdir(model_dir / "backup")
+
+
+WORKER = """
+import sys
+import tensorflow_datasets as tfds
+from tf_largebatch import cli
+with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+    sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def free_ports(count):
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_multi_worker_run_from_tf_config(tmp_path):
+    # Two worker processes, one command, the cluster from TF_CONFIG: both train
+    # the same steps in sync (same losses); the chief writes the summary and final
+    # weights, the other worker its backups and checkpoints under workers/task-1.
+    # Also covers the strategy's reduce() workaround for Keras 3.15's fit.
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    workers = [f"localhost:{p}" for p in free_ports(2)]
+    argv = ["train", "--config", CIFAR, "--smoke", "--set", "strategy.type=multi_worker",
+            "--set", "strategy.num_cpu_replicas=null", "--set", f"training.model_dir={tmp_path}/run",
+            "--set", "callbacks.tensorboard=false"]
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": workers},
+                                                     "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen([sys.executable, str(script), *argv], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    with open(tmp_path / "run" / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["replicas"] == 2 and summary["optimizer_steps"] == 2
+    finals = [line for output in outputs for line in output.splitlines()
+              if line.startswith("tf-largebatch: resnet20_sngm_1024_v3-8: 2 optimizer steps")]
+    assert len(finals) == 2 and finals[0] == finals[1]
+    assert (tmp_path / "run" / "final.weights.h5").exists()
+    assert sorted(os.listdir(tmp_path / "run" / "workers" / "task-1" / "checkpoints")) == [
+        "loop-00001.weights.h5", "loop-00002.weights.h5"]

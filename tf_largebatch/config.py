@@ -471,9 +471,14 @@ def _validate_optimizer(opt_cfg, path):
         elif isinstance(default, numbers.Real) and value is not None:
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ConfigError(key_path, f"expected a number, got {_describe(value)}")
-    # Construct once: the class's own checks (ranges, unknown arguments).
+    # Construct once: the class's own checks (ranges, unknown arguments). In a
+    # throw-away graph, so validation does not start TensorFlow's eager runtime:
+    # MultiWorkerMirroredStrategy must be created before that happens.
+    import tensorflow as tf
+
     try:
-        build_optimizer(opt_cfg, learning_rate=0.1, gradient_accumulation_steps=None)
+        with tf.Graph().as_default():
+            build_optimizer(opt_cfg, learning_rate=0.1, gradient_accumulation_steps=None)
     except TypeError as error:
         raise ConfigError(path + ".args", f"not accepted by {opt_cfg.name}: {error}") from None
     except ValueError as error:

@@ -54,6 +54,40 @@ def logical_cpus(count):
     return [f"/cpu:{i}" for i in range(count)]
 
 
+def _multi_worker_strategy_class():
+    tf = _tf()
+
+    class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+        """``MultiWorkerMirroredStrategy`` whose ``reduce`` works as Keras 3.15's ``fit`` calls it.
+
+        With more than one worker, ``fit`` fails before the first step: it calls
+        ``strategy.reduce("MEAN", (x, y, sample_weight), axis=None)`` on a whole
+        batch structure, which the collective strategy (unlike
+        ``MirroredStrategy``) does not map over (keras-team/keras#20585), and it
+        reduces scalar step logs with ``axis=0``, which fails on 0-d values.
+        Here ``reduce`` maps over structures and reduces 0-d values with
+        ``axis=None`` (the same mean over replicas).
+        """
+
+        def reduce(self, reduce_op, value, axis):
+            parent = super()
+
+            def one(v):
+                if axis is not None and getattr(_local_value(v), "shape", None) is not None \
+                        and _local_value(v).shape.rank == 0:
+                    return parent.reduce(reduce_op, v, axis=None)
+                return parent.reduce(reduce_op, v, axis=axis)
+
+            return tf.nest.map_structure(one, value)
+
+    return MultiWorkerMirroredStrategy
+
+
+def _local_value(value):
+    values = getattr(value, "values", None)
+    return values[0] if values else value
+
+
 def build_strategy(strategy_cfg):
     """A ``tf.distribute.Strategy`` for ``strategy_cfg`` (a ``StrategyConfig``)."""
     tf = _tf()
@@ -79,7 +113,7 @@ def build_strategy(strategy_cfg):
         if "TF_CONFIG" not in os.environ:
             raise ValueError("`strategy.type` is 'multi_worker' but the TF_CONFIG environment variable is not set")
         json.loads(os.environ["TF_CONFIG"])  # a clear JSON error before the collective setup
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _multi_worker_strategy_class()()
     if kind == "one_device":
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")

@@ -92,6 +92,19 @@ def build_model(cfg):
     return builder(**args)
 
 
+def worker_dir(strategy, directory):
+    """``directory`` on the chief; a per-worker subdirectory elsewhere.
+
+    Under ``MultiWorkerMirroredStrategy`` every worker runs the callbacks; Keras
+    3's ``BackupAndRestore``/``ModelCheckpoint`` would all write the same files.
+    Each non-chief worker keeps (and restores) its own copy of the identical state.
+    """
+    if strategy.extended.should_checkpoint:
+        return directory
+    task_id = getattr(getattr(strategy, "cluster_resolver", None), "task_id", 0)
+    return os.path.join(directory, "workers", f"task-{task_id}")
+
+
 def build_callbacks(cfg, phase_dir, extra=()):
     callbacks = list(extra)
     c = cfg.callbacks
@@ -173,7 +186,7 @@ def run_phase(cfg, strategy, *, initial_weights=None, callbacks=(), data=None):
         steps_per_epoch=steps_per_loop * accumulation,
         validation_data=eval_ds,
         validation_steps=cfg.training.eval_steps if eval_ds is not None else None,
-        callbacks=build_callbacks(cfg, directory, [record, *callbacks]),
+        callbacks=build_callbacks(cfg, worker_dir(strategy, directory), [record, *callbacks]),
         verbose=cfg.training.verbose,
     )
     inner = getattr(model.optimizer, "inner_optimizer", model.optimizer)
