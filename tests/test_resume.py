@@ -22,7 +22,9 @@ of state that has already seen some of its batches. So:
   epochs (``steps_per_epoch``) with ``save_freq="epoch"``.
 
 Every resumed model starts from *different* random weights and a fresh
-optimizer, so a restore that misses anything cannot pass.
+optimizer, so a restore that misses anything cannot pass (zeroing the restored
+partial sums, for one, fails it). ``fit`` runs eagerly here: the optimizer code
+is the same, and for a few tiny batches that is cheaper than tracing.
 """
 
 import json
