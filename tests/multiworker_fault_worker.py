@@ -9,7 +9,9 @@ one ``latest.weights.h5`` would write the same file at the same time). Worker
 ``VICTIM`` kills itself (``os._exit``, no clean-up, like SIGKILL) after its
 ``DIE_AFTER``-th batch unless ``RUN_DIR/killed`` exists; it creates that marker
 first, so the same command run again trains to the end. The final weights and
-optimizer variables go to ``RUN_DIR/worker{TASK_INDEX}.npz``.
+optimizer variables go to ``RUN_DIR/worker{TASK_INDEX}.npz``. The strategy is
+the package's (``tf_largebatch.strategy.build_strategy``, type ``multi_worker``),
+which is what ``tf-largebatch train`` uses.
 
 ``train`` is also the in-process reference (``MirroredStrategy`` of two replicas):
 ``tf.data`` DATA sharding gives worker i the i-th half of every global batch,
@@ -32,55 +34,15 @@ FEATURES = 5
 
 
 def dataset():
-    """Rows ``[x | y]`` packed into one tensor (see :class:`PackedRegression`)."""
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(GLOBAL_BATCH * BATCHES_PER_EPOCH, FEATURES)).astype("float32")
     y = np.tanh(x @ rng.normal(size=(FEATURES, 2))).astype("float32")
-    data = tf.data.Dataset.from_tensor_slices(np.concatenate([x, y], axis=1)).batch(GLOBAL_BATCH)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return data.with_options(options)
-
-
-def packed_regression():
-    """Dense(4, tanh) -> Dense(2) on ``z[:, :5]``, MSE against ``z[:, 5:]``.
-
-    Why one packed tensor instead of ``(x, y)`` pairs: Keras 3.15's ``fit`` under
-    ``MultiWorkerMirroredStrategy`` with more than one worker fails before the
-    first step when a batch is a tuple (``Trainer._maybe_symbolic_build`` calls
-    ``strategy.reduce`` on the whole ``(x, y)`` structure, which
-    ``CollectiveAllReduceExtended._reduce_to``, unlike MirroredStrategy's, does not
-    map over: "Attempt to convert a value (PerReplica ...) to a Tensor";
-    keras-team/keras#20585). A single tensor per batch avoids it with public API
-    only: the targets are sliced out in ``compute_loss``, which keeps Keras's
-    own loss scaling (1/replicas). ``train_step`` works around a second Keras
-    3.15 multi-worker failure (the reduction of scalar logs).
-    """
-    import keras
-    import tensorflow as tf
-
-    class PackedRegression(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.hidden = keras.layers.Dense(4, activation="tanh")
-            self.head = keras.layers.Dense(2)
-
-        def call(self, z):
-            return self.head(self.hidden(z[:, :FEATURES]))
-
-        def train_step(self, data):
-            # Keras 3.15 reduces a multi-worker step's logs with
-            # `strategy.reduce("MEAN", value, axis=0)`, which fails on the scalar
-            # loss ("Invalid reduction dimension 0 for input with 0 dimensions");
-            # shape (1,) reduces to the same scalar mean over replicas.
-            return {name: tf.reshape(value, [1]) for name, value in super().train_step(data).items()}
-
-        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-            return super().compute_loss(x, x[:, FEATURES:], y_pred, sample_weight, training=training)
-
-    return PackedRegression()
 
 
 def train(strategy, callbacks=()):
@@ -91,8 +53,8 @@ def train(strategy, callbacks=()):
 
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        model = packed_regression()
-        model(np.zeros((1, FEATURES + 2), "float32"))
+        model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(4, activation="tanh"),
+                                  keras.layers.Dense(2)])
         model.compile(optimizer=tlb.optimizers.VRLAMB(learning_rate=0.02, gradient_accumulation_steps=2), loss="mse")
     model.fit(dataset(), epochs=EPOCHS, verbose=0, callbacks=list(callbacks))
     return ([np.asarray(w.numpy()) for w in model.weights],
@@ -107,7 +69,6 @@ def main(ports, task_index, run_dir, victim, die_after):
     })
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
-    import tensorflow as tf
 
     marker = os.path.join(run_dir, "killed")
 
@@ -135,7 +96,11 @@ def main(ports, task_index, run_dir, victim, die_after):
                 print(f"DYING after batch {self.batches}", flush=True)
                 os._exit(KILLED_EXIT_CODE)
 
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    from tf_largebatch import config, strategy as strategy_lib
+
+    # The package's multi-worker strategy: plain `tf.distribute.MultiWorkerMirroredStrategy`
+    # fails in Keras 3.15's `fit` with more than one worker (keras-team/keras#20585).
+    strategy = strategy_lib.build_strategy(config.StrategyConfig(type="multi_worker"))
     backup = keras.callbacks.BackupAndRestore(os.path.join(run_dir, f"backup{task_index}"), save_freq="epoch")
     weights, slots = train(strategy, [backup, Report(), DieAfter()])
     np.savez(os.path.join(run_dir, f"worker{task_index}.npz"), *weights, *slots)
