@@ -1,4 +1,4 @@
-"""``tf-largebatch demo``: a miniature of the papers' batch-size studies, offline, on a CPU.
+"""tf-largebatch demo: a miniature of the papers' batch-size studies, offline, on a CPU.
 
 Trains every requested optimizer at a small and at a large batch size for the
 same number of *epochs* (so the large batch takes far fewer steps), under
