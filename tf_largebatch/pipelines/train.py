@@ -189,11 +189,13 @@ def run_phase(cfg, strategy, *, initial_weights=None, callbacks=(), data=None):
         callbacks=build_callbacks(cfg, worker_dir(strategy, directory), [record, *callbacks]),
         verbose=cfg.training.verbose,
     )
-    inner = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    optimizer = model.optimizer
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):  # added by compile for mixed_float16
+        optimizer = optimizer.inner_optimizer
     summary = {
         "name": cfg.name,
         "phase": cfg.phase,
-        "optimizer_steps": int(inner.iterations.numpy()),
+        "optimizer_steps": int(optimizer.iterations.numpy()),
         "planned_optimizer_steps": loops * steps_per_loop,
         "started_at_loop": record.first_epoch,
         "loops": loops,
