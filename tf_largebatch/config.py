@@ -407,13 +407,14 @@ def known_optimizer_names():
 
     from tf_largebatch import optimizers
 
-    ours = [n for n in dir(optimizers) if isinstance(getattr(optimizers, n), type)
-            and issubclass(getattr(optimizers, n), keras.optimizers.Optimizer) and not n.startswith("_")]
-    theirs = [n for n in dir(keras.optimizers) if isinstance(getattr(keras.optimizers, n), type)
-              and issubclass(getattr(keras.optimizers, n), keras.optimizers.Optimizer)
-              and n not in ("Optimizer", "LossScaleOptimizer")]
-    ours = [n for n in ours if n != "LargeBatchOptimizer"]
-    return sorted(ours), sorted(theirs)
+    not_trainers = ("Optimizer", "LossScaleOptimizer", "LargeBatchOptimizer")  # bases and wrappers
+
+    def names(module):
+        return sorted(n for n in dir(module) if not n.startswith("_") and n not in not_trainers
+                      and isinstance(getattr(module, n), type)
+                      and issubclass(getattr(module, n), keras.optimizers.Optimizer))
+
+    return names(optimizers), names(keras.optimizers)
 
 
 def resolve_optimizer_class(name, path="optimizer.name"):
