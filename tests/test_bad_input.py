@@ -54,8 +54,6 @@ def test_wrong_types_name_the_argument_and_the_value(what, make, argument, recei
     assert "must be" in message, message  # says what is expected, not only what is wrong
 
 
-@pytest.mark.xfail(strict=True, reason="boolean switches are not validated: LARS(nesterov='no') turns Nesterov "
-                   "*on* (a truthy string); fix: validation.check_bool in SNGM/LARS/LAMB constructors")
 @pytest.mark.parametrize("make,argument", [
     (lambda: tlb.LARS(0.1, nesterov="no"), "nesterov"),
     (lambda: tlb.SNGM(0.1, layerwise="yes"), "layerwise"),
@@ -77,8 +75,6 @@ def test_vr_wrapping_a_loss_scale_optimizer_says_to_wrap_the_other_way(inner):
     tlb.optimizers.LossScaleOptimizer(tlb.optimizers.VR(keras.optimizers.SGD(0.1), gradient_accumulation_steps=2))
 
 
-@pytest.mark.xfail(strict=True, reason="VR(VRSGD(...)) is rejected with advice about LossScaleOptimizer "
-                   "(vr.py reuses that message); it should say VR optimizers do not nest")
 def test_vr_wrapping_a_vr_optimizer_says_they_do_not_nest():
     with pytest.raises(ValueError) as info:
         tlb.optimizers.VR(tlb.VRSGD(0.1))
@@ -187,18 +183,11 @@ def test_corrupt_tfrecord_fails_without_partial_output(corrupt_tfrecord_run):
     assert _leftovers(run_dir) == []
 
 
-@pytest.mark.xfail(strict=True, reason="a corrupt TFRecord surfaces as tf.errors.DataLossError from inside fit "
-                   "('corrupted record at 0'), naming neither the file nor data.train_files; fix: read one record "
-                   "of every file in the runner's pre-training input check and raise ConfigError")
 def test_corrupt_tfrecord_is_a_config_error_naming_the_file(corrupt_tfrecord_run):
     outcome, stderr, shard, run_dir = corrupt_tfrecord_run
     assert outcome == 2 and "data.train_files" in stderr and str(shard) in stderr, (outcome, stderr)
 
 
-@pytest.mark.xfail(strict=True, reason="in a fresh process `--smoke` (strategy.num_cpu_replicas=2) fails with "
-                   "'TensorFlow is already initialised': strategy.logical_cpus() calls "
-                   "tf.config.list_logical_devices() (which initialises the runtime) before "
-                   "set_logical_device_configuration(); in-process tests never see it (conftest splits the CPU)")
 def test_smoke_run_in_a_fresh_process_reports_missing_files(tmp_path):
     run_dir = tmp_path / "run"
     result = subprocess.run(
@@ -209,3 +198,13 @@ def test_smoke_run_in_a_fresh_process_reports_missing_files(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"config error: data.train_files: no files match '{tmp_path}/none-*'" in result.stderr
     assert not run_dir.exists()
+
+
+def test_unprepared_tfds_dataset_is_a_config_error_without_downloading(tmp_path):
+    """With data.download false (the default), a dataset missing from data_dir names the fix."""
+    from tf_largebatch.config import ConfigError, DataConfig
+    from tf_largebatch.pipelines.datasets import load_tfds
+
+    data = DataConfig(name="cifar10", data_dir=str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match=r"data.name.*'cifar10' is not prepared in .*empty.*tfds build cifar10"):
+        load_tfds(data, "train", shuffle_files=False)

@@ -80,6 +80,7 @@ class DataConfig:
 
     name: Optional[str] = None
     data_dir: Optional[str] = None
+    download: bool = False  # let tensorflow-datasets download and prepare ``name`` (needs network)
     train_split: str = "train"
     eval_split: Optional[str] = "validation"
     train_files: Optional[str] = None

@@ -38,19 +38,22 @@ def logical_cpus(count):
             is already initialised (the split must happen before the first op).
     """
     tf = _tf()
-    cpus = tf.config.list_logical_devices("CPU")
-    if len(cpus) < count:
-        physical = tf.config.list_physical_devices("CPU")
-        try:
+    # Listing *logical* devices initialises the runtime, after which the CPU can
+    # no longer be split: configure first (physical devices don't initialise it).
+    physical = tf.config.list_physical_devices("CPU")
+    try:
+        if len(tf.config.get_logical_device_configuration(physical[0]) or []) < count:
             tf.config.set_logical_device_configuration(
                 physical[0], [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
             )
-        except RuntimeError:
-            raise ValueError(
-                f"`strategy.num_cpu_replicas` is {count} but only {len(cpus)} logical CPUs exist and "
-                "TensorFlow is already initialised; logical CPUs must be configured before the first op."
-            ) from None
-        cpus = tf.config.list_logical_devices("CPU")
+    except RuntimeError:
+        pass  # already initialised: use what exists, if enough
+    cpus = tf.config.list_logical_devices("CPU")
+    if len(cpus) < count:
+        raise ValueError(
+            f"`strategy.num_cpu_replicas` is {count} but only {len(cpus)} logical CPUs exist and "
+            "TensorFlow is already initialised; logical CPUs must be configured before the first op."
+        )
     return [f"/cpu:{i}" for i in range(count)]
 
 

@@ -7,6 +7,8 @@ bad hyperparameter fails at construction time rather than as a NaN at step 10k.
 import math
 import numbers
 
+import numpy as np
+
 
 def _describe(name, value, expected):
     return f"`{name}` must be {expected}. Received: {name}={value!r}"
@@ -37,6 +39,13 @@ def check_number(name, value, *, low=None, high=None, low_inclusive=True,
 def check_probability(name, value, *, allow_one=False):
     """Checks a decay rate such as a momentum coefficient: in [0, 1) (or [0, 1])."""
     return check_number(name, value, low=0.0, high=1.0, high_inclusive=allow_one)
+
+
+def check_bool(name, value):
+    """Checks a switch is a real boolean (``"no"`` would otherwise count as true)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(_describe(name, value, "True or False"))
+    return bool(value)
 
 
 def check_positive_int(name, value, *, minimum=1, allow_none=False):

@@ -102,7 +102,7 @@ class LARS(LayerwiseOptimizer):
         )
         self.momentum = validation.check_probability("momentum", momentum)
         self.epsilon = validation.check_number("epsilon", epsilon, low=0.0)
-        self.nesterov = bool(nesterov)
+        self.nesterov = validation.check_bool("nesterov", nesterov)
         if trust_ratio_on not in TRUST_RATIO_ON:
             raise ValueError(
                 f"`trust_ratio_on` must be one of {TRUST_RATIO_ON}. Received: trust_ratio_on={trust_ratio_on!r}"

@@ -229,7 +229,7 @@ class LayerwiseSGD(LayerwiseOptimizer):
             exclude_from_layer_adaptation=exclude_from_layer_adaptation, name=name, **kwargs,
         )
         self.momentum = validation.check_probability("momentum", momentum)
-        self.nesterov = bool(nesterov)
+        self.nesterov = validation.check_bool("nesterov", nesterov)
 
     def build(self, var_list):
         if self.built:
@@ -333,7 +333,7 @@ class LayerwiseRMSprop(LayerwiseOptimizer):
         self.rho = validation.check_probability("rho", rho)
         self.momentum = validation.check_probability("momentum", momentum)
         self.epsilon = validation.check_number("epsilon", epsilon, low=0.0)
-        self.centered = bool(centered)
+        self.centered = validation.check_bool("centered", centered)
 
     def build(self, var_list):
         if self.built:

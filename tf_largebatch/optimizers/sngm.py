@@ -65,7 +65,7 @@ class SNGM(LargeBatchOptimizer):
             **kwargs,
         )
         self.momentum = validation.check_probability("momentum", momentum)
-        self.layerwise = bool(layerwise)
+        self.layerwise = validation.check_bool("layerwise", layerwise)
 
     def build(self, var_list):
         if self.built:

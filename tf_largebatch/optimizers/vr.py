@@ -97,7 +97,12 @@ class VR(LargeBatchOptimizer):
                 "`inner_optimizer` must be a keras.optimizers.Optimizer instance. "
                 f"Received: inner_optimizer={inner_optimizer!r}"
             )
-        if isinstance(inner_optimizer, (keras.optimizers.LossScaleOptimizer, VR)):
+        if isinstance(inner_optimizer, VR):
+            raise ValueError(
+                f"VR optimizers do not nest: `inner_optimizer` is already a {type(inner_optimizer).__name__}. "
+                "Wrap its base optimizer instead (e.g. VR(keras.optimizers.SGD(...)) or VRSGD(...))."
+            )
+        if isinstance(inner_optimizer, keras.optimizers.LossScaleOptimizer):
             raise ValueError(
                 f"`inner_optimizer` cannot be a {type(inner_optimizer).__name__}: wrap the VR optimizer in a "
                 "LossScaleOptimizer instead (Keras does this itself under mixed_float16)."
@@ -246,6 +251,7 @@ class _NamedVR(VR):
     def __init__(self, gamma, gsnr_momentum, gsnr_upper_bound, name, **kwargs):
         wrapper_kwargs = {key: kwargs.pop(key) for key in WRAPPER_ARGUMENTS if key in kwargs}
         inner_kwargs = {**self._default_inner_arguments, **kwargs}
+        _check_inner_arguments(inner_kwargs)
         inner = self._inner_class()(**inner_kwargs)
         super().__init__(
             inner, gamma=gamma, gsnr_momentum=gsnr_momentum, gsnr_upper_bound=gsnr_upper_bound, name=name,
@@ -263,6 +269,16 @@ class _NamedVR(VR):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         return keras.optimizers.Optimizer.from_config.__func__(cls, dict(config), custom_objects=custom_objects)
+
+
+def _check_inner_arguments(kwargs):
+    """Keras's SGD and Adam barely check their arguments; ours must fail clearly."""
+    validation.check_learning_rate(kwargs.get("learning_rate", 0.0))
+    for name in ("weight_decay", "epsilon"):
+        validation.check_number(name, kwargs.get(name), low=0.0, allow_none=True)
+    for name in ("momentum", "beta_1", "beta_2"):
+        if name in kwargs:
+            validation.check_probability(name, kwargs[name])
 
 
 def _named_vr(class_name, inner_class, default_gsnr_momentum, default_learning_rate, inner_defaults=None, doc=""):

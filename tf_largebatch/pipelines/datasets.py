@@ -18,13 +18,21 @@ def load_tfds(data_cfg, split, *, shuffle_files, path="data.name"):
     """
     import tensorflow_datasets as tfds
 
+    data_dir = data_cfg.data_dir or tfds.core.constants.DATA_DIR
     try:
-        return tfds.load(data_cfg.name, split=split, data_dir=data_cfg.data_dir, shuffle_files=shuffle_files)
+        return tfds.load(data_cfg.name, split=split, data_dir=data_cfg.data_dir, shuffle_files=shuffle_files,
+                         download=data_cfg.download)
     except AssertionError as error:
         if "manual" not in str(error).lower():
-            raise
+            if data_cfg.download:
+                raise
+            raise ConfigError(
+                path,
+                f"{data_cfg.name!r} is not prepared in {data_dir}: prepare it once where there is network "
+                f"(`tfds build {data_cfg.name}`, or set data.download: true), or set data.data_dir to a "
+                "prepared copy, or give data.train_files as TFRecord files.",
+            ) from None
         base = data_cfg.name.split("/")[0].split(":")[0]
-        data_dir = data_cfg.data_dir or tfds.core.constants.DATA_DIR
         files = _MANUAL_FILES.get(base, "the archives named in the dataset's documentation")
         raise ConfigError(
             path,
@@ -45,7 +53,19 @@ def tfrecord_files(pattern, path):
         files.extend(tf.io.gfile.glob(part.strip()))
     if not files:
         raise ConfigError(path, f"no files match {pattern!r}")
+    for file in files:
+        _check_readable_tfrecord(file, path)
     return sorted(files)
+
+
+def _check_readable_tfrecord(file, path):
+    """Reads the first record of ``file``, so a corrupt shard fails before training, by name."""
+    try:
+        for _ in tf.data.TFRecordDataset(file).take(1):
+            pass
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+        message = str(error).strip().splitlines()[0]
+        raise ConfigError(path, f"{file}: not a readable TFRecord file ({message})") from None
 
 
 def tfrecord_dataset(pattern, path, *, shuffle, seed):
