@@ -28,7 +28,11 @@ import optimizer_speed as bench  # noqa: E402  (configures the logical CPUs firs
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
-MODELS = {"small_cnn": bench.small_cnn, "transformer": bench.transformer_block}
+MODELS = {
+    "small_cnn": bench.small_cnn,
+    "transformer": bench.transformer_block,
+    "mlp_1e6": lambda: bench.mlp(bench.mlp_hidden_for(1e6)),
+}
 WRAPPER_EVENTS = ("ExecutorState::", "ThreadpoolListener::", "Loop", "CollectiveExecutor::")
 
 
@@ -67,7 +71,7 @@ def categorise(totals, optimizer_scopes):
         if any(s in parts for s in optimizer_scopes) or op_type.startswith("Collective"):
             groups["optimizer"] += duration
             optimizer_ops[op_type] += duration
-        elif "gradient_tape" in parts or any(p.startswith(("replica_", "sequential", "small_cnn", "transformer"))
+        elif "gradient_tape" in parts or any(p.startswith(("replica_", "sequential", "small_cnn", "transformer", "mlp_"))
                                               for p in parts):
             groups["model forward+backward"] += duration
         else:

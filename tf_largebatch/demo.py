@@ -281,16 +281,19 @@ _STRATEGIES = {}
 
 
 def mirrored_strategy(devices):
-    """One MirroredStrategy per device list and process.
+    """One MirroredStrategy per device list and process, reducing through one device.
 
-    A second MirroredStrategy over the same devices in one process makes the
-    package optimizers' collectives fail, so repeated demo runs share one.
+    CPU collectives are keyed by group: strategies of different sizes built in
+    one process (repeated runs, a test session) collide, and between logical
+    CPUs of one host they gain nothing; ``tf_largebatch.strategy`` does the same.
     """
     key = tuple(devices)
     if key not in _STRATEGIES:
         import tensorflow as tf
 
-        _STRATEGIES[key] = tf.distribute.MirroredStrategy(list(devices))
+        _STRATEGIES[key] = tf.distribute.MirroredStrategy(
+            list(devices), cross_device_ops=tf.distribute.ReductionToOneDevice()
+        )
     return _STRATEGIES[key]
 
 
