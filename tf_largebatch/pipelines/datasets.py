@@ -23,7 +23,7 @@ def load_tfds(data_cfg, split, *, shuffle_files, path="data.name"):
         return tfds.load(data_cfg.name, split=split, data_dir=data_cfg.data_dir, shuffle_files=shuffle_files,
                          download=data_cfg.download)
     except AssertionError as error:
-        if "manual" not in str(error).lower():
+        if "manual" not in str(error).lower() and not _needs_manual_download(data_cfg):
             if data_cfg.download:
                 raise
             raise ConfigError(
@@ -44,6 +44,16 @@ def load_tfds(data_cfg, split, *, shuffle_files, path="data.name"):
         if isinstance(error, ValueError) and "split" in str(error).lower():
             raise ConfigError("data.train_split / data.eval_split", str(error)) from None
         raise ConfigError(path, f"cannot load {data_cfg.name!r}: {error}") from None
+
+
+def _needs_manual_download(data_cfg):
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(data_cfg.name, data_dir=data_cfg.data_dir)
+    except Exception:  # noqa: BLE001 - an unknown name is reported by tfds.load's own error
+        return False
+    return bool(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
 
 
 def tfrecord_files(pattern, path):
