@@ -171,7 +171,8 @@ class VR(LargeBatchOptimizer):
         """Last update step's statistics per variable path (eager read).
 
         ``{path: {"mean_square": sum gbar**2, "variance": sum s2, "gsnr_mean":
-        mean raw GSNR, "fraction_at_lower": ..., "fraction_at_upper": ...}}``,
+        mean raw GSNR over the elements with finite GSNR, "fraction_at_lower":
+        ..., "fraction_at_upper": ...}}``,
         sums over the variable's elements; see :mod:`~tf_largebatch.optimizers.gsnr`.
         """
         if not self.built:
