@@ -1,7 +1,7 @@
 """Speed, memory and scaling of tf_largebatch's optimizers, as ratios to Keras's own.
 
-    python benchmarks/optimizer_speed.py            # a few minutes on a 2-core CPU
-    python benchmarks/optimizer_speed.py --quick    # fewer repetitions and sizes
+    python benchmarks/optimizer_speed.py            # 25 min on a busy 2-core CPU
+    python benchmarks/optimizer_speed.py --quick    # fewer repetitions, no 1e7 model
 
 Prints, in one run:
 
@@ -336,7 +336,7 @@ def replica_scaling_section(replica_counts, size, steps, rounds, batch_size):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds, steps and sizes (about a minute or two)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, steps and sizes (3 x 5 steps, no 1e7-parameter model)")
     parser.add_argument(
         "--sections", default="1,2,3", help="sections to run: 1, 2, 3 (= 3a and 3b) (default: %(default)s)"
     )
