@@ -31,22 +31,11 @@ def cpu_devices():
 
 
 @pytest.fixture
-def mirrored(cpu_devices):
-    """``mirrored(n)`` builds a MirroredStrategy over the first ``n`` logical CPUs.
+def mirrored():
+    """``mirrored(n)`` builds a MirroredStrategy over the first ``n`` logical CPUs."""
+    from distribute_utils import mirrored_strategy
 
-    The default cross-device ops on CPUs are collectives keyed by group; two
-    strategies of different sizes in one process then collide ("joining a group
-    with size 2, but that group has size 4"). Tests build many strategies, so
-    they reduce through one device; the collective path is exercised by the
-    multi-worker tests, which run in their own processes.
-    """
-
-    def make(num_replicas):
-        return tf.distribute.MirroredStrategy(
-            cpu_devices[:num_replicas], cross_device_ops=tf.distribute.ReductionToOneDevice()
-        )
-
-    return make
+    return mirrored_strategy
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,7 @@ import pytest
 import tensorflow as tf
 
 import tf_largebatch.optimizers as tlb_optimizers
+from distribute_utils import mirrored_strategy  # noqa: F401  (re-exported for the tests)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,22 +150,6 @@ def _initial_weights(features, seed):
 def initial_weights(features=4, seed=7):
     """The same starting point for every run of :func:`tiny_model` (fresh copies)."""
     return [w.copy() for w in _initial_weights(features, seed)]
-
-
-def mirrored_strategy(num_replicas):
-    """A MirroredStrategy over the first ``num_replicas`` logical CPUs.
-
-    Strategies of *different sizes* in one process collide on collective group
-    keys ("joining a group with size 2, but that group has size 4"), even with
-    Keras's own SGD. TensorFlow's own tests avoid it by moving the key base of
-    every new strategy (``strategy_combinations._mirrored_strategy_with_collective_key_base``);
-    we do the same, before and after, so that strategies made elsewhere afterwards
-    (without this) do not share our keys either.
-    """
-    tf.distribute.MirroredStrategy._collective_key_base += 100000
-    strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(num_replicas)])
-    tf.distribute.MirroredStrategy._collective_key_base += 100000
-    return strategy
 
 
 def assert_weights_close(actual, expected, rtol=2e-5, atol=2e-6, what="weights"):

@@ -6,7 +6,6 @@ same per-replica shards.
 """
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,18 +14,9 @@ import numpy as np
 import pytest
 
 import multiworker_vr_worker as worker
+from distribute_utils import free_ports
 
 TIMEOUT_SECONDS = 240
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @pytest.mark.slow

@@ -242,6 +242,20 @@ def test_zero_gradients_and_single_element_variables_are_finite():
         assert all(np.isfinite(list(stats.values())))
 
 
+def test_building_inside_the_first_step_under_mirrored_strategy_is_a_clear_error(mirrored):
+    strategy = mirrored(2)
+    with strategy.scope():
+        variable = keras.Variable(np.ones(3, np.float32))
+        optimizer = tlb_opt.VRAdam(0.1)
+
+    @tf.function
+    def step():
+        strategy.run(lambda: optimizer.apply([tf.ones(3)], [variable]))
+
+    with pytest.raises(ValueError, match=r"optimizer.build\(model.trainable_variables\)"):
+        step()
+
+
 def test_a_single_sample_is_a_clear_error():
     variable = keras.Variable(np.zeros(3, np.float32))
     with pytest.raises(ValueError, match=r"k >= 2.*gradient_accumulation_steps >= 2"):
@@ -373,6 +387,7 @@ def test_checkpoint_mid_accumulation_restores_the_same_trajectory(replicas, mirr
         with strategy.scope():
             variables = [keras.Variable(w) for w in start]
             optimizer = tlb_opt.VRAdam(learning_rate=0.01, gradient_accumulation_steps=accumulation)
+            optimizer.build(variables)
         return variables, optimizer
 
     def micro_steps(variables, optimizer, pairs):
@@ -395,12 +410,9 @@ def test_checkpoint_mid_accumulation_restores_the_same_trajectory(replicas, mirr
 
     first_vars, first_opt = make()
     micro_steps(first_vars, first_opt, schedule[:cut])
-    # Under MirroredStrategy the variables are built lazily inside strategy.run: build before saving.
     path = tf.train.Checkpoint(variables=first_vars, optimizer=first_opt).save(str(tmp_path / "ckpt"))
 
     resumed_vars, resumed_opt = make()
-    with strategy.scope():
-        resumed_opt.build(resumed_vars)
     tf.train.Checkpoint(variables=resumed_vars, optimizer=resumed_opt).restore(path).assert_consumed()
     micro_steps(resumed_vars, resumed_opt, schedule[cut:])
     for a, b in zip(straight_vars, resumed_vars):

@@ -129,6 +129,17 @@ class LargeBatchOptimizer(_KerasOptimizer):
     # ------------------------------------------------------------------ build
     @tracking.no_automatic_dependency_tracking
     def build(self, variables):
+        if (tf.inside_function() and tf.distribute.has_strategy()
+                and not tf.__internal__.distribute.strategy_supports_no_merge_call()):
+            # The update branches in cross-replica context (cond_with_collectives);
+            # TensorFlow cannot combine that with variables created inside the
+            # first call of a tf.function under MirroredStrategy.
+            raise ValueError(
+                f"Build {type(self).__name__} before its first step under "
+                f"{type(tf.distribute.get_strategy()).__name__}: call "
+                "`optimizer.build(model.trainable_variables)` inside `strategy.scope()` before the training "
+                "loop (model.fit does this for you)."
+            )
         # Keras would create mirrored accumulators holding diverged per-replica
         # values (lost on save/restore); ours are sync-on-read, made below.
         steps = self.gradient_accumulation_steps
