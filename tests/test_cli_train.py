@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 
 from tf_largebatch import cli, config
 from tf_largebatch.pipelines import train
+from distribute_utils import free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR = os.path.join(ROOT, "tpu_configs", "resnet20_sngm_1024_v3-8.yaml")
@@ -118,18 +119,6 @@ from tf_largebatch import cli
 with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
     sys.exit(cli.main(sys.argv[1:]))
 """
-
-
-def free_ports(count):
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @pytest.mark.slow

@@ -17,7 +17,6 @@ would show. Every wait has a timeout; every process is killed in ``finally``.
 """
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,20 +26,11 @@ import numpy as np
 import pytest
 
 import multiworker_fault_worker as worker
+from distribute_utils import free_ports
 
 TIMEOUT_SECONDS = 240
 VICTIM = 1
 DIE_AFTER = worker.BATCHES_PER_EPOCH + 2
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def start_workers(command, env, logs):
