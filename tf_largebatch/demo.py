@@ -369,37 +369,33 @@ def load_task(settings):
 
 
 # ------------------------------------------------------------- one run
-class _EpochRecorder:
-    """Keras callback factory: records the learning rate and drives the progress bar."""
+def epoch_recorder(description, epochs, progress):
+    """A Keras callback that records step and learning rate per epoch and drives a progress bar."""
+    import keras
+    from tqdm.auto import tqdm
 
-    @staticmethod
-    def make(description, epochs, progress):
-        import keras
-        from tqdm.auto import tqdm
+    class EpochRecorder(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.learning_rates = []
+            self.steps = []
+            self.bar = tqdm(total=epochs, desc=description, unit="epoch", disable=not progress, leave=False)
 
-        class Recorder(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.learning_rates = []
-                self.steps = []
-                self.bar = tqdm(total=epochs, desc=description, unit="epoch", disable=not progress, leave=False)
+        def on_epoch_end(self, epoch, logs=None):
+            optimizer = self.model.optimizer
+            self.steps.append(int(optimizer.iterations.numpy()))
+            self.learning_rates.append(float(optimizer.learning_rate.numpy()))
+            logs = logs or {}
+            self.bar.set_postfix(
+                loss=f"{logs.get('loss', float('nan')):.3f}",
+                test_acc=f"{logs.get('val_accuracy', float('nan')):.3f}",
+            )
+            self.bar.update(1)
 
-            def on_epoch_end(self, epoch, logs=None):
-                optimizer = self.model.optimizer
-                step = int(optimizer.iterations.numpy())
-                self.steps.append(step)
-                self.learning_rates.append(float(optimizer.learning_rate.numpy()))
-                logs = logs or {}
-                self.bar.set_postfix(
-                    loss=f"{logs.get('loss', float('nan')):.3f}",
-                    test_acc=f"{logs.get('val_accuracy', float('nan')):.3f}",
-                )
-                self.bar.update(1)
+        def on_train_end(self, logs=None):
+            self.bar.close()
 
-            def on_train_end(self, logs=None):
-                self.bar.close()
-
-        return Recorder()
+    return EpochRecorder()
 
 
 def _to_float(value):
@@ -459,7 +455,7 @@ def train_one(task, optimizer_name, batch_size, settings, strategy):
     def evaluation_data(split):
         return tf.data.Dataset.from_tensor_slices((split.x, split.y)).batch(eval_batch).prefetch(tf.data.AUTOTUNE)
 
-    recorder = _EpochRecorder.make(f"{optimizer_name:>10} B={batch_size}", settings.epochs, settings.progress)
+    recorder = epoch_recorder(f"{optimizer_name:>10} B={batch_size}", settings.epochs, settings.progress)
     start = time.perf_counter()
     history = model.fit(
         train_data,
