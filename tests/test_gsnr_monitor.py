@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tf_largebatch as tlb
 from tf_largebatch import callbacks
 from tf_largebatch.callbacks import GSNRMonitor
 from tf_largebatch.optimizers import VRSGD
@@ -129,7 +130,7 @@ class StatisticsRecorder(keras.callbacks.Callback):
         self.records = {}
 
     def on_train_batch_end(self, batch, logs=None):
-        step = int(self.optimizer.iterations)
+        step = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
         if step > 0:
             self.records[step] = self.optimizer.gradient_statistics()
 
@@ -223,12 +224,67 @@ def test_loss_scale_optimizer_is_unwrapped_and_update_freq_respected(tmp_path):
     assert not any(tag.startswith("gsnr_mean/") for tag in values)  # per_variable off
 
 
-def test_clear_error_without_a_vr_optimizer(tmp_path):
+@pytest.mark.parametrize("make_optimizer", [keras.optimizers.SGD, lambda: tlb.SNGM(0.1)], ids=["keras", "SNGM"])
+def test_clear_error_when_the_optimizer_records_no_statistics(make_optimizer, tmp_path):
     x, y = _data(16)
     model = _model()
-    model.compile(optimizer=keras.optimizers.SGD(), loss="mse")
-    with pytest.raises(ValueError, match="records none"):
+    model.compile(optimizer=make_optimizer(), loss="mse")
+    with pytest.raises(ValueError, match="records none.*record_gradient_statistics=True"):
         model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[GSNRMonitor(str(tmp_path), 8)])
+
+
+@pytest.mark.parametrize("name", ["SNGM", "LAMB", "LARS"])
+def test_any_package_optimizer_records_statistics_when_asked(name):
+    """record_gradient_statistics=True: the same statistics as VR computes, the same update as without."""
+    rng = np.random.default_rng(3)
+    shapes = [(5,), (3, 4)]
+    samples = [[rng.normal(size=(4,) + s) + rng.normal(size=s) for s in shapes] for _ in range(3)]
+    start = [rng.normal(size=s).astype("float32") for s in shapes]
+    make = {"SNGM": lambda **kw: tlb.SNGM(0.1, **kw), "LAMB": lambda **kw: tlb.LAMB(0.01, **kw),
+            "LARS": lambda **kw: tlb.LARS(1.0, **kw)}[name]
+    weights = {}
+    for record in (False, True):
+        variables = [keras.Variable(w) for w in start]
+        optimizer = make(gradient_accumulation_steps=4, record_gradient_statistics=record)
+        for step in samples:
+            for i in range(4):
+                optimizer.apply([tf.constant(s[i], tf.float32) for s in step], variables)
+        weights[record] = [v.numpy() for v in variables]
+    np.testing.assert_array_equal(weights[False][0], weights[True][0])
+    np.testing.assert_array_equal(weights[False][1], weights[True][1])
+    stats = optimizer.gradient_statistics()
+    assert optimizer.num_gradient_samples == 4
+    for variable, s in zip(variables, samples[-1]):
+        mean = s.mean(axis=0)
+        variance = (s**2).mean(axis=0) - mean**2
+        got = stats[variable.path]
+        assert set(got) == {"mean_square", "variance", "gsnr_mean"}
+        np.testing.assert_allclose(got["mean_square"], np.sum(mean**2), rtol=1e-5)
+        np.testing.assert_allclose(got["variance"], np.sum(variance), rtol=1e-5)
+        np.testing.assert_allclose(got["gsnr_mean"], np.mean(mean**2 / variance), rtol=1e-4)
+
+
+def test_monitor_with_a_non_vr_optimizer_writes_the_noise_scale_but_no_clip_fractions(mirrored, tmp_path):
+    x, y = _data()
+    with mirrored(2).scope():
+        model = _model()
+        optimizer = tlb.LAMB(0.01, record_gradient_statistics=True)
+        model.compile(optimizer=optimizer, loss="mse")
+    log_dir = str(tmp_path / "gsnr")
+    recorder = StatisticsRecorder(optimizer)
+    monitor = GSNRMonitor(log_dir, global_batch_size=16, update_freq=1, smoothing=0.5, per_variable=True)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[monitor, recorder])
+    values, _ = read_events(log_dir)
+    assert "noise_scale/trace_covariance" in values and f"gsnr_mean/{model.trainable_variables[0].path}" in values
+    assert not any("fraction" in tag for tag in values)
+    for step, scalars in expected_scalars(recorder.records, 2, 16, 0.5).items():
+        for tag, value in scalars.items():
+            np.testing.assert_allclose(values[tag][step], value, rtol=1e-5, err_msg=f"{tag} at {step}")
+
+
+def test_recording_needs_two_samples():
+    with pytest.raises(ValueError, match="k >= 2"):
+        tlb.SNGM(0.1, record_gradient_statistics=True).apply([tf.ones(3)], [keras.Variable(np.ones(3, "float32"))])
 
 
 def test_b_simple_of_a_frozen_linear_model_matches_the_population_value(mirrored, tmp_path):

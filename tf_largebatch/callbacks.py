@@ -3,7 +3,9 @@
 The VR optimizers (:mod:`tf_largebatch.optimizers.vr`) already compute, on every
 update, the mean and the variance of the ``k`` gradient samples of the step
 (``k`` = replicas x accumulation micro-batches), and record per-variable sums of
-them. :class:`GSNRMonitor` turns those records into TensorBoard summaries,
+them; every other optimizer of the package does the same when created with
+``record_gradient_statistics=True`` (the squares travel in the step's one
+all-reduce; off by default). :class:`GSNRMonitor` turns those records into TensorBoard summaries,
 including McCandlish et al.'s simple gradient noise scale
 ``B_simple = tr(Sigma) / |G|^2``. It adds no backward pass and no collective: it
 only reads optimizer variables on logging steps.
@@ -135,26 +137,30 @@ def find_statistics_optimizer(optimizer):
     """
     current = optimizer
     while current is not None:
-        if callable(getattr(current, "gradient_statistics", None)):
+        records = getattr(current, "_records_statistics", None)
+        if callable(getattr(current, "gradient_statistics", None)) and (records is None or records()):
             return current
         if isinstance(current, keras.optimizers.LossScaleOptimizer):
             current = current.inner_optimizer
         else:
             break
     raise ValueError(
-        "GSNRMonitor reads the per-step gradient statistics that the VR optimizers record "
-        "(tf_largebatch.optimizers.VR, VRSGD, VRMomentum, VRAdam, VRLAMB, VRLARS), optionally inside a "
-        f"keras LossScaleOptimizer. Received: optimizer={optimizer!r}, which records none. Wrap your optimizer: "
-        "tf_largebatch.optimizers.VR(your_optimizer)."
+        "GSNRMonitor reads the per-step gradient statistics that the optimizers of tf_largebatch record: the "
+        "VR optimizers always, every other one when created with record_gradient_statistics=True (optionally "
+        f"inside a keras LossScaleOptimizer). Received: optimizer={optimizer!r}, which records none. Pass "
+        "record_gradient_statistics=True (e.g. tlb.optimizers.LAMB(..., record_gradient_statistics=True)), "
+        "or use a VR optimizer."
     )
 
 
 class GSNRMonitor(keras.callbacks.Callback):
     """Writes GSNR statistics and the gradient noise scale to TensorBoard.
 
-    Works with the VR optimizers (also inside a ``LossScaleOptimizer``), which
-    compute the statistics as part of their update from the ``k`` gradient
-    samples of each step (``k`` = replicas x ``gradient_accumulation_steps``):
+    Works with the VR optimizers and with any optimizer of this package created
+    with ``record_gradient_statistics=True`` (also inside a
+    ``LossScaleOptimizer``), which compute the statistics as part of their update
+    from the ``k`` gradient samples of each step (``k`` = replicas x
+    ``gradient_accumulation_steps``, at least 2):
     the callback itself adds no backward pass and no collective, and reads the
     optimizer's statistics variable only every ``update_freq`` batches. Not
     attached, it costs nothing.
@@ -255,13 +261,15 @@ class GSNRMonitor(keras.callbacks.Callback):
         if self.gradient_square_norm.value > 0:
             scalars["noise_scale/b_simple"] = self.trace_covariance.value / self.gradient_square_norm.value
         total = sum(sizes[path] for path in statistics)
-        for name in ("fraction_at_lower", "fraction_at_upper"):
+        # Clip fractions exist for the VR optimizers only (the others do not clip a GSNR).
+        clipped = [name for name in ("fraction_at_lower", "fraction_at_upper") if name in next(iter(statistics.values()))]
+        for name in clipped:
             scalars[f"gsnr/{name}"] = sum(s[name] * sizes[path] for path, s in statistics.items()) / total
         if self.per_variable:
             for path, s in statistics.items():
                 scalars[f"gsnr_mean/{path}"] = s["gsnr_mean"]
-                scalars[f"gsnr_fraction_at_lower/{path}"] = s["fraction_at_lower"]
-                scalars[f"gsnr_fraction_at_upper/{path}"] = s["fraction_at_upper"]
+                for name in clipped:
+                    scalars[f"gsnr_{name}/{path}"] = s[name]
         with self._writer.as_default(step=step):
             for tag, value in scalars.items():
                 write_scalar(tag, value)

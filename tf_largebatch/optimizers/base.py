@@ -31,6 +31,7 @@ from keras.src import backend as keras_backend
 from keras.src.utils import tracking
 
 from tf_largebatch import validation
+from tf_largebatch.optimizers import gsnr
 
 _KerasOptimizer = keras.optimizers.Optimizer
 
@@ -107,7 +108,7 @@ class LargeBatchOptimizer(_KerasOptimizer):
     """
 
     def __init__(self, learning_rate, *, weight_decay=None, exclude_from_weight_decay=None,
-                 nonfinite_gradients="skip", **kwargs):
+                 nonfinite_gradients="skip", record_gradient_statistics=False, **kwargs):
         validation.check_learning_rate(learning_rate)
         if nonfinite_gradients not in NONFINITE_POLICIES:
             raise ValueError(
@@ -125,6 +126,8 @@ class LargeBatchOptimizer(_KerasOptimizer):
         )
         self._weight_decay_patterns = PathPatterns(self._weight_decay_exclusions)
         self.nonfinite_gradients = nonfinite_gradients
+        self.record_gradient_statistics = validation.check_bool("record_gradient_statistics",
+                                                                record_gradient_statistics)
 
     # ------------------------------------------------------------------ build
     @tracking.no_automatic_dependency_tracking
@@ -142,6 +145,15 @@ class LargeBatchOptimizer(_KerasOptimizer):
             )
         # Keras would create mirrored accumulators holding diverged per-replica
         # values (lost on save/restore); ours are sync-on-read, made below.
+        if self._records_statistics() and self.num_gradient_samples < 2:
+            raise ValueError(
+                f"{type(self).__name__} estimates the gradient variance from k >= 2 gradient samples per step, "
+                f"but k = {self._distribution_strategy.num_replicas_in_sync} replica(s) x "
+                f"{self.gradient_accumulation_steps or 1} accumulation step(s) = {self.num_gradient_samples}. "
+                "Create the optimizer under a tf.distribute strategy with >= 2 replicas, or pass "
+                "gradient_accumulation_steps >= 2 (each micro-batch is then a sample; the VRGD paper notes "
+                "accumulation steps play the role of k)."
+            )
         steps = self.gradient_accumulation_steps
         self.gradient_accumulation_steps = None
         try:
@@ -151,6 +163,18 @@ class LargeBatchOptimizer(_KerasOptimizer):
         self._skipped_updates = self.add_variable(
             shape=(), initializer="zeros", dtype="int64", aggregation="only_first_replica", name="skipped_updates"
         )
+        if self._records_statistics():
+            with self._distribution_strategy.extended.colocate_vars_with(_tf_variable(self._iterations)):
+                self._gradient_statistics = keras.Variable(
+                    initializer="zeros",
+                    shape=(len(variables), len(self._statistic_names())),
+                    dtype="float32",
+                    trainable=False,
+                    aggregation="mean",
+                    synchronization="on_read",
+                    name="gradient_statistics",
+                )
+            self._track_variable(self._gradient_statistics)
         self._local_accumulators = []
         if steps:
             for index in range(self._num_local_statistics()):
@@ -272,12 +296,55 @@ class LargeBatchOptimizer(_KerasOptimizer):
                 lambda: self._overwrite_model_variables_with_average_value(self._trainable_variables),
             )
 
+    # ------------------------------------------------- gradient statistics
+    @property
+    def num_gradient_samples(self):
+        """k = replicas in sync x gradient accumulation steps."""
+        return self._distribution_strategy.num_replicas_in_sync * (self.gradient_accumulation_steps or 1)
+
+    def _records_statistics(self):
+        return self.record_gradient_statistics
+
+    def _statistic_names(self):
+        return gsnr.STATISTIC_NAMES[:3]
+
+    def _empty_statistic_rows(self):
+        return [tf.zeros([len(self._statistic_names())])] * len(self._trainable_variables)
+
+    def gradient_statistics(self):
+        """The last update's per-variable gradient statistics, by variable path.
+
+        Recorded when ``record_gradient_statistics=True`` (the VR optimizers
+        always record): ``{path: {"mean_square": sum gbar**2, "variance":
+        sum s2, "gsnr_mean": mean raw GSNR over the elements with finite GSNR}}``
+        (sums over the variable's elements; ``gbar`` and ``s2`` are the mean and
+        variance of the step's k gradient samples, see
+        :mod:`~tf_largebatch.optimizers.gsnr`); the VR optimizers add
+        ``fraction_at_lower``/``fraction_at_upper`` (elements clipped at
+        ``gamma``/the upper bound). Read eagerly, e.g. by
+        :class:`tf_largebatch.callbacks.GSNRMonitor`.
+        """
+        if not self._records_statistics():
+            raise ValueError(
+                f"{type(self).__name__} records no gradient statistics: create it with "
+                "record_gradient_statistics=True (or use a VR optimizer)."
+            )
+        if not self.built:
+            raise ValueError(f"{type(self).__name__} has no statistics before its first step.")
+        values = self._gradient_statistics.numpy()
+        return {
+            variable.path: dict(zip(self._statistic_names(), map(float, row)))
+            for variable, row in zip(self._trainable_variables, values)
+        }
+
     # ------------------------------------------------------ extension points
     def _num_local_statistics(self):
-        return 1
+        return 2 if self._records_statistics() else 1
 
     def _local_statistics(self, grads):
-        """Per-replica statistics averaged over micro-batches, then all-reduced."""
+        """Per-replica statistics averaged over micro-batches, then all-reduced in one collective."""
+        if self._records_statistics():
+            return [grads, [tf.square(tf.cast(g, tf.float32)) for g in grads]]
         return [grads]
 
     def _reduce_and_update(self, local_statistics, trainable_variables):
@@ -298,9 +365,21 @@ class LargeBatchOptimizer(_KerasOptimizer):
                                   false_fn=lambda: self._skipped_updates.assign_add(1))
 
     def _update_from_reduced_statistics(self, statistics, trainable_variables):
-        """Update from all-reduced statistics (default: the global mean gradient)."""
-        (grads,) = statistics
-        self._update_with_reduced_gradients(grads, trainable_variables)
+        """Update from all-reduced statistics: the global mean gradient (and, when
+        recording, its per-sample second moment, summarised per variable)."""
+        if self._records_statistics():
+            rows = self._empty_statistic_rows()
+            num_replicas = self._distribution_strategy.num_replicas_in_sync
+            for sum_of_means, sum_of_squares, variable in zip(*statistics, trainable_variables):
+                mean, second_moment = gsnr.moments_from_replica_sums(sum_of_means, sum_of_squares, num_replicas)
+                variance = gsnr.sample_variance(mean, second_moment, self.num_gradient_samples)
+                signal = tf.square(mean)
+                _, mean_gsnr, _ = gsnr.normalized_gsnr(signal, variance)
+                rows[self._get_variable_index(variable)] = tf.stack(
+                    [tf.reduce_sum(signal), tf.reduce_sum(variance), mean_gsnr]
+                )
+            self._gradient_statistics.assign(tf.stack(rows))
+        self._update_with_reduced_gradients(statistics[0], trainable_variables)
 
     @property
     def skipped_updates(self):
@@ -322,6 +401,7 @@ class LargeBatchOptimizer(_KerasOptimizer):
         config = super().get_config()
         config["exclude_from_weight_decay"] = list(self._weight_decay_exclusions)
         config["nonfinite_gradients"] = self.nonfinite_gradients
+        config["record_gradient_statistics"] = self.record_gradient_statistics
         return config
 
 

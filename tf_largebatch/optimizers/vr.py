@@ -131,23 +131,9 @@ class VR(LargeBatchOptimizer):
     def variables(self):
         return self._variables + self.inner_optimizer.variables
 
-    @property
-    def num_gradient_samples(self):
-        """k = replicas in sync x gradient accumulation steps."""
-        return self._distribution_strategy.num_replicas_in_sync * (self.gradient_accumulation_steps or 1)
-
     def build(self, var_list):
         if self.built:
             return
-        k = self.num_gradient_samples
-        if k < 2:
-            raise ValueError(
-                f"{type(self).__name__} estimates the gradient variance from k >= 2 gradient samples per step, "
-                f"but k = {self._distribution_strategy.num_replicas_in_sync} replica(s) x "
-                f"{self.gradient_accumulation_steps or 1} accumulation step(s) = {k}. Create the optimizer under a "
-                "tf.distribute strategy with >= 2 replicas, or pass gradient_accumulation_steps >= 2 (each "
-                "micro-batch is then a sample; the paper notes accumulation steps play the role of k)."
-            )
         super().build(var_list)
         self.inner_optimizer.build(var_list)
         self._gsnr_momentums = (
@@ -155,47 +141,20 @@ class VR(LargeBatchOptimizer):
             if self.gsnr_momentum > 0
             else None
         )
-        with self._distribution_strategy.extended.colocate_vars_with(self._iterations.value):
-            self._statistics = keras.Variable(
-                initializer="zeros",
-                shape=(len(var_list), len(gsnr.STATISTIC_NAMES)),
-                dtype="float32",
-                trainable=False,
-                aggregation="mean",
-                synchronization="on_read",
-                name="gradient_statistics",
-            )
-        self._track_variable(self._statistics)
-
-    def gradient_statistics(self):
-        """Last update step's statistics per variable path (eager read).
-
-        ``{path: {"mean_square": sum gbar**2, "variance": sum s2, "gsnr_mean":
-        mean raw GSNR over the elements with finite GSNR, "fraction_at_lower":
-        ..., "fraction_at_upper": ...}}``,
-        sums over the variable's elements; see :mod:`~tf_largebatch.optimizers.gsnr`.
-        """
-        if not self.built:
-            raise ValueError(f"{type(self).__name__} has no statistics before its first step.")
-        values = self._statistics.numpy()
-        return {
-            variable.path: dict(zip(gsnr.STATISTIC_NAMES, map(float, row)))
-            for variable, row in zip(self._trainable_variables, values)
-        }
 
     # ------------------------------------------------------------ update path
-    def _num_local_statistics(self):
-        return 2
+    def _records_statistics(self):
+        return True
 
-    def _local_statistics(self, grads):
-        return [grads, [tf.square(tf.cast(g, tf.float32)) for g in grads]]
+    def _statistic_names(self):
+        return gsnr.STATISTIC_NAMES
 
     def _update_from_reduced_statistics(self, statistics, trainable_variables):
         sums_of_means, sums_of_squares = statistics
         num_replicas = self._distribution_strategy.num_replicas_in_sync
         step = self.iterations + 1
         adapted = []
-        rows = [tf.zeros([len(gsnr.STATISTIC_NAMES)])] * len(self._trainable_variables)
+        rows = self._empty_statistic_rows()
         for sum_of_means, sum_of_squares, variable in zip(sums_of_means, sums_of_squares, trainable_variables):
             index = self._get_variable_index(variable)
             mean, second_moment = gsnr.moments_from_replica_sums(sum_of_means, sum_of_squares, num_replicas)
@@ -207,7 +166,7 @@ class VR(LargeBatchOptimizer):
                 slot.assign(momentum)
                 factor = gsnr.bias_corrected(momentum, self.gsnr_momentum, step)
             adapted.append(tf.cast(factor * mean, sum_of_means.dtype))
-        self._statistics.assign(tf.stack(rows))
+        self._gradient_statistics.assign(tf.stack(rows))
         apply_reduced_gradients(self.inner_optimizer, adapted, trainable_variables)
 
     # ------------------------------------------------------------------ config
