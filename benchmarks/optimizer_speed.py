@@ -1,6 +1,6 @@
 """Speed, memory and scaling of tf_largebatch's optimizers, as ratios to Keras's own.
 
-    python benchmarks/optimizer_speed.py            # 25 min on a busy 2-core CPU
+    python benchmarks/optimizer_speed.py            # 16 min on a busy 2-core CPU
     python benchmarks/optimizer_speed.py --quick    # fewer repetitions, no 1e7 model
 
 Prints, in one run:
