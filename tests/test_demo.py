@@ -113,28 +113,31 @@ def test_vr_runs_report_gsnr_statistics(tiny_run):
 
 
 def test_interrupted_demo_keeps_finished_runs(tmp_path, monkeypatch):
-    """Ctrl-C during the second run: the first is on disk, the exit code says interrupted."""
+    """Ctrl-C during the third run: the first two are on disk, the exit code says interrupted."""
     real_train_one = demo.train_one
     calls = []
 
-    def interrupt_second_run(*args, **kwargs):
+    def interrupt_third_run(*args, **kwargs):
         calls.append(args[1])
-        if len(calls) == 2:
+        if len(calls) == 3:
             raise KeyboardInterrupt
         return real_train_one(*args, **kwargs)
 
-    monkeypatch.setattr(demo, "train_one", interrupt_second_run)
+    monkeypatch.setattr(demo, "train_one", interrupt_third_run)
     code = demo.main(
-        ["--optimizers", "VRSGD,MSGD", "--batch-sizes", "64", "--replicas", "1", "--epochs", "1",
+        ["--optimizers", "VRSGD,SNGM,MSGD", "--batch-sizes", "64", "--replicas", "1", "--epochs", "1",
          "--train-size", "256", "--test-size", "64", "--no-progress", "--output-dir", str(tmp_path)]
     )
     assert code == 130
     rows = read_csv(tmp_path / "results.csv")
-    assert [r["optimizer"] for r in rows] == ["VRSGD"]
-    # One replica: the VR optimizer gets its k = 2 samples from gradient accumulation.
+    assert [r["optimizer"] for r in rows] == ["VRSGD", "SNGM"]
+    # One replica: the VR optimizer gets its k = 2 samples from gradient accumulation;
+    # SNGM needs no samples and gets none.
     assert rows[0]["gradient_accumulation_steps"] == "2" and rows[0]["num_gradient_samples"] == "2"
-    assert rows[0]["steps"] == str(256 // 64)
-    assert json.loads((tmp_path / "results.json").read_text())["runs"][0]["optimizer"] == "VRSGD"
+    assert rows[1]["gradient_accumulation_steps"] == "1" and rows[1]["num_gradient_samples"] == ""
+    assert rows[0]["steps"] == rows[1]["steps"] == str(256 // 64)
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [run["optimizer"] for run in runs] == ["VRSGD", "SNGM"] and runs[1]["gsnr"] is None
     assert (tmp_path / "demo.png").exists()
 
 

@@ -317,9 +317,11 @@ def resolve_optimizer_class(recipe):
     return cls
 
 
-def needs_gradient_samples(optimizer_class):
-    """True for the VR optimizers, whose GSNR needs >= 2 gradient samples per step."""
-    return any(hasattr(cls, "gradient_statistics") for cls in optimizer_class.__mro__)
+def is_vr_optimizer(optimizer_class):
+    """True for the VR optimizers: their GSNR needs >= 2 gradient samples per step, and they record it."""
+    from tf_largebatch.optimizers import VR
+
+    return isinstance(optimizer_class, type) and issubclass(optimizer_class, VR)
 
 
 def learning_rate_schedule(peak, total_steps, warmup_steps):
@@ -421,7 +423,7 @@ def train_one(task, optimizer_name, batch_size, settings, strategy):
 
     recipe = RECIPES[optimizer_name]
     optimizer_class = resolve_optimizer_class(recipe)
-    accumulation = 2 if settings.replicas == 1 and needs_gradient_samples(optimizer_class) else 1
+    accumulation = 2 if settings.replicas == 1 and is_vr_optimizer(optimizer_class) else 1
     micro_batch = batch_size // accumulation
     steps_per_epoch = len(task.train) // batch_size
     if steps_per_epoch < 1:
@@ -501,7 +503,7 @@ def train_one(task, optimizer_name, batch_size, settings, strategy):
         },
         "gsnr": None,
     }
-    if hasattr(optimizer, "gradient_statistics"):
+    if is_vr_optimizer(optimizer_class):
         record["num_gradient_samples"] = int(optimizer.num_gradient_samples)
         record["gsnr"] = gradient_statistics_of(optimizer, model)
     return record
