@@ -304,6 +304,18 @@ def sngm_step(state, ws, gs, lr, momentum=0.9, weight_decay=0.0, layerwise=False
 
 # ------------------------------------------------------------------ drivers
 
+#: float32 tolerance for a Keras optimizer's trajectory against these references.
+RTOL, ATOL = 2e-5, 2e-6
+
+
+def assert_histories_close(actual, expected, rtol=RTOL, atol=ATOL):
+    """Weights after each step (lists of lists of arrays) agree, step by step."""
+    assert len(actual) == len(expected)
+    for step, (a_step, e_step) in enumerate(zip(actual, expected)):
+        for index, (a, e) in enumerate(zip(a_step, e_step)):
+            np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=f"step {step}, variable {index}")
+
+
 
 def per_variable(step, adapt_mask=None, decay_mask=None):
     """Lifts a per-variable step to a whole-model step over lists.

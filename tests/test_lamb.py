@@ -5,16 +5,8 @@ import numpy as np
 import pytest
 
 import reference_optimizers as ref
+from reference_optimizers import RTOL, ATOL, assert_histories_close  # noqa: F401
 from tf_largebatch.optimizers import LAMB
-
-RTOL, ATOL = 2e-5, 2e-6
-
-
-def assert_histories_close(actual, expected, rtol=RTOL, atol=ATOL):
-    assert len(actual) == len(expected)
-    for step, (a_step, e_step) in enumerate(zip(actual, expected)):
-        for index, (a, e) in enumerate(zip(a_step, e_step)):
-            np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=f"step {step}, variable {index}")
 
 
 LAMB_CASES = [
