@@ -105,6 +105,12 @@ class LargeBatchOptimizer(_KerasOptimizer):
     ``skipped_updates`` counts it; the iteration counter still advances, so
     schedules stay aligned with the data. ``"raise"`` fails the step with the
     path of the first non-finite variable instead.
+
+    ``record_gradient_statistics`` (every subclass takes it; default ``False``):
+    also carry each replica's squared gradient in the step's one all-reduce and
+    record, per variable, the mean and variance of the step's k >= 2 gradient
+    samples (:meth:`gradient_statistics`, read by
+    :class:`tf_largebatch.callbacks.GSNRMonitor`). The VR optimizers always do.
     """
 
     def __init__(self, learning_rate, *, weight_decay=None, exclude_from_weight_decay=None,
