@@ -252,31 +252,6 @@ def settings_from_args(args):
 
 
 # ------------------------------------------------------------ TF plumbing
-def configure_replicas(num_replicas):
-    """Returns ``num_replicas`` logical CPU device names, creating them if TF has not started.
-
-    Logical devices can only be configured before TensorFlow initialises its
-    runtime, so call this before any TensorFlow op.
-    """
-    import tensorflow as tf
-
-    cpus = tf.config.list_physical_devices("CPU")
-    try:
-        if len(tf.config.get_logical_device_configuration(cpus[0]) or []) < num_replicas:
-            tf.config.set_logical_device_configuration(
-                cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(num_replicas)]
-            )
-    except RuntimeError:
-        pass  # the runtime is already initialised: use what exists, checked below
-    devices = [device.name for device in tf.config.list_logical_devices("CPU")]
-    if len(devices) < num_replicas:
-        raise RuntimeError(
-            f"--replicas {num_replicas} needs {num_replicas} logical CPUs, but TensorFlow was already "
-            f"initialised with {len(devices)}; run the demo in a fresh process."
-        )
-    return devices[:num_replicas]
-
-
 _STRATEGIES = {}
 
 
@@ -658,10 +633,13 @@ def run(args):
         print(f"tf-largebatch demo: error: {error}", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tf_largebatch.strategy import logical_cpus
+
     try:
-        devices = configure_replicas(settings.replicas)
-    except RuntimeError as error:
-        print(f"tf-largebatch demo: error: {error}", file=sys.stderr)
+        devices = logical_cpus(settings.replicas)
+    except ValueError as error:
+        print(f"tf-largebatch demo: error: --replicas {settings.replicas}: {error} Run the demo in a fresh process.",
+              file=sys.stderr)
         return 2
 
     from tf_largebatch import demo_data

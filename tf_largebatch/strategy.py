@@ -51,8 +51,8 @@ def logical_cpus(count):
     cpus = tf.config.list_logical_devices("CPU")
     if len(cpus) < count:
         raise ValueError(
-            f"`strategy.num_cpu_replicas` is {count} but only {len(cpus)} logical CPUs exist and "
-            "TensorFlow is already initialised; logical CPUs must be configured before the first op."
+            f"{count} logical CPUs are needed but only {len(cpus)} exist and TensorFlow is already "
+            "initialised; logical CPUs must be configured before the first op."
         )
     return [f"/cpu:{i}" for i in range(count)]
 
@@ -108,9 +108,11 @@ def build_strategy(strategy_cfg):
             # Reduce through one device: CPU collectives keyed by group collide
             # when a process builds several strategies (tests, several runs),
             # and gain nothing between logical CPUs of one host.
-            return tf.distribute.MirroredStrategy(
-                logical_cpus(strategy_cfg.num_cpu_replicas), cross_device_ops=tf.distribute.ReductionToOneDevice()
-            )
+            try:
+                devices = logical_cpus(strategy_cfg.num_cpu_replicas)
+            except ValueError as error:
+                raise ValueError(f"`strategy.num_cpu_replicas`: {error}") from None
+            return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
         return tf.distribute.MirroredStrategy(strategy_cfg.devices or None)
     if kind == "multi_worker":
         if "TF_CONFIG" not in os.environ:
