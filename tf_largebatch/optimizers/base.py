@@ -11,7 +11,8 @@ per-replica gradients *and* their squares before they are summed away.
 context, per optimizer step:
 
 1. local statistics of this replica's gradient ``h`` (by default ``[h]``; the VR
-   optimizers add ``h**2``) are accumulated over ``gradient_accumulation_steps``
+   optimizers, and any optimizer with ``record_gradient_statistics=True``, add
+   ``h**2``) are accumulated over ``gradient_accumulation_steps``
    micro-batches in replica-local (sync-on-read) variables;
 2. on the update micro-step, :meth:`_reduce_and_update` all-reduces them in one
    collective and hands the global mean gradient to
@@ -53,6 +54,11 @@ def compute_dtype(variable):
     return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
 
 
+def variable_path(variable):
+    """``variable.path`` (``"encoder/dense/kernel"``), or the name of a backend variable."""
+    return getattr(variable, "path", None) or variable.name
+
+
 def densify(gradient):
     """Sparse (``IndexedSlices``) gradients become dense tensors.
 
@@ -81,8 +87,7 @@ class PathPatterns:
     def matches(self, variable):
         if self._regex is None:
             return False
-        path = getattr(variable, "path", None) or variable.name
-        return self._regex.search(path) is not None
+        return self._regex.search(variable_path(variable)) is not None
 
 
 class LargeBatchOptimizer(_KerasOptimizer):
@@ -149,8 +154,6 @@ class LargeBatchOptimizer(_KerasOptimizer):
                 "`optimizer.build(model.trainable_variables)` inside `strategy.scope()` before the training "
                 "loop (model.fit does this for you)."
             )
-        # Keras would create mirrored accumulators holding diverged per-replica
-        # values (lost on save/restore); ours are sync-on-read, made below.
         if self._records_statistics() and self.num_gradient_samples < 2:
             raise ValueError(
                 f"{type(self).__name__} estimates the gradient variance from k >= 2 gradient samples per step, "
@@ -160,6 +163,8 @@ class LargeBatchOptimizer(_KerasOptimizer):
                 "gradient_accumulation_steps >= 2 (each micro-batch is then a sample; the VRGD paper notes "
                 "accumulation steps play the role of k)."
             )
+        # Keras would create mirrored accumulators holding diverged per-replica
+        # values (lost on save/restore); ours are sync-on-read, made below.
         steps = self.gradient_accumulation_steps
         self.gradient_accumulation_steps = None
         try:
@@ -370,20 +375,24 @@ class LargeBatchOptimizer(_KerasOptimizer):
             cond_with_collectives(finite, update, args=(statistics,),
                                   false_fn=lambda: self._skipped_updates.assign_add(1))
 
+    def _sample_moments(self, statistics, trainable_variables):
+        """``(index, mean, variance)`` per variable of the step's k gradient samples,
+        from the all-reduced ``[sums of means, sums of mean squares]``."""
+        num_replicas = self._distribution_strategy.num_replicas_in_sync
+        for sum_of_means, sum_of_squares, variable in zip(*statistics, trainable_variables):
+            mean, second_moment = gsnr.moments_from_replica_sums(sum_of_means, sum_of_squares, num_replicas)
+            variance = gsnr.sample_variance(mean, second_moment, self.num_gradient_samples)
+            yield self._get_variable_index(variable), mean, variance
+
     def _update_from_reduced_statistics(self, statistics, trainable_variables):
         """Update from all-reduced statistics: the global mean gradient (and, when
         recording, its per-sample second moment, summarised per variable)."""
         if self._records_statistics():
             rows = self._empty_statistic_rows()
-            num_replicas = self._distribution_strategy.num_replicas_in_sync
-            for sum_of_means, sum_of_squares, variable in zip(*statistics, trainable_variables):
-                mean, second_moment = gsnr.moments_from_replica_sums(sum_of_means, sum_of_squares, num_replicas)
-                variance = gsnr.sample_variance(mean, second_moment, self.num_gradient_samples)
+            for index, mean, variance in self._sample_moments(statistics, trainable_variables):
                 signal = tf.square(mean)
                 _, mean_gsnr, _ = gsnr.normalized_gsnr(signal, variance)
-                rows[self._get_variable_index(variable)] = tf.stack(
-                    [tf.reduce_sum(signal), tf.reduce_sum(variance), mean_gsnr]
-                )
+                rows[index] = tf.stack([tf.reduce_sum(signal), tf.reduce_sum(variance), mean_gsnr])
             self._gradient_statistics.assign(tf.stack(rows))
         self._update_with_reduced_gradients(statistics[0], trainable_variables)
 
@@ -459,26 +468,23 @@ def cond_with_collectives(predicate, true_fn, args=(), false_fn=None):
 
 
 def _assert_finite(value, variable):
-    path = getattr(variable, "path", None) or variable.name
     return tf.debugging.assert_all_finite(
-        value, f"Non-finite gradient for variable '{path}' (nonfinite_gradients='raise')."
+        value, f"Non-finite gradient for variable '{variable_path(variable)}' (nonfinite_gradients='raise')."
     )
 
 
-def run_update_steps(optimizer, grads, trainable_variables, learning_rate=None):
+def run_update_steps(optimizer, grads, trainable_variables):
     """Runs ``optimizer.update_step`` on every variable, in cross-replica context.
 
     The gradients must already be identical on every replica (all-reduced). This
     is Keras's own ``_distributed_tf_update_step`` reached through one merge call.
     """
-    if learning_rate is None:
-        learning_rate = optimizer.learning_rate
     grads_and_vars = [(g, _tf_variable(v)) for g, v in zip(grads, trainable_variables)]
     tf.__internal__.distribute.interim.maybe_merge_call(
         optimizer._distributed_tf_update_step,
         optimizer._distribution_strategy,
         grads_and_vars,
-        learning_rate,
+        optimizer.learning_rate,
     )
 
 

@@ -101,13 +101,3 @@ def gsnr_factor(mean, variance, lower, upper):
         ]
     )
     return factor, statistics
-
-
-def gsnr_momentum(previous, factor, decay):
-    """``p_t = decay * p_{t-1} + (1 - decay) * r`` (Algorithm 3/5)."""
-    return decay * previous + (1.0 - decay) * factor
-
-
-def bias_corrected(momentum, decay, step):
-    """``p_t / (1 - decay**t)`` for a 1-based step ``t``."""
-    return momentum / (1.0 - tf.pow(tf.cast(decay, tf.float32), tf.cast(step, tf.float32)))

@@ -12,7 +12,7 @@ import tensorflow as tf
 from keras.src.saving import serialization_lib
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import gsnr
+from tf_largebatch.optimizers import gsnr, rules
 from tf_largebatch.optimizers.base import LargeBatchOptimizer, apply_reduced_gradients
 
 #: Base-optimizer keyword arguments that belong to the VR wrapper (they act on the
@@ -150,22 +150,18 @@ class VR(LargeBatchOptimizer):
         return gsnr.STATISTIC_NAMES
 
     def _update_from_reduced_statistics(self, statistics, trainable_variables):
-        sums_of_means, sums_of_squares = statistics
-        num_replicas = self._distribution_strategy.num_replicas_in_sync
         step = self.iterations + 1
         adapted = []
         rows = self._empty_statistic_rows()
-        for sum_of_means, sum_of_squares, variable in zip(sums_of_means, sums_of_squares, trainable_variables):
-            index = self._get_variable_index(variable)
-            mean, second_moment = gsnr.moments_from_replica_sums(sum_of_means, sum_of_squares, num_replicas)
-            variance = gsnr.sample_variance(mean, second_moment, self.num_gradient_samples)
+        for (index, mean, variance), gradient in zip(self._sample_moments(statistics, trainable_variables),
+                                                      statistics[0]):
             factor, rows[index] = gsnr.gsnr_factor(mean, variance, self.gamma, self.gsnr_upper_bound)
             if self._gsnr_momentums is not None:
                 slot = self._gsnr_momentums[index]
-                momentum = gsnr.gsnr_momentum(slot.value, factor, self.gsnr_momentum)
+                momentum = rules.moving_average(slot.value, factor, self.gsnr_momentum)
                 slot.assign(momentum)
-                factor = gsnr.bias_corrected(momentum, self.gsnr_momentum, step)
-            adapted.append(tf.cast(factor * mean, sum_of_means.dtype))
+                factor = rules.bias_correction(momentum, self.gsnr_momentum, step)
+            adapted.append(tf.cast(factor * mean, gradient.dtype))
         self._gradient_statistics.assign(tf.stack(rows))
         apply_reduced_gradients(self.inner_optimizer, adapted, trainable_variables)
 
