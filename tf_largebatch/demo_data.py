@@ -13,6 +13,8 @@ import dataclasses
 
 import numpy as np
 
+from tf_largebatch import validation
+
 
 @dataclasses.dataclass(frozen=True)
 class Split:
@@ -35,12 +37,6 @@ class Task:
     num_classes: int
     description: str
     bayes_test_accuracy: float = float("nan")
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    return int(value)
 
 
 def teacher_student_task(
@@ -74,11 +70,11 @@ def teacher_student_task(
         A :class:`Task` whose ``bayes_test_accuracy`` is the teacher's arg-max
         accuracy on the test labels.
     """
-    num_train = _check_positive_int("num_train", num_train)
-    num_test = _check_positive_int("num_test", num_test)
-    input_dim = _check_positive_int("input_dim", input_dim)
-    teacher_width = _check_positive_int("teacher_width", teacher_width)
-    num_classes = _check_positive_int("num_classes", num_classes)
+    num_train = validation.check_positive_int("num_train", num_train)
+    num_test = validation.check_positive_int("num_test", num_test)
+    input_dim = validation.check_positive_int("input_dim", input_dim)
+    teacher_width = validation.check_positive_int("teacher_width", teacher_width)
+    num_classes = validation.check_positive_int("num_classes", num_classes)
     if num_classes < 2:
         raise ValueError(f"`num_classes` must be >= 2, got {num_classes!r}.")
     if not float(temperature) > 0.0:
@@ -136,9 +132,9 @@ def cifar10_task(data_dir=None, num_train=None, num_test=None):
     import tensorflow_datasets as tfds
 
     if num_train is not None:
-        num_train = _check_positive_int("num_train", num_train)
+        num_train = validation.check_positive_int("num_train", num_train)
     if num_test is not None:
-        num_test = _check_positive_int("num_test", num_test)
+        num_test = validation.check_positive_int("num_test", num_test)
 
     def spec(split, limit):
         return split if limit is None else f"{split}[:{limit}]"
