@@ -13,9 +13,9 @@
 - ``one_device``: ``OneDeviceStrategy`` on the first GPU, else the CPU.
 
 ``set_precision`` sets Keras's global dtype policy: ``mixed_bfloat16`` is the
-TPU choice (no loss scaling needed); ``mixed_float16`` is for GPUs, where
-``Model.compile`` wraps the optimizer in a ``LossScaleOptimizer`` (dynamic loss
-scaling) automatically.
+TPU choice (no loss scaling needed); ``mixed_float16`` is for GPUs, where the
+runner wraps the optimizer in :class:`tf_largebatch.optimizers.LossScaleOptimizer`
+(dynamic loss scaling whose overflow decision agrees across replicas).
 """
 
 import json

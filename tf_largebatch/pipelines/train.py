@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from tf_largebatch import config as config_lib
 from tf_largebatch import schedules, strategy as strategy_lib
+from tf_largebatch.optimizers import LossScaleOptimizer
 from tf_largebatch.pipelines import models, task_module
 
 FINAL_WEIGHTS = "final.weights.h5"
@@ -174,6 +175,10 @@ def run_phase(cfg, strategy, *, initial_weights=None, callbacks=(), data=None):
         optimizer = config_lib.build_optimizer(
             cfg.optimizer, build_schedule(cfg), gradient_accumulation_steps=accumulation
         )
+        if cfg.precision == "mixed_float16":
+            # compile() would wrap it in Keras's LossScaleOptimizer, which decides
+            # overflow from replica 0 only; ours agrees across replicas.
+            optimizer = LossScaleOptimizer(optimizer)
         loss, metrics, weighted_metrics = loss_and_metrics(cfg)
         model.compile(
             optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics,
@@ -190,7 +195,7 @@ def run_phase(cfg, strategy, *, initial_weights=None, callbacks=(), data=None):
         verbose=cfg.training.verbose,
     )
     optimizer = model.optimizer
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):  # added by compile for mixed_float16
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):  # mixed_float16
         optimizer = optimizer.inner_optimizer
     summary = {
         "name": cfg.name,
