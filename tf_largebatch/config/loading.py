@@ -190,6 +190,17 @@ def _check_phase_name(name, path):
                           f"'.' and no '/'), got {describe(name)}")
 
 
+def _smoke_merge(raw, patch):
+    """``patch`` (the smoke overrides, or nothing) merged over ``raw``. Smoke sets
+    the learning rate, so a Keras-form ``optimizer.config.learning_rate`` (which
+    must agree with it) is dropped."""
+    merged = deep_merge(raw, patch)
+    optimizer = merged.get("optimizer")
+    if patch and isinstance(optimizer, dict) and isinstance(optimizer.get("config"), dict):
+        optimizer["config"].pop("learning_rate", None)
+    return merged
+
+
 def _build(merged):
     cfg = build_dataclass(ExperimentConfig, merged, "")
     expand_paths(cfg)
@@ -211,7 +222,7 @@ def resolve_phases(raw, *, smoke=False, overrides=()):
         raise ConfigError("smoke", f"expected a mapping, got {describe(file_smoke)}")
     patch = smoke_overrides(raw.get("task"), file_smoke) if smoke else {}
     if phases is None:
-        return [_build(apply_overrides(deep_merge(raw, patch), overrides))]
+        return [_build(apply_overrides(_smoke_merge(raw, patch), overrides))]
     if not isinstance(phases, list) or not phases or not all(isinstance(p, dict) for p in phases):
         raise ConfigError("phases", "expected a non-empty list of mappings")
     common, per_phase = _split_overrides(overrides, len(phases))
@@ -221,7 +232,7 @@ def resolve_phases(raw, *, smoke=False, overrides=()):
         phase = dict(phase)
         name = phase.pop("name", f"phase_{index + 1}")
         _check_phase_name(name, prefix + "name")
-        merged = deep_merge(deep_merge(raw, phase), patch)
+        merged = _smoke_merge(deep_merge(raw, phase), patch)
         merged = apply_overrides(merged, common + per_phase.get(index, []))
         merged["phase"] = name
         try:
