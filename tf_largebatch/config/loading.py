@@ -8,10 +8,9 @@ Every error is a :class:`ConfigError` naming the key path.
 
 import copy
 import dataclasses
+import functools
 import os
 import re
-
-import yaml
 
 from tf_largebatch.config import registry
 from tf_largebatch.config.checks import check_experiment
@@ -21,20 +20,35 @@ from tf_largebatch.config.schema import PATH_KEYS, ExperimentConfig, value_at
 from tf_largebatch.config.typecheck import build_dataclass
 
 
-class _Loader(yaml.SafeLoader):
-    """``SafeLoader`` that also reads ``1e-4`` and ``2E5`` as floats (YAML 1.2
-    style); plain YAML 1.1 wants ``1.0e-4`` and would give the string '1e-4'."""
+def _yaml():
+    """PyYAML, imported on first use (it comes with the ``pipelines`` extra, and
+    ``tf-largebatch --help`` must work without it)."""
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError("--config", "reading a config needs PyYAML: pip install 'tf_largebatch[pipelines]'") from None
+    return yaml
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+@functools.cache
+def _loader_class():
+    yaml = _yaml()
+
+    class Loader(yaml.SafeLoader):
+        """``SafeLoader`` that also reads ``1e-4`` and ``2E5`` as floats (YAML 1.2
+        style); plain YAML 1.1 wants ``1.0e-4`` and would give the string '1e-4'."""
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return Loader
 
 
 def _reject_duplicate_keys(node, path):
     """A key given twice in one mapping is an error (YAML would keep the last silently)."""
+    yaml = _yaml()
     if isinstance(node, yaml.MappingNode):
         seen = {}
         for key_node, value_node in node.value:
@@ -58,7 +72,7 @@ def parse_yaml(text, path=""):
         text: the YAML document.
         path: the key path of the document (for errors about a ``--set`` value).
     """
-    loader = _Loader(text)
+    loader = _loader_class()(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -85,7 +99,7 @@ def read_yaml(path):
         raise ConfigError("--config", f"cannot read {path}: {error.strerror}") from None
     try:
         raw = parse_yaml(text)
-    except yaml.YAMLError as error:
+    except _yaml().YAMLError as error:
         raise ConfigError("--config", f"{path} is not valid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise ConfigError("<top level>", f"expected a mapping in {path}, got {describe(raw)}")
@@ -102,7 +116,7 @@ def parse_override(text):
         raise ConfigError("--set", f"expected key.path=value, got {text!r}")
     try:
         parsed = parse_yaml(value, key.strip()) if value.strip() else ""
-    except yaml.YAMLError as error:
+    except _yaml().YAMLError as error:
         raise ConfigError(key, f"value is not valid YAML: {error}") from None
     return parts, parsed
 
