@@ -14,17 +14,13 @@ import yaml
 from tf_largebatch import cli, config
 from tf_largebatch.pipelines import train
 
+import test_config
+
 
 def base_raw(model_dir):
-    return {
-        "name": "t",
-        "task": "cifar10",
-        "data": {"name": "cifar10", "num_train_examples": 50000},
-        "model": {"name": "resnet20", "args": {"depth": 8}},
-        "optimizer": {"name": "SNGM", "args": {"momentum": 0.9}},
-        "schedule": {"name": "warmup_cosine", "learning_rate": 0.1, "warmup_steps": 1},
-        "training": {"global_batch_size": 8, "steps": 4, "model_dir": str(model_dir)},
-    }
+    raw = test_config.base_raw()
+    raw["training"]["model_dir"] = str(model_dir)
+    return raw
 
 
 @pytest.fixture
@@ -252,3 +248,11 @@ def test_dry_run_does_not_check_the_machine(run_cli):
     # A shipped TPU config can be inspected anywhere.
     code, stderr = run_cli(["--experiment", "resnet20_sngm_1024_v3-8", "--dry-run"])
     assert code == 0, stderr
+
+
+def test_an_error_of_one_phase_names_the_phase(run_cli, run_dir):
+    outcome = run_cli(["--experiment", "bert_large_vrlamb_16k_v3-256", "--set", "strategy.type=one_device",
+                       "--set", f"training.model_dir={run_dir}"])
+    assert_config_error(outcome, "data.train_files: 'gs://YOUR_BUCKET/bert_pretraining/seq128/*.tfrecord' is a "
+                        "placeholder: set it to your own location", run_dir)
+    assert "(phase 'phase1_seq128')" in outcome[1]

@@ -281,14 +281,14 @@ def check_environment(configs, *, smoke=False):
             ``TF_CONFIG``, a placeholder path (``gs://YOUR_BUCKET``), a
             ``model_dir`` that cannot be created, or missing initial weights.
     """
-    for index, cfg in enumerate(configs):
-        prefix = f"phases[{index}]." if len(configs) > 1 else ""
+    for cfg in configs:
         try:
             _check_machine(cfg, smoke)
         except ConfigError as error:
-            if prefix and not error.path.startswith(("strategy", "training.initial_weights")):
-                raise ConfigError(prefix + error.path, str(error)[len(error.path) + 2:]) from None
-            raise
+            if len(configs) == 1:
+                raise
+            message = str(error)[len(error.path) + 2:]
+            raise ConfigError(error.path, f"{message} (phase {cfg.phase!r})") from None
     _check_initial_weights(configs[0])
 
 
