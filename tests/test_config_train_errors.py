@@ -130,7 +130,7 @@ def test_multi_worker_with_a_broken_tf_config(run_cli, write_config, run_dir, mo
     assert_config_error(outcome, "strategy.type: 'multi_worker': TF_CONFIG is not valid JSON", run_dir)
 
 
-@pytest.mark.skipif(config.checks.tpu_visible(), reason="this machine has a TPU")
+@pytest.mark.skipif(config.environment.tpu_visible(), reason="this machine has a TPU")
 def test_shipped_tpu_config_without_a_tpu_and_without_smoke(run_cli, run_dir):
     outcome = run_cli(["--experiment", "resnet20_sngm_1024_v3-8", "--set", f"training.model_dir={run_dir}"])
     assert_config_error(outcome, "strategy.type: 'tpu' with an empty strategy.tpu means a TPU VM, and this "
@@ -140,7 +140,7 @@ def test_shipped_tpu_config_without_a_tpu_and_without_smoke(run_cli, run_dir):
 
 def test_tpu_detection_reads_the_cloud_tpu_variable(monkeypatch):
     monkeypatch.setenv("TPU_NAME", "my-pod")
-    assert config.checks.tpu_visible()
+    assert config.environment.tpu_visible()
 
 
 def test_missing_initial_weights(run_cli, write_config, tmp_path, run_dir):

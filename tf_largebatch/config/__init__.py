@@ -8,7 +8,8 @@ The layer is split by job, with no import of the pipelines at import time:
   signature (optimizers, models, callbacks);
 - :mod:`~tf_largebatch.config.registry`: the tasks (with their smoke
   overrides), models and optimizers a config can name;
-- :mod:`~tf_largebatch.config.checks`: checks across keys, and of the machine;
+- :mod:`~tf_largebatch.config.checks`: checks across keys;
+- :mod:`~tf_largebatch.config.environment`: checks of the machine, before training;
 - :mod:`~tf_largebatch.config.loading`: YAML, ``--set``, ``--smoke``, phases;
 - :mod:`~tf_largebatch.config.building`: the optimizer and the model;
 - :mod:`~tf_largebatch.config.experiments`: the shipped configs by name.
@@ -20,7 +21,8 @@ or trained.
 """
 
 from tf_largebatch.config.building import build_model, build_optimizer, model_arguments
-from tf_largebatch.config.checks import check_environment, check_experiment
+from tf_largebatch.config.checks import check_experiment
+from tf_largebatch.config.environment import check_environment
 from tf_largebatch.config.errors import ConfigError
 from tf_largebatch.config.experiments import experiment_names, experiment_path
 from tf_largebatch.config.loading import (apply_overrides, load_config, parse_override, read_yaml, resolve_phases,

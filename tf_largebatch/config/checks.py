@@ -1,20 +1,13 @@
-"""Checks across keys of one experiment config, and of the machine it is to run on.
+"""Checks across the keys of one experiment config.
 
 :func:`check_experiment` runs when a config is loaded: required keys, ranges,
 combinations, the optimizer, model and callback arguments against their
-signatures, and the dataset name. :func:`check_environment` runs just before
-training (not for ``--dry-run`` or ``load_config``): what depends on the
-machine, i.e. a TPU, ``TF_CONFIG``, a writable ``model_dir``, the initial
-weights, placeholder paths. Both raise :class:`ConfigError` with the key path,
-before any strategy, dataset or directory is created.
+signatures, and the dataset name. It raises :class:`ConfigError` with the key
+path, before anything is built. What depends on the machine is checked by
+:mod:`~tf_largebatch.config.environment`.
 """
 
-import glob
 import importlib.util
-import json
-import os
-import re
-import tempfile
 
 import numpy as np
 
@@ -23,7 +16,7 @@ from tf_largebatch.config.arguments import check_arguments
 from tf_largebatch.config.building import (RUNNER_OPTIMIZER_ARGS, build_optimizer, optimizer_class,
                                            uses_keras_weight_decay_exclusions)
 from tf_largebatch.config.errors import ConfigError, describe
-from tf_largebatch.config.schema import PATH_KEYS, REQUIRED, value_at
+from tf_largebatch.config.schema import REQUIRED, value_at
 
 # A batch beyond this is a typo, not a pod: tensor dimensions are 32-bit on accelerators.
 MAX_GLOBAL_BATCH_SIZE = 2**31 - 1
@@ -243,102 +236,3 @@ def _check_dataset_name(data_cfg, path="data.name"):
     if base not in tfds.list_builders(with_community_datasets=False):
         raise ConfigError(path, f"unknown tensorflow-datasets dataset {data_cfg.name!r} "
                           "(see tfds.list_builders()), or give data.train_files")
-
-
-# --------------------------------------------------------------------------- the machine
-
-# Placeholders the shipped configs carry for the user's bucket.
-PLACEHOLDER = re.compile(r"\bYOUR_[A-Z_]+\b")
-_DATA_KEYS = ("data.data_dir", "data.train_files", "data.eval_files", "data.vocabulary")
-
-
-def _is_remote(path):
-    return "://" in path
-
-
-def tpu_visible():
-    """Whether this machine shows a local TPU (a TPU VM): ``/dev/accel*``
-    (v2-v4), ``/dev/vfio/<n>`` (v5 and later), or the ``TPU_NAME``/
-    ``TPU_ACCELERATOR_TYPE`` variables of Cloud TPU images. Cheap: no TPU
-    system is contacted."""
-    if os.environ.get("TPU_NAME") or os.environ.get("TPU_ACCELERATOR_TYPE"):
-        return True
-    if glob.glob("/dev/accel*"):
-        return True
-    return any(name.isdigit() for name in (os.listdir("/dev/vfio") if os.path.isdir("/dev/vfio") else ()))
-
-
-def check_environment(configs, *, smoke=False):
-    """What a run needs of this machine, for every phase, before anything is built.
-
-    Args:
-        configs: the phases from :func:`~tf_largebatch.config.load_config`.
-        smoke: the configs were shrunk with ``--smoke`` (placeholder data paths
-            are then left to the pipelines' synthetic fallback).
-
-    Raises:
-        ConfigError: a TPU config without a TPU, ``multi_worker`` without
-            ``TF_CONFIG``, a placeholder path (``gs://YOUR_BUCKET``), a
-            ``model_dir`` that cannot be created, or missing initial weights.
-    """
-    for cfg in configs:
-        try:
-            _check_machine(cfg, smoke)
-        except ConfigError as error:
-            if len(configs) == 1:
-                raise
-            message = str(error)[len(error.path) + 2:]
-            raise ConfigError(error.path, f"{message} (phase {cfg.phase!r})") from None
-    _check_initial_weights(configs[0])
-
-
-def _check_machine(cfg, smoke):
-    s = cfg.strategy
-    if s.type == "tpu" and not s.tpu and not tpu_visible():
-        raise ConfigError("strategy.type", "'tpu' with an empty strategy.tpu means a TPU VM, and this machine "
-                          "shows no TPU (no /dev/accel*, /dev/vfio/<n> or TPU_NAME). Try it with --smoke (CPU, "
-                          "seconds), name a remote TPU with --set strategy.tpu=NAME, or run here with "
-                          "--set strategy.type=mirrored")
-    if s.type == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ConfigError("strategy.type", "'multi_worker' reads the cluster from the TF_CONFIG environment "
-                              "variable, which is not set (start every worker with its own TF_CONFIG)")
-        try:
-            json.loads(os.environ["TF_CONFIG"])
-        except ValueError as error:
-            raise ConfigError("strategy.type", f"'multi_worker': TF_CONFIG is not valid JSON ({error})") from None
-    for key in PATH_KEYS:
-        value = value_at(cfg, key)
-        if not value or not PLACEHOLDER.search(value):
-            continue
-        if key in _DATA_KEYS and (cfg.data.synthetic or smoke):
-            continue
-        raise ConfigError(key, f"{value!r} is a placeholder: set it to your own location "
-                          f"(--set {key}=gs://my-bucket/...)")
-    check_writable_directory(cfg.training.model_dir, "training.model_dir")
-
-
-def check_writable_directory(directory, path):
-    """``directory`` exists as a writable directory or can be created; nothing is left behind.
-
-    Remote paths (``gs://``) are not checked here. The test creates and
-    removes a temporary directory in the nearest existing ancestor.
-    """
-    if _is_remote(directory):
-        return
-    ancestor = os.path.abspath(directory)
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
-    if not os.path.isdir(ancestor):
-        raise ConfigError(path, f"{directory!r} cannot be a directory: {ancestor} is a file")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".tf_largebatch_check_", dir=ancestor))
-    except OSError as error:
-        raise ConfigError(path, f"{directory!r} cannot be created or written in {ancestor} "
-                          f"({error.strerror})") from None
-
-
-def _check_initial_weights(cfg):
-    weights = cfg.training.initial_weights
-    if weights and not _is_remote(weights) and not os.path.isfile(weights):
-        raise ConfigError("training.initial_weights", f"no such file: {weights}")
