@@ -85,11 +85,19 @@ def test_usage_errors_exit_2_naming_the_problem_without_tensorflow(tmp_path):
         assert modules == {"tensorflow": False, "keras": False}
 
 
-def test_a_config_error_is_reported_before_tensorflow_loads(tmp_path):
+def test_train_reports_a_config_error_with_exit_2_and_no_tensorflow_lines(tmp_path):
     (tmp_path / "bad.yaml").write_text("- not a mapping\n")
-    code, _, stderr, modules = console_script(["train", "--config", "bad.yaml"], tmp_path)
+    code, _, stderr, _ = console_script(["train", "--config", "bad.yaml"], tmp_path)
     assert code == 2 and "config error" in stderr, stderr
-    assert not modules["tensorflow"]
+    assert TENSORFLOW_LOG_LINE.findall(stderr) == [], stderr
+
+
+def test_train_dry_run_of_a_shipped_config_prints_no_tensorflow_lines(tmp_path):
+    config = ROOT / "tf_largebatch" / "tpu_configs" / "resnet20_sngm_128_v3-8.yaml"
+    code, stdout, stderr, _ = console_script(["train", "--config", str(config), "--dry-run"], tmp_path)
+    assert code == 0, stderr
+    assert "optimizer:" in stdout
+    assert TENSORFLOW_LOG_LINE.findall(stderr) == [], stderr
 
 
 START_AND_RUN_AN_OP = """

@@ -110,6 +110,8 @@ def _add_train(subparsers):
 
 
 def _train(args):
+    # Validating a config builds its optimizer, so TensorFlow starts (quietly) first.
+    start_tensorflow(args.verbose)
     from tf_largebatch import config as config_lib
 
     try:
@@ -123,7 +125,6 @@ def _train(args):
         for cfg in configs:
             print(yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
         return 0
-    start_tensorflow(args.verbose)
     from tf_largebatch.pipelines import train
 
     try:
