@@ -132,6 +132,27 @@ def test_verbose_leaves_tensorflow_logging_alone(tmp_path):
     assert TENSORFLOW_LOG_LINE.search(stderr), stderr
 
 
+class _Started(Exception):
+    pass
+
+
+@pytest.mark.parametrize("argv, verbose", [
+    (["train", "--config", "c.yaml"], False), (["--verbose", "train", "--config", "c.yaml"], True),
+    (["train", "--config", "c.yaml", "--verbose"], True), (["-v", "demo", "--epochs", "1"], True),
+    (["demo", "--epochs", "1", "-v"], True), (["demo", "--epochs", "1"], False),
+])
+def test_verbose_is_accepted_before_or_after_the_subcommand(argv, verbose, monkeypatch):
+    from tf_largebatch import cli
+
+    def start_tensorflow(verbose=False):
+        raise _Started(verbose)
+
+    monkeypatch.setattr(cli, "start_tensorflow", start_tensorflow)
+    with pytest.raises(_Started) as started:
+        cli.main(argv)
+    assert started.value.args == (verbose,)
+
+
 def test_package_messages_are_logged_once_with_the_command_prefix(tmp_path):
     extra = "import logging\nlogging.getLogger('tf_largebatch.pipelines').info('hello')\n" \
             "from tf_largebatch import cli\ncli._configure_logging(False)\n" \

@@ -106,6 +106,7 @@ def _add_train(subparsers):
     parser.add_argument("--smoke", action="store_true",
                         help="tiny model, data and step counts: an end-to-end check on a CPU")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved config; no training")
+    _add_verbose(parser, default=argparse.SUPPRESS)
     parser.set_defaults(handler=_train)
 
 
@@ -153,20 +154,27 @@ def _demo(args):
     description = (demo.__doc__ or "").strip().split("\n")[0] or None
     demo_parser = argparse.ArgumentParser(prog="tf-largebatch demo", description=description)
     demo.add_arguments(demo_parser)
-    demo_args = demo_parser.parse_args(args.rest)
+    # --verbose may also follow the subcommand; the demo's own parser does not know it.
+    verbose_flags = {"-v", "--verbose"}
+    args.verbose = args.verbose or any(arg in verbose_flags for arg in args.rest)
+    demo_args = demo_parser.parse_args([arg for arg in args.rest if arg not in verbose_flags])
     start_tensorflow(args.verbose)
     return demo.run(demo_args)
 
 
 # -------------------------------------------------------------------- main
+def _add_verbose(parser, default):
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="show TensorFlow's own log lines and the package's debug messages")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="tf-largebatch",
         description="Large-batch training with tf_largebatch: reference pipelines and demos.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="show TensorFlow's own log lines and the package's debug messages")
+    _add_verbose(parser, default=False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     _add_train(subparsers)
