@@ -1,4 +1,4 @@
-"""The ``tf-largebatch`` console script.
+"""The ``tf-largebatch`` command.
 
 Subcommands:
 
@@ -14,13 +14,85 @@ Subcommands:
 ``tf-largebatch demo ...``
     See :mod:`tf_largebatch.demo`.
 
-TensorFlow is imported only by the subcommand that needs it, so ``--help`` is fast.
+Startup. Under the console script (``tf_largebatch_cli``) the package defers its
+imports, so parsing the command line, ``--help`` and ``--version`` never load
+TensorFlow. A subcommand that trains starts TensorFlow through
+:func:`start_tensorflow`, which first quiets TensorFlow's C++ and Python logging
+(``--verbose`` keeps it) and then imports the whole package, so every class is
+registered with Keras as after ``import tf_largebatch``.
 """
 
 import argparse
+import contextlib
+import logging
+import os
 import sys
 
+from tf_largebatch._version import __version__
 
+logger = logging.getLogger("tf_largebatch")
+
+
+# ------------------------------------------------------------------ startup
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    """Sends file descriptor 2 to /dev/null inside the block (C++ writes there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def start_tensorflow(verbose=False):
+    """Imports TensorFlow and the whole package, quietly unless ``verbose``.
+
+    Quiet means: ``TF_CPP_MIN_LOG_LEVEL=3`` (unless the user set it) for the C++
+    logging after start-up, the ``tensorflow`` and ``absl`` Python loggers at
+    ERROR, and file descriptor 2 silenced while TensorFlow's shared libraries
+    load: they log a few lines before absl's C++ logging is initialised, which no
+    setting suppresses. A failing import still raises its Python exception, after
+    stderr is restored. Must run before anything imports TensorFlow to have an
+    effect on its start-up lines.
+
+    Args:
+        verbose: bool, keep TensorFlow's own logging settings.
+    """
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if verbose:
+        import tensorflow  # noqa: F401
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        for name in ("tensorflow", "absl"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        with _stderr_to_devnull():
+            import tensorflow  # noqa: F401
+    import tf_largebatch
+
+    tf_largebatch._import_all()
+
+
+def _configure_logging(verbose):
+    """The package's own messages (``tf_largebatch.*`` loggers) go to stderr, once.
+
+    They do not propagate to the root logger, where absl installs its own handler
+    when TensorFlow loads (each line would be printed twice). A handler already
+    on the ``tf_largebatch`` logger (an application embedding the command) is kept.
+    """
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("tf-largebatch: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+# ------------------------------------------------------------------- train
 def _add_train(subparsers):
     from tf_largebatch.config.experiments import experiment_names  # no TensorFlow import
 
@@ -43,6 +115,7 @@ def _add_train(subparsers):
                         help="tiny model, data and step counts: an end-to-end check on a CPU")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate and print the resolved config; no training (and no checks of this machine)")
+    _add_verbose(parser, default=argparse.SUPPRESS)
     parser.set_defaults(handler=_train)
 
 
@@ -56,6 +129,8 @@ def _load_train_configs(args, config_lib):
 
 
 def _train(args):
+    # Validating a config builds its optimizer, so TensorFlow starts (quietly) first.
+    start_tensorflow(args.verbose)
     from tf_largebatch import config as config_lib
 
     try:
@@ -83,9 +158,32 @@ def _train(args):
     return 0
 
 
+# -------------------------------------------------------------------- demo
 def _add_demo(subparsers):
-    # Listed here for --help; main() hands its arguments to tf_largebatch.demo.
-    subparsers.add_parser("demo", help="run the package's demonstration (tf-largebatch demo --help)")
+    # Listed here for --help; its own arguments are defined by tf_largebatch.demo.
+    parser = subparsers.add_parser("demo", help="run the package's demonstration (tf-largebatch demo --help)",
+                                   add_help=False)
+    parser.set_defaults(handler=_demo)
+
+
+def _demo(args):
+    from tf_largebatch import demo
+
+    description = (demo.__doc__ or "").strip().split("\n")[0] or None
+    demo_parser = argparse.ArgumentParser(prog="tf-largebatch demo", description=description)
+    demo.add_arguments(demo_parser)
+    # --verbose may also follow the subcommand; the demo's own parser does not know it.
+    verbose_flags = {"-v", "--verbose"}
+    args.verbose = args.verbose or any(arg in verbose_flags for arg in args.rest)
+    demo_args = demo_parser.parse_args([arg for arg in args.rest if arg not in verbose_flags])
+    start_tensorflow(args.verbose)
+    return demo.run(demo_args)
+
+
+# -------------------------------------------------------------------- main
+def _add_verbose(parser, default):
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="show TensorFlow's own log lines and the package's debug messages")
 
 
 def build_parser():
@@ -93,6 +191,8 @@ def build_parser():
         prog="tf-largebatch",
         description="Large-batch training with tf_largebatch: reference pipelines and demos.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_verbose(parser, default=False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     _add_train(subparsers)
@@ -101,18 +201,14 @@ def build_parser():
 
 
 def main(argv=None):
-    """Entry point; returns the process exit code."""
+    """Runs ``tf-largebatch`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    if argv and argv[0] == "demo":
-        # The demo's own arguments come from tf_largebatch.demo, imported only now.
-        from tf_largebatch import demo
-
-        description = (demo.__doc__ or "").strip().split("\n")[0] or None
-        demo_parser = argparse.ArgumentParser(prog="tf-largebatch demo", description=description)
-        demo.add_arguments(demo_parser)
-        return int(demo.run(demo_parser.parse_args(argv[1:])) or 0)
-    args = parser.parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
+    if args.command == "demo":
+        args.rest = rest
+    elif rest:
+        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    _configure_logging(args.verbose)
     return int(args.handler(args) or 0)
 
 
