@@ -163,3 +163,14 @@ def test_a_backend_other_than_tensorflow_is_a_clear_error(tmp_path):
     """, tmp_path, KERAS_BACKEND="numpy")
     message = out.splitlines()[-1]
     assert "TensorFlow backend" in message and "'numpy'" in message and "KERAS_BACKEND=tensorflow" in message
+
+
+def test_the_package_metadata_allows_exactly_the_keras_versions_the_seam_accepts():
+    import re
+
+    from tf_largebatch.optimizers import keras_seam
+
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    low, high = re.search(r'"keras>=(\d+\.\d+),<(\d+\.\d+)"', text).groups()
+    assert tuple(map(int, low.split("."))) == keras_seam.SUPPORTED_KERAS_MIN
+    assert tuple(map(int, high.split("."))) == keras_seam.SUPPORTED_KERAS_MAX_EXCLUSIVE
