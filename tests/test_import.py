@@ -102,9 +102,16 @@ LOAD = """
 """
 
 
-def test_a_model_saved_in_one_process_loads_in_another_after_only_import_tf_largebatch(tmp_path):
-    run_python(SAVE, tmp_path)
-    report = json.loads(run_python(LOAD, tmp_path).splitlines()[-1])
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """A directory with models saved by a fresh process (shared by the tests below)."""
+    directory = tmp_path_factory.mktemp("saved")
+    run_python(SAVE, directory)
+    return directory
+
+
+def test_a_model_saved_in_one_process_loads_in_another_after_only_import_tf_largebatch(saved_models):
+    report = json.loads(run_python(LOAD, saved_models).splitlines()[-1])
     assert report["sngm"]["learning_rate"]["registered_name"] == "tf_largebatch>WarmupCosineDecay"
     for name, optimizer_class in [("sngm", "SNGM"), ("vrlamb", "VRLAMB")]:
         entry = report[name]
@@ -113,9 +120,8 @@ def test_a_model_saved_in_one_process_loads_in_another_after_only_import_tf_larg
         assert entry["weights_equal"] and entry["optimizer_equal"] and entry["prediction_close"], entry
 
 
-def test_without_tf_largebatch_the_load_fails(tmp_path):
+def test_without_tf_largebatch_the_load_fails(saved_models):
     """The check above can fail: without the import, Keras cannot find the classes."""
-    run_python(SAVE, tmp_path)
     code = """
         import keras
         try:
@@ -125,7 +131,7 @@ def test_without_tf_largebatch_the_load_fails(tmp_path):
         else:
             print("loaded")
     """
-    assert run_python(code, tmp_path).splitlines()[-1].startswith("failed:")
+    assert run_python(code, saved_models).splitlines()[-1].startswith("failed:")
 
 
 def test_under_the_launcher_the_package_defers_tensorflow_until_first_use(tmp_path):
