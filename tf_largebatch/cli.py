@@ -2,8 +2,9 @@
 
 Subcommands:
 
-``tf-largebatch train --config FILE [--set key.path=value ...] [--smoke]``
-    Validates the config (every error names its key path and stops before
+``tf-largebatch train (--config FILE | --experiment NAME) [--set key.path=value ...] [--smoke]``
+    ``--experiment`` runs a config shipped with the package by name
+    (``tf-largebatch train --help`` lists them). Validates the config (every error names its key path and stops before
     anything is built), then trains it: see :mod:`tf_largebatch.pipelines.train`.
     ``--set`` values are read as YAML (``--set optimizer.args.momentum=0.95``,
     ``--set strategy.type=tpu --set strategy.tpu=my-pod``); ``phases.<i>.``
@@ -93,21 +94,38 @@ def _configure_logging(verbose):
 
 # ------------------------------------------------------------------- train
 def _add_train(subparsers):
+    from tf_largebatch.config.experiments import experiment_names  # no TensorFlow import
+
+    names = experiment_names()
     parser = subparsers.add_parser(
         "train",
-        help="train a model from a YAML config (see tpu_configs/)",
-        description="Train a model from a YAML config (see tpu_configs/).",
+        help="train a model from a YAML config or a shipped experiment",
+        description="Train a model from a YAML config (--config FILE) or a shipped experiment (--experiment NAME).",
+        epilog="shipped experiments (--experiment NAME): " + (", ".join(names) or "none found"),
     )
-    parser.add_argument("--config", required=True, help="YAML config file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="YAML config file")
+    source.add_argument("--experiment", metavar="NAME",
+                        help="a config shipped with the package, by name (listed below)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
         help="override a config value (YAML-typed); repeatable; phases.<i>.KEY for one phase",
     )
     parser.add_argument("--smoke", action="store_true",
                         help="tiny model, data and step counts: an end-to-end check on a CPU")
-    parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved config; no training")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate and print the resolved config; no training (and no checks of this machine)")
     _add_verbose(parser, default=argparse.SUPPRESS)
     parser.set_defaults(handler=_train)
+
+
+def _load_train_configs(args, config_lib):
+    """The checked phases of ``args``; raises ConfigError before anything is built."""
+    path = config_lib.experiment_path(args.experiment) if args.experiment else args.config
+    configs = config_lib.load_config(path, overrides=args.overrides, smoke=args.smoke)
+    if not args.dry_run:
+        config_lib.check_environment(configs, smoke=args.smoke)
+    return configs
 
 
 def _train(args):
@@ -116,7 +134,7 @@ def _train(args):
     from tf_largebatch import config as config_lib
 
     try:
-        configs = config_lib.load_config(args.config, overrides=args.overrides, smoke=args.smoke)
+        configs = _load_train_configs(args, config_lib)
     except config_lib.ConfigError as error:
         print(f"tf-largebatch: config error: {error}", file=sys.stderr)
         return 2
