@@ -69,6 +69,17 @@ def test_unsupported_keras_version_is_refused(version):
         keras_seam.check_keras_version(version)
 
 
+def test_untested_keras_can_be_allowed_with_a_warning(monkeypatch):
+    with pytest.warns(UserWarning, match="'3.99.0'"):
+        assert keras_seam.check_keras_version("3.99.0", allow_untested=True) == "3.99.0"
+    monkeypatch.setenv(keras_seam.ALLOW_UNTESTED_KERAS_VARIABLE, "1")
+    with pytest.warns(UserWarning, match=keras_seam.ALLOW_UNTESTED_KERAS_VARIABLE):
+        keras_seam.check_keras_version("3.99.0")
+    monkeypatch.setenv(keras_seam.ALLOW_UNTESTED_KERAS_VARIABLE, "0")
+    with pytest.raises(ImportError):
+        keras_seam.check_keras_version("3.99.0")
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch", "numpy"])
 def test_backend_other_than_tensorflow_is_refused(backend):
     with pytest.raises(ImportError, match=f"'{backend}'.*KERAS_BACKEND=tensorflow"):
@@ -81,7 +92,7 @@ def test_importing_the_package_under_an_unknown_keras_fails_clearly():
                             env={"PYTHONPATH": str(PACKAGE_DIR.parent), "TF_CPP_MIN_LOG_LEVEL": "3",
                                  "KERAS_BACKEND": "tensorflow", "PATH": "/usr/bin:/bin"})
     assert result.returncode != 0
-    assert "ImportError: tf_largebatch supports Keras" in result.stderr
+    assert "ImportError: tf_largebatch's optimizers were tested with Keras" in result.stderr
     assert "'3.99.0'" in result.stderr
 
 

@@ -40,6 +40,17 @@ def assert_finite(value, variable):
     )
 
 
+def without_empty_variables(grads, variables):
+    """``(grads, variables)`` without the 0-size variables, which no update can change.
+
+    Skipping them here keeps every per-variable rule (medians, norms, GSNR
+    means) away from empty tensors, and Keras's ``add`` (which turns a
+    ``(0, n)`` add into a ``BiasAdd``) away from their accumulators.
+    """
+    kept = [(g, v) for g, v in zip(grads, variables) if v.shape.num_elements() != 0]
+    return [g for g, _ in kept], [v for _, v in kept]
+
+
 class AccumulationMixin:
     """Micro-batch accumulation, the one all-reduce per update, and the non-finite policy."""
 
@@ -77,7 +88,9 @@ class AccumulationMixin:
         return iterations - tf.convert_to_tensor(self._skipped_updates)
 
     def _apply_replica_gradients(self, grads, trainable_variables):
-        grads = [densify(g) for g in grads]
+        grads, trainable_variables = without_empty_variables([densify(g) for g in grads], trainable_variables)
+        if not trainable_variables:
+            return
         steps = self.gradient_accumulation_steps
         if not steps:
             self._reduce_and_update(self._local_statistics(grads), trainable_variables)
@@ -88,8 +101,7 @@ class AccumulationMixin:
         accumulators = [[accumulator[i] for i in indices] for accumulator in self._local_accumulators]
         for values, slots in zip(statistics, accumulators):
             for value, slot in zip(values, slots):
-                if slot.shape.num_elements() != 0:  # Keras's `add` fails on a (0, n) variable
-                    slot.assign_add(tf.cast(value, slot.dtype))
+                slot.assign_add(tf.cast(value, slot.dtype))
 
         def update():
             means = [[slot.value / steps for slot in slots] for slots in accumulators]
