@@ -185,6 +185,20 @@ def test_a_skipped_update_leaves_no_trace(entry, where):
     _assert_same_state(actual, expected)
 
 
+@pytest.mark.parametrize("entry", [p for p in SKIP_ENTRIES if p.id in ("SNGM", "LARS", "VRSGD")])
+def test_a_skipped_update_leaves_no_trace_in_the_moving_average(entry):
+    """``use_ema`` moves on applied updates only and starts at the first applied one."""
+    def make():
+        return entry.make(gradient_accumulation_steps=ACCUMULATION, use_ema=True, ema_momentum=0.5,
+                          ema_overwrite_frequency=4)
+
+    good = _micro_batches(UPDATES * ACCUMULATION, seed=3)
+    _, expected = _run(make, good)
+    optimizer, actual = _run(make, _bad_update(0, np.inf) + good)
+    assert optimizer.skipped_updates == 1
+    _assert_same_state(actual, expected)
+
+
 class _ScaledFeed:
     """Feeds a LossScaleOptimizer gradients multiplied by its current (power-of-two) scale."""
 

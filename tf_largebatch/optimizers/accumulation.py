@@ -11,7 +11,7 @@ updated. It also keeps the two counters of that policy, ``skipped_updates`` and
 
 import tensorflow as tf
 
-from tf_largebatch.optimizers import keras_seam
+from tf_largebatch.optimizers import keras_seam, rules
 from tf_largebatch.optimizers.replicas import all_reduce_sum, cond_with_collectives
 from tf_largebatch.optimizers.slots import densify, variable_path
 
@@ -94,7 +94,6 @@ class AccumulationMixin:
         steps = self.gradient_accumulation_steps
         if not steps:
             self._reduce_and_update(self._local_statistics(grads), trainable_variables)
-            self._update_ema(trainable_variables)
             return
         statistics = self._local_statistics(grads)
         indices = [keras_seam.variable_index(self, v) for v in trainable_variables]
@@ -109,25 +108,35 @@ class AccumulationMixin:
             for slots in accumulators:
                 for slot in slots:
                     slot.assign(tf.zeros_like(slot.value))
-            # The average moves on real updates only (Keras moves it on every
-            # micro-step, so its EMA would depend on the accumulation layout).
-            self._update_ema(trainable_variables)
 
         micro_step = keras_seam.micro_step_counter(self)
         cond_with_collectives(tf.equal((micro_step + 1) % steps, 0), update)
 
-    def _update_ema(self, trainable_variables):
-        # Same behaviour as BaseOptimizer._backend_apply_gradients' EMA branch.
+    def _update_ema(self):
+        """Keras's ``use_ema`` average, moved on *applied* updates only.
+
+        Keras moves the average on every micro-step and starts it (a copy of the
+        weights) at ``iterations == 0``; here it moves once per applied update and
+        starts at the first applied one, so neither the accumulation layout nor a
+        skipped update leaves a trace in it. ``ema_overwrite_frequency`` counts
+        applied updates too.
+        """
         if not self.use_ema:
             return
-        keras_seam.update_moving_average(self, keras_seam.built_variables(self))
+        variables = keras_seam.built_variables(self)
+        applied_before = self.applied_updates
+        for variable, average in zip(variables, keras_seam.moving_averages(self)):
+            if average is None:
+                continue
+            decay = tf.cast(tf.not_equal(applied_before, 0), average.dtype) * self.ema_momentum
+            average.assign(rules.moving_average(average.value, tf.cast(variable.value, average.dtype), decay))
         if self.ema_overwrite_frequency:
             # Keras's plain `tf.cond` here wraps a merge call (the overwrite is a
             # `distribution.extended.update`), which MirroredStrategy rejects in a
             # replica context, even for keras.optimizers.SGD.
             cond_with_collectives(
-                tf.equal((self.iterations + 1) % self.ema_overwrite_frequency, 0),
-                lambda: keras_seam.overwrite_with_moving_average(self, keras_seam.built_variables(self)),
+                tf.equal((applied_before + 1) % self.ema_overwrite_frequency, 0),
+                lambda: keras_seam.overwrite_with_moving_average(self, variables),
             )
 
     def _num_local_statistics(self):
@@ -147,6 +156,7 @@ class AccumulationMixin:
 
         def update(statistics):
             self._update_from_reduced_statistics(statistics, trainable_variables)
+            self._update_ema()
 
         if self.nonfinite_gradients == "raise":
             update([[assert_finite(value, variable) for value, variable in zip(values, trainable_variables)]

@@ -200,9 +200,9 @@ def distributed_update_step(optimizer):
     return optimizer._distributed_tf_update_step
 
 
-def update_moving_average(optimizer, variables):
-    """Keras's EMA step (``use_ema``) of ``variables``."""
-    optimizer._update_model_variables_moving_average(variables)
+def moving_averages(optimizer):
+    """The ``use_ema`` averages, one per built variable (``None`` where Keras keeps none)."""
+    return optimizer._model_variables_moving_average
 
 
 def overwrite_with_moving_average(optimizer, variables):
