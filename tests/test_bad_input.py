@@ -107,6 +107,15 @@ def test_bad_base_keywords_are_refused_at_construction(entry, argument, value):
     assert f"`{argument}`" in message and f"{argument}={value!r}" in message, message
 
 
+@pytest.mark.parametrize("entry", [p for p in ZOO if p.values[0].accepts("exclude_from_weight_decay")])
+@pytest.mark.parametrize("value", [5, 1.5, True])
+def test_exclusion_list_of_the_wrong_type_names_the_argument(entry, value):
+    with pytest.raises(ValueError) as info:
+        entry.make(exclude_from_weight_decay=value)
+    message = str(info.value)
+    assert "`exclude_from_weight_decay`" in message and f"exclude_from_weight_decay={value!r}" in message
+
+
 def test_check_base_keywords_accepts_good_values_and_ignores_other_keys():
     good = dict(loss_scale_factor=128.0, clipnorm=1.0, clipvalue=0.5, use_ema=True, ema_momentum=0.0,
                 ema_overwrite_frequency=3, gradient_accumulation_steps=4, weight_decay=0.0, momentum="anything")

@@ -129,7 +129,8 @@ class AccumulationMixin:
             if average is None:
                 continue
             decay = tf.cast(tf.not_equal(applied_before, 0), average.dtype) * self.ema_momentum
-            average.assign(rules.moving_average(average.value, tf.cast(variable.value, average.dtype), decay))
+            value = tf.cast(tf.convert_to_tensor(variable), average.dtype)
+            average.assign(rules.moving_average(average.value, value, decay))
         if self.ema_overwrite_frequency:
             # Keras's plain `tf.cond` here wraps a merge call (the overwrite is a
             # `distribution.extended.update`), which MirroredStrategy rejects in a
