@@ -17,6 +17,7 @@ LAYER_NAMES = ["math", "optimizer core", "optimizers", "recipe/callbacks", "pipe
 
 LAYERS = {
     # Pure math and argument checks: no Keras optimizer in sight.
+    "tf_largebatch._version": MATH,
     "tf_largebatch.validation": MATH,
     "tf_largebatch.optimizers.rules": MATH,
     "tf_largebatch.optimizers.gsnr": MATH,
