@@ -24,6 +24,7 @@ registered with Keras as after ``import tf_largebatch``.
 
 import argparse
 import contextlib
+import importlib.util
 import logging
 import os
 import sys
@@ -128,7 +129,20 @@ def _load_train_configs(args, config_lib):
     return configs
 
 
+def _missing_extra(command, extra, modules):
+    """A message if a module of ``extra`` is not installed, else ``None``."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        return (f"tf-largebatch {command} needs the {extra} extra, and {', '.join(missing)} is not installed: "
+                f"pip install \"tf_largebatch[{extra}]\"")
+    return None
+
+
 def _train(args):
+    missing = _missing_extra("train", "pipelines", ["yaml"])
+    if missing:
+        print(f"tf-largebatch: error: {missing}", file=sys.stderr)
+        return 2
     # Validating a config builds its optimizer, so TensorFlow starts (quietly) first.
     start_tensorflow(args.verbose)
     from tf_largebatch import config as config_lib
