@@ -71,6 +71,17 @@ def test_model_arguments_add_the_tasks_data_keys(tmp_path):
     assert args["num_layers"] == cfg.model.args["num_layers"]
 
 
+def test_build_model_hands_the_data_keys_to_the_registered_builder(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: t\ntask: cifar10\ndata: {name: cifar10, image_size: 16}\n"
+                    "model: {name: resnet20, args: {depth: 8, width: 4, num_classes: 7}}\n"
+                    "optimizer: {name: SGD}\nschedule: {learning_rate: 0.1}\ntraining: {global_batch_size: 8, steps: 2}\n")
+    (cfg,) = config.load_config(str(path))
+    model = config.build_model(cfg)
+    assert model.name == "resnet8"
+    assert tuple(model.input_shape) == (None, 16, 16, 3) and tuple(model.output_shape) == (None, 7)
+
+
 # ----------------------------------------------------- the signature checker
 
 
