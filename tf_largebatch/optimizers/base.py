@@ -24,8 +24,6 @@ All the Keras private hooks this relies on are overridden in this one module.
 They are checked against the Keras range pinned in ``setup.cfg``.
 """
 
-import re
-
 import keras
 import tensorflow as tf
 from keras.src import backend as keras_backend
@@ -33,6 +31,7 @@ from keras.src.utils import tracking
 
 from tf_largebatch import validation
 from tf_largebatch.optimizers import gsnr
+from tf_largebatch.optimizers.selection import VariableSelection
 
 _KerasOptimizer = keras.optimizers.Optimizer
 
@@ -69,25 +68,6 @@ def densify(gradient):
     if isinstance(gradient, tf.IndexedSlices):
         return tf.convert_to_tensor(gradient)
     return gradient
-
-
-class PathPatterns:
-    """Regular expressions matched (``re.search``) against ``variable.path``.
-
-    Keras's own ``exclude_from_weight_decay(var_names=...)`` matches the short
-    name only (``gamma``), so patterns such as ``"LayerNorm"`` or
-    ``"layer_normalization"`` silently match nothing there. Matching the full
-    path (``"encoder/layer_normalization/gamma"``) makes both kinds work.
-    """
-
-    def __init__(self, patterns):
-        self.patterns = list(patterns)
-        self._regex = re.compile("|".join(f"(?:{p})" for p in self.patterns)) if self.patterns else None
-
-    def matches(self, variable):
-        if self._regex is None:
-            return False
-        return self._regex.search(variable_path(variable)) is not None
 
 
 class LargeBatchOptimizer(_KerasOptimizer):
@@ -132,10 +112,8 @@ class LargeBatchOptimizer(_KerasOptimizer):
             "gradient_accumulation_steps", kwargs.get("gradient_accumulation_steps"), minimum=2, allow_none=True
         )
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
-        self._weight_decay_exclusions = validation.check_patterns(
-            "exclude_from_weight_decay", exclude_from_weight_decay
-        )
-        self._weight_decay_patterns = PathPatterns(self._weight_decay_exclusions)
+        self._variable_selection = VariableSelection(exclude_from_weight_decay)
+        self._weight_decay_exclusions = self._variable_selection.weight_decay_exclusions
         self.nonfinite_gradients = nonfinite_gradients
         self.record_gradient_statistics = validation.check_bool("record_gradient_statistics",
                                                                 record_gradient_statistics)
@@ -171,6 +149,7 @@ class LargeBatchOptimizer(_KerasOptimizer):
             super().build(variables)
         finally:
             self.gradient_accumulation_steps = steps
+        self._resolve_variable_selection(variables)
         self._skipped_updates = self.add_variable(
             shape=(), initializer="zeros", dtype="int64", aggregation="only_first_replica", name="skipped_updates"
         )
@@ -261,11 +240,22 @@ class LargeBatchOptimizer(_KerasOptimizer):
             return self._learning_rate(self.iterations)
         return super()._get_current_learning_rate()
 
+    def _resolve_variable_selection(self, variables):
+        """Per-variable decisions (weight decay? layer-wise rate?), once, at build."""
+        self._decays, self._adapts = self._variable_selection.resolve(
+            variables, also_decays=lambda variable: _KerasOptimizer._use_weight_decay(self, variable)
+        )
+
     def _use_weight_decay(self, variable):
-        """Weight decay applies unless excluded by path pattern or by Keras's own API."""
-        if self._weight_decay_patterns.matches(variable):
-            return False
-        return super()._use_weight_decay(variable)
+        """Weight decay applies unless excluded by path pattern or by Keras's own API
+        (see :mod:`~tf_largebatch.optimizers.selection`)."""
+        if self.built:
+            return self._decays[self._get_variable_index(variable)]
+        return self._variable_selection.decays(variable) and super()._use_weight_decay(variable)
+
+    def _use_layer_adaptation(self, variable):
+        """Whether ``variable`` gets a layer-wise rate (decided at build)."""
+        return self._adapts[self._get_variable_index(variable)]
 
     def _backend_apply_gradients(self, grads, trainable_variables):
         grads = [densify(g) for g in grads]

@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from tf_largebatch import validation
 from tf_largebatch.optimizers import rules
-from tf_largebatch.optimizers.base import LargeBatchOptimizer, PathPatterns
+from tf_largebatch.optimizers.layerwise import LayerwiseOptimizer
 
 
 # --------------------------------------------------------------------- math
@@ -125,79 +125,6 @@ def percent_delta_rate(weight, direction, *, gamma, weight_floor=1e-3):
 
 
 # ---------------------------------------------------------------- optimizers
-class _LayerwiseRateOptimizer(LargeBatchOptimizer):
-    """Momentum SGD whose step for each variable is scaled by a layer-wise rate.
-
-    The update is LARS's (You et al. 2017, Algorithm 1) with the trust ratio
-    replaced by the subclass's :meth:`_layer_rate`::
-
-        d   = g + weight_decay * w                  (coupled weight decay)
-        v  <- momentum * v + learning_rate * eta_l * d
-        w  <- w - v
-
-    Subclasses implement ``_layer_rate(weight, gradient, weight_decay)``.
-    """
-
-    def __init__(
-        self,
-        learning_rate,
-        *,
-        momentum,
-        weight_decay,
-        exclude_from_weight_decay,
-        exclude_from_layer_adaptation,
-        **kwargs,
-    ):
-        super().__init__(
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            exclude_from_weight_decay=exclude_from_weight_decay,
-            **kwargs,
-        )
-        self.momentum = validation.check_probability("momentum", momentum)
-        self._layer_adaptation_exclusions = validation.check_patterns(
-            "exclude_from_layer_adaptation", exclude_from_layer_adaptation
-        )
-        self._layer_adaptation_patterns = PathPatterns(self._layer_adaptation_exclusions)
-
-    def build(self, var_list):
-        if self.built:
-            return
-        super().build(var_list)
-        self.momentums = self._add_slots(var_list, "momentum")
-        # update_step receives tf.Variables (no `.path`): decide per index now.
-        self._decays = [bool(self.weight_decay) and self._use_weight_decay(v) for v in var_list]
-        self._adapts = [not self._layer_adaptation_patterns.matches(v) for v in var_list]
-
-    def _layer_rate(self, weight, gradient, weight_decay):
-        raise NotImplementedError
-
-    def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
-        weight = rules.as_float32(variable)
-        gradient = rules.as_float32(gradient)
-        weight_decay = self.weight_decay if self._decays[index] else 0.0
-        direction = rules.add_weight_decay(gradient, weight, weight_decay) if weight_decay else gradient
-        if self._adapts[index]:
-            rate = self._layer_rate(weight, gradient, weight_decay)
-        else:
-            rate = tf.constant(1.0)
-        step = tf.cast(learning_rate, tf.float32) * rate * direction
-        momentum = self.momentums[index]
-        self.assign(momentum, rules.heavy_ball(momentum, tf.cast(step, momentum.dtype), self.momentum))
-        self.assign_sub(variable, tf.cast(momentum, variable.dtype))
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "momentum": self.momentum,
-                "exclude_from_layer_adaptation": list(self._layer_adaptation_exclusions),
-            }
-        )
-        return config
-
-
 _COMMON_ARGS = """momentum: float in [0, 1), heavy-ball momentum on the scaled step
             (LARS's placement; the curvature paper does not say). ``0`` gives
             the paper's eq. (11) step.
@@ -212,7 +139,7 @@ _COMMON_ARGS = """momentum: float in [0, 1), heavy-ball momentum on the scaled s
 
 
 @keras.saving.register_keras_serializable(package="tf_largebatch")
-class MCLR(_LayerwiseRateOptimizer):
+class MCLR(LayerwiseOptimizer):
     """Median-curvature learning rate (MCLR; curvature paper eq. 20-22).
 
     Per variable (the paper's "group", a layer), with ``g`` the global mean
@@ -248,6 +175,8 @@ class MCLR(_LayerwiseRateOptimizer):
         Networks" (LARS, Algorithm 1) for the momentum placement.
     """
 
+    momentum_placement = "step"
+
     def __init__(
         self,
         learning_rate=1.0,
@@ -260,27 +189,27 @@ class MCLR(_LayerwiseRateOptimizer):
         **kwargs,
     ):
         super().__init__(
-            learning_rate=learning_rate,
-            momentum=momentum,
+            learning_rate,
             weight_decay=weight_decay,
             exclude_from_weight_decay=exclude_from_weight_decay,
             exclude_from_layer_adaptation=exclude_from_layer_adaptation,
             name=name,
             **kwargs,
         )
+        self.momentum = validation.check_probability("momentum", momentum)
         self.gamma = validation.check_number("gamma", gamma, low=0.0, low_inclusive=False)
 
-    def _layer_rate(self, weight, gradient, weight_decay):
-        return median_curvature_rate(weight, gradient, gamma=self.gamma, weight_decay=weight_decay)
+    def _layer_rate(self, variable, gradient, update, weight_decay):
+        return median_curvature_rate(variable, gradient, gamma=self.gamma, weight_decay=weight_decay)
 
     def get_config(self):
         config = super().get_config()
-        config["gamma"] = self.gamma
+        config.update({"gamma": self.gamma, "momentum": self.momentum})
         return config
 
 
 @keras.saving.register_keras_serializable(package="tf_largebatch")
-class PercentDelta(_LayerwiseRateOptimizer):
+class PercentDelta(LayerwiseOptimizer):
     """PercentDelta layer-wise learning rate (curvature paper eq. 24).
 
     Per variable, with ``d = g + weight_decay * w`` the step direction::
@@ -312,6 +241,8 @@ class PercentDelta(_LayerwiseRateOptimizer):
         for the momentum placement.
     """
 
+    momentum_placement = "step"
+
     def __init__(
         self,
         learning_rate=1.0,
@@ -325,24 +256,23 @@ class PercentDelta(_LayerwiseRateOptimizer):
         **kwargs,
     ):
         super().__init__(
-            learning_rate=learning_rate,
-            momentum=momentum,
+            learning_rate,
             weight_decay=weight_decay,
             exclude_from_weight_decay=exclude_from_weight_decay,
             exclude_from_layer_adaptation=exclude_from_layer_adaptation,
             name=name,
             **kwargs,
         )
+        self.momentum = validation.check_probability("momentum", momentum)
         self.gamma = validation.check_number("gamma", gamma, low=0.0, low_inclusive=False)
         self.weight_floor = validation.check_number("weight_floor", weight_floor, low=0.0)
 
-    def _layer_rate(self, weight, gradient, weight_decay):
-        direction = rules.add_weight_decay(gradient, weight, weight_decay) if weight_decay else gradient
-        return percent_delta_rate(weight, direction, gamma=self.gamma, weight_floor=self.weight_floor)
+    def _layer_rate(self, variable, gradient, update, weight_decay):
+        return percent_delta_rate(variable, update, gamma=self.gamma, weight_floor=self.weight_floor)
 
     def get_config(self):
         config = super().get_config()
-        config.update({"gamma": self.gamma, "weight_floor": self.weight_floor})
+        config.update({"gamma": self.gamma, "momentum": self.momentum, "weight_floor": self.weight_floor})
         return config
 
 
