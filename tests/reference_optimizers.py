@@ -169,7 +169,9 @@ def adam_direction(state, w, g, beta_1=0.9, beta_2=0.999, epsilon=1e-6):
     state["v"] = beta_2 * state["v"] + (1 - beta_2) * g * g
     m_hat = state["m"] / (1 - beta_1**t)
     v_hat = state["v"] / (1 - beta_2**t)
-    return state, m_hat / (np.sqrt(v_hat) + epsilon)
+    denominator = np.sqrt(v_hat) + epsilon
+    # epsilon = 0 and a gradient that was always 0 (m = v = 0): direction 0.
+    return state, np.divide(m_hat, denominator, out=np.zeros_like(m_hat), where=denominator > 0)
 
 
 DIRECTIONS = {

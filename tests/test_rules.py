@@ -137,11 +137,33 @@ def test_bias_correction(decay, step):
 
 def test_adam_direction_and_its_epsilon_zero_guard():
     m, v = _random((5,), 12), np.abs(_random((5,), 13))
-    np.testing.assert_allclose(rules.adam_direction(tf.constant(m), tf.constant(v), 1e-3).numpy(),
+    root = np.sqrt(v)
+    np.testing.assert_allclose(rules.adam_direction(tf.constant(m), tf.constant(root), 1e-3).numpy(),
                                m / (np.sqrt(v.astype(np.float64)) + 1e-3), rtol=1e-5)
     # epsilon = 0 and an element that never had a gradient (m = v = 0): 0, not NaN.
-    m[2] = v[2] = 0.0
-    direction = rules.adam_direction(tf.constant(m), tf.constant(v), 0.0).numpy()
+    m[2] = root[2] = 0.0
+    direction = rules.adam_direction(tf.constant(m), tf.constant(root), 0.0).numpy()
     assert direction[2] == 0.0
-    m, v, direction = np.delete(m, 2), np.delete(v, 2), np.delete(direction, 2)
-    np.testing.assert_allclose(direction, m / np.sqrt(v.astype(np.float64)), rtol=1e-5)
+    m, root, direction = np.delete(m, 2), np.delete(root, 2), np.delete(direction, 2)
+    np.testing.assert_allclose(direction, m / root.astype(np.float64), rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-20, 1.0, 1e20, 1e30])
+def test_hypot_matches_float64_where_squares_would_overflow(scale):
+    a, b = _random((6,), 14, scale), _random((6,), 15, scale)
+    b[0], a[1], a[2], b[2] = 0.0, 0.0, 0.0, 0.0
+    expected = np.hypot(a.astype(np.float64), b.astype(np.float64))
+    np.testing.assert_allclose(rules.hypot(tf.constant(a), tf.constant(b)).numpy(), expected, rtol=RTOL)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e30])
+def test_root_moving_average_and_root_bias_correction_are_roots_of_the_plain_ones(scale):
+    """Three steps of Adam's second moment, kept as its root, against the float64 moments."""
+    decay, root, v = 0.999, np.zeros((4,), np.float32), np.zeros((4,))
+    for step in range(1, 4):
+        g = _random((4,), 20 + step, scale)
+        v = decay * v + (1 - decay) * np.square(g.astype(np.float64))
+        root = rules.root_moving_average(tf.constant(root), tf.constant(g), decay).numpy()
+        np.testing.assert_allclose(root, np.sqrt(v), rtol=1e-5)
+        corrected = rules.root_bias_correction(tf.constant(root), decay, tf.constant(step, tf.int64)).numpy()
+        np.testing.assert_allclose(corrected, np.sqrt(v / (1 - decay**step)), rtol=1e-5)

@@ -281,14 +281,16 @@ class LayerwiseAdagrad(TrustRatioOptimizer):
         if self.built:
             return
         super().build(var_list)
-        initializer = keras.initializers.Constant(self.initial_accumulator_value)
-        self._accumulators = self._add_slots(var_list, "accumulator", initializer)
+        # The slots hold sqrt(a): float32 squares of gradients beyond ~1e19 overflow.
+        initializer = keras.initializers.Constant(self.initial_accumulator_value ** 0.5)
+        self._accumulator_roots = self._add_slots(var_list, "accumulator_root", initializer)
 
     def _direction(self, gradient, variable):
-        accumulator = self._slot(self._accumulators, variable)
-        self.assign_add(accumulator, tf.square(gradient))
+        root = self._slot(self._accumulator_roots, variable)
+        self.assign(root, rules.hypot(root, gradient))
+        denominator = rules.hypot(root, tf.sqrt(tf.cast(self.epsilon, gradient.dtype)))
         # 0 (not NaN) where epsilon = 0 and the accumulator is still 0.
-        return tf.math.divide_no_nan(gradient, tf.sqrt(accumulator + tf.cast(self.epsilon, gradient.dtype)))
+        return tf.math.divide_no_nan(gradient, denominator)
 
     def get_config(self):
         config = super().get_config()
@@ -335,20 +337,24 @@ class LayerwiseRMSprop(TrustRatioOptimizer):
         if self.built:
             return
         super().build(var_list)
-        self._velocities = self._add_slots(var_list, "velocity")
+        # sqrt(v), not v: float32 squares of gradients beyond ~1e19 overflow.
+        self._velocity_roots = self._add_slots(var_list, "velocity_root")
         self._average_gradients = self._add_slots(var_list, "average_gradient") if self.centered else []
         self._momentums = self._add_slots(var_list, "momentum") if self.momentum else []
 
     def _direction(self, gradient, variable):
-        velocity = self._slot(self._velocities, variable)
-        self.assign(velocity, rules.moving_average(velocity, tf.square(gradient), self.rho))
-        denominator = tf.convert_to_tensor(velocity)
+        root = self._slot(self._velocity_roots, variable)
+        self.assign(root, rules.root_moving_average(root, gradient, self.rho))
+        spread = tf.convert_to_tensor(root)
         if self.centered:
             average = self._slot(self._average_gradients, variable)
             self.assign(average, rules.moving_average(average, gradient, self.rho))
-            denominator = denominator - tf.square(average)
+            # sqrt(v - mg**2) as sqrt(r - |mg|) * sqrt(r + |mg|), clamped at 0 against round-off.
+            average = tf.abs(tf.convert_to_tensor(average))
+            spread = tf.sqrt(tf.maximum(spread - average, 0.0)) * tf.sqrt(spread + average)
+        denominator = rules.hypot(spread, tf.sqrt(tf.cast(self.epsilon, gradient.dtype)))
         # 0 (not NaN) where epsilon = 0 and the average is still 0.
-        direction = tf.math.divide_no_nan(gradient, tf.sqrt(denominator + tf.cast(self.epsilon, gradient.dtype)))
+        direction = tf.math.divide_no_nan(gradient, denominator)
         if self.momentum:
             momentum = self._slot(self._momentums, variable)
             self.assign(momentum, rules.heavy_ball(momentum, direction, self.momentum))
@@ -406,7 +412,8 @@ class LayerwiseAdam(TrustRatioOptimizer):
             return
         super().build(var_list)
         self._momentums = self._add_slots(var_list, "momentum")
-        self._velocities = self._add_slots(var_list, "velocity")
+        # sqrt(v), not v: float32 squares of gradients beyond ~1e19 overflow.
+        self._velocity_roots = self._add_slots(var_list, "velocity_root")
 
     def _applied_updates(self):
         """Updates applied so far (int64): the update counter minus skipped updates."""
@@ -415,12 +422,12 @@ class LayerwiseAdam(TrustRatioOptimizer):
     def _direction(self, gradient, variable):
         step = self._applied_updates() + 1
         m = self._slot(self._momentums, variable)
-        v = self._slot(self._velocities, variable)
+        root = self._slot(self._velocity_roots, variable)
         self.assign(m, rules.moving_average(m, gradient, self.beta_1))
-        self.assign(v, rules.moving_average(v, tf.square(gradient), self.beta_2))
+        self.assign(root, rules.root_moving_average(root, gradient, self.beta_2))
         return rules.adam_direction(
             rules.bias_correction(tf.convert_to_tensor(m), self.beta_1, step),
-            rules.bias_correction(tf.convert_to_tensor(v), self.beta_2, step),
+            rules.root_bias_correction(tf.convert_to_tensor(root), self.beta_2, step),
             self.epsilon,
         )
 

@@ -125,10 +125,41 @@ def bias_correction(average, decay, step):
     return average / (1.0 - tf.pow(tf.cast(decay, average.dtype), step))
 
 
-def adam_direction(first_moment, second_moment, epsilon):
-    """``m / (sqrt(v) + eps)`` (moments already bias-corrected); 0 where ``sqrt(v) + eps == 0``.
+def hypot(a, b):
+    """``sqrt(a**2 + b**2)`` element-wise, without forming the squares.
+
+    ``max * sqrt(1 + (min / max)**2)``: exact to rounding wherever the result is
+    a normal float, where the plain form overflows for ``|a|`` above ~1.8e19 and
+    underflows to 0 below ~1e-19 in float32.
+    """
+    a, b = tf.abs(a), tf.abs(b)
+    large, small = tf.maximum(a, b), tf.minimum(a, b)
+    safe = tf.where(large > 0, large, tf.ones_like(large))
+    return large * tf.sqrt(1.0 + tf.square(small / safe))
+
+
+def root_moving_average(root, value, decay):
+    """``sqrt(decay * r**2 + (1 - decay) * x**2)``: a moving average of ``x**2`` kept as its root.
+
+    The second moments of Adam and RMSprop hold squared gradients, which float32
+    cannot represent for gradients beyond ~1.8e19 (overflow to inf) or below
+    ~1e-19 (underflow to 0); their square roots have the gradients' own range.
+    ``root`` is ``sqrt(v)`` of the plain moving average ``v``.
+    """
+    decay = tf.cast(decay, value.dtype)
+    return hypot(tf.sqrt(decay) * root, tf.sqrt(1.0 - decay) * value)
+
+
+def root_bias_correction(root, decay, step):
+    """``r / sqrt(1 - decay**step)``: :func:`bias_correction` of ``r**2``, as its root."""
+    step = tf.cast(step, root.dtype)
+    return root / tf.sqrt(1.0 - tf.pow(tf.cast(decay, root.dtype), step))
+
+
+def adam_direction(first_moment, second_moment_root, epsilon):
+    """``m / (sqrt(v) + eps)`` from ``sqrt(v)`` (moments already bias-corrected); 0 where it is ``0 / 0``.
 
     With ``epsilon=0`` an element whose gradient has always been exactly 0 has
     ``m = v = 0``: its direction is 0 (it has no gradient to follow), not NaN.
     """
-    return tf.math.divide_no_nan(first_moment, tf.sqrt(second_moment) + tf.cast(epsilon, first_moment.dtype))
+    return tf.math.divide_no_nan(first_moment, second_moment_root + tf.cast(epsilon, first_moment.dtype))
