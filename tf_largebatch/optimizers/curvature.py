@@ -1,8 +1,7 @@
 """Curvature-based layer-wise learning rates: MCLR and PercentDelta.
 
 Gao and Zhong, "Study on the Large Batch Size Training of Neural Networks Based
-on the Second Order Gradient" (``shared/papers/second_order_curvature_lr.txt``,
-the "curvature paper", §4)
+on the Second Order Gradient" (the "curvature paper", §4)
 approximates the curvature radius of weight ``w_i`` near a minimum by
 ``R_i ~ |w_i / (dL/dw_i)|`` (eq. 17) and sets each layer's learning rate from a
 statistic of the ``R_i`` of that layer:
@@ -130,12 +129,23 @@ _COMMON_ARGS = """momentum: float in [0, 1), heavy-ball momentum on the scaled s
             the paper's eq. (11) step.
         weight_decay: optional float >= 0, coupled L2 weight decay added to the
             gradient.
-        exclude_from_weight_decay: list of regular expressions searched in
+        exclude_from_weight_decay: ``None`` or regular expressions searched in
             ``variable.path``; matching variables get no weight decay.
-        exclude_from_layer_adaptation: list of regular expressions searched in
-            ``variable.path``; matching variables (e.g. ``["bias", "gamma",
-            "beta"]``) use rate 1, i.e. plain momentum SGD with
-            ``learning_rate``."""
+        exclude_from_layer_adaptation: ``None`` (the weight-decay list) or
+            regular expressions searched in ``variable.path``; matching
+            variables (e.g. ``["bias", "gamma", "beta"]``) use rate 1, i.e. plain
+            momentum SGD with ``learning_rate``. ``[]`` adapts every variable."""
+
+_SCALES = """The two scales. ``learning_rate`` is an SGD learning rate: variables
+    without a layer-wise rate (excluded ones, and the failure cases, e.g. a
+    zero-initialised bias) take the plain momentum-SGD step
+    ``learning_rate * g``, whose effective rate is
+    ``learning_rate / (1 - momentum)``. ``learning_rate * gamma`` is
+    dimensionless: the fraction of the layer's weights an adapted layer moves
+    per step (before momentum's ``1 / (1 - momentum)``). The defaults
+    (``learning_rate=0.1``, ``gamma=0.1``, ``momentum=0.9``) keep both in a
+    range that trains: with ``learning_rate=1`` the fallback variables take
+    SGD steps with an effective rate of 10 and diverge, whatever ``gamma``."""
 
 
 @keras.saving.register_keras_serializable(package="tf_largebatch")
@@ -158,20 +168,25 @@ class MCLR(LayerwiseOptimizer):
     gamma * R_m`` is the special case ``learning_rate = 1``. Failure cases
     (eq. 18-19): see :func:`median_curvature_rate`.
 
+    {{scales}} For MCLR the fraction is ``learning_rate * gamma`` of
+    ``median|w|`` at the element with the median gradient.
+
     The paper found MCLR on a par with LARS up to batch size ~8192 and does not
-    recommend it beyond (§4.2).
+    recommend it beyond (§4.2); it gives no value of ``gamma``.
 
     Args:
         learning_rate: float >= 0, a ``keras.optimizers.schedules`` schedule, or
-            a callable; the global rate multiplying ``eta_l``.
+            a callable; the global rate multiplying ``eta_l``, and the SGD rate
+            of variables without a layer-wise rate.
         gamma: float > 0, the paper's ``gamma`` (eq. 21): the fraction of the
-            median curvature radius taken per step.
+            median curvature radius taken per step (times ``learning_rate``).
         {{common_args}}
         {{base_optimizer_keyword_args}}
 
     References:
         Gao and Zhong, "Study on the Large Batch Size Training of Neural
-        Networks Based on the Second Order Gradient", eq. (11), (17)-(22), §4.2. You et al. 2017, "Large Batch Training of Convolutional
+            Networks Based on the Second Order Gradient", eq. (11), (17)-(22), §4.2.
+        You, Gitman, Ginsburg 2017, "Large Batch Training of Convolutional
         Networks" (LARS, Algorithm 1) for the momentum placement.
     """
 
@@ -179,8 +194,8 @@ class MCLR(LayerwiseOptimizer):
 
     def __init__(
         self,
-        learning_rate=1.0,
-        gamma=1e-3,
+        learning_rate=0.1,
+        gamma=0.1,
         momentum=0.9,
         weight_decay=None,
         exclude_from_weight_decay=None,
@@ -218,17 +233,21 @@ class PercentDelta(LayerwiseOptimizer):
         v    <- momentum * v + learning_rate * eta_l * d
         w    <- w - v
 
-    With ``learning_rate = 1`` and no momentum each step changes the layer's
-    weights by the fraction ``gamma`` on average (``mean|dw_i / w_i| = gamma``).
+    Without momentum each step changes the layer's weights by the fraction
+    ``learning_rate * gamma`` on average (``mean|dw_i / w_i|``).
     The paper writes eq. (24) for the gradient alone; we use the whole direction
     (gradient plus weight decay) so that this stays true with weight decay.
     ``learning_rate`` (which may be a schedule) multiplies ``eta_l`` as in LARS.
     Failure cases (eq. 18-19): see :func:`percent_delta_rate`.
 
+    {{scales}}
+
     Args:
         learning_rate: float >= 0, a ``keras.optimizers.schedules`` schedule, or
-            a callable; the global rate multiplying ``eta_l``.
-        gamma: float > 0, target mean relative change of the weights per step.
+            a callable; the global rate multiplying ``eta_l``, and the SGD rate
+            of variables without a layer-wise rate.
+        gamma: float > 0, target mean relative change of the weights per step
+            (times ``learning_rate``).
         weight_floor: float >= 0, each ``|w_i|`` is floored at
             ``weight_floor * mean|w|`` in ``||d / w||_1`` (guards eq. 18 without
             an absolute epsilon); ``0`` leaves out exactly-zero weights only.
@@ -245,8 +264,8 @@ class PercentDelta(LayerwiseOptimizer):
 
     def __init__(
         self,
-        learning_rate=1.0,
-        gamma=1e-3,
+        learning_rate=0.1,
+        gamma=0.1,
         momentum=0.9,
         weight_floor=1e-3,
         weight_decay=None,
@@ -277,7 +296,7 @@ class PercentDelta(LayerwiseOptimizer):
 
 
 for _cls in (MCLR, PercentDelta):
-    _cls.__doc__ = _cls.__doc__.replace("{{common_args}}", _COMMON_ARGS).replace(
+    _cls.__doc__ = _cls.__doc__.replace("{{common_args}}", _COMMON_ARGS).replace("{{scales}}", _SCALES).replace(
         "{{base_optimizer_keyword_args}}", keras.src.optimizers.optimizer.base_optimizer_keyword_args
     )
 del _cls

@@ -1,8 +1,8 @@
 """LAMB: layer-wise adaptive moments for batch training.
 
 You et al. 2020, "Large Batch Optimization for Deep Learning: Training BERT in
-76 minutes" (Algorithm 2), as quoted in the VRGD paper
-(``shared/papers/vrgd_gsnr_large_batch.txt``, Algorithm 6).
+76 minutes" (Algorithm 2), as quoted in Jiang et al., "Accelerating Large Batch
+Training via Gradient Signal to Noise Ratio (GSNR)" (the VRGD paper, Algorithm 6).
 """
 
 import keras

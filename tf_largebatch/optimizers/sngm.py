@@ -1,7 +1,7 @@
 """SNGM: stochastic normalized gradient descent with momentum.
 
 Zhao, Xie and Li, "Stochastic Normalized Gradient Descent with Momentum for
-Large-Batch Training" (``shared/papers/sngm_normalized_gradient_momentum.txt``).
+Large-Batch Training".
 """
 
 import keras
