@@ -171,10 +171,10 @@ _LAYERWISE_ARGS = """
         trust_ratio_bounds: ``None`` for "+ layer-wise", or ``(low, high)`` with
             ``0 < low <= high`` for "+ layer-wise and bound-ratio":
             ``phi(||w||) = clip(||w||, low, high)``.
-        exclude_from_weight_decay: regular expressions searched in
+        exclude_from_weight_decay: ``None`` or regular expressions searched in
             ``variable.path`` (e.g. ``["bias", "layer_normalization"]``).
         exclude_from_layer_adaptation: same, for the trust ratio (ratio 1);
-            ``None`` means the weight-decay list.
+            ``None`` means the weight-decay list, ``[]`` adapts every variable.
         {{base_optimizer_keyword_args}}"""
 
 _TABLE3 = "You et al. 2020, \"The Limit of the Batch Size\", Sec. 3 and Table 3."
