@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import rules
+from tf_largebatch.optimizers import keras_seam, rules
 from tf_largebatch.optimizers.layerwise import TrustRatioOptimizer
 
 TRUST_RATIO_ON = ("gradient", "momentum")
@@ -183,6 +183,4 @@ class LARS(TrustRatioOptimizer):
         return config
 
 
-LARS.__doc__ = LARS.__doc__.replace(
-    "{{base_optimizer_keyword_args}}", keras.src.optimizers.optimizer.base_optimizer_keyword_args
-)
+keras_seam.document_base_keyword_args(LARS)

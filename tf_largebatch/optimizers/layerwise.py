@@ -33,7 +33,7 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import rules
+from tf_largebatch.optimizers import keras_seam, rules
 from tf_largebatch.optimizers.base import LargeBatchOptimizer, compute_dtype
 from tf_largebatch.optimizers.selection import VariableSelection
 
@@ -105,7 +105,7 @@ class LayerwiseOptimizer(LargeBatchOptimizer):
         dtype = compute_dtype(variable)
         learning_rate = tf.cast(learning_rate, dtype)
         gradient = tf.cast(gradient, dtype)
-        index = self._get_variable_index(variable)
+        index = keras_seam.variable_index(self, variable)
         weight_decay = self.weight_decay if (self.weight_decay and self._decays[index]) else 0.0
         update = self._update(gradient, variable, weight_decay)
         if self._adapts[index]:
@@ -184,7 +184,7 @@ def _document(cls):
     replacements = {
         "{{layerwise_args}}": _LAYERWISE_ARGS,
         "{{table3}}": _TABLE3,
-        "{{base_optimizer_keyword_args}}": keras.src.optimizers.optimizer.base_optimizer_keyword_args,
+        "{{base_optimizer_keyword_args}}": keras_seam.BASE_OPTIMIZER_KEYWORD_ARGS,
     }
     for placeholder, text in replacements.items():
         cls.__doc__ = cls.__doc__.replace(placeholder, text)
@@ -415,12 +415,8 @@ class LayerwiseAdam(TrustRatioOptimizer):
         # sqrt(v), not v: float32 squares of gradients beyond ~1e19 overflow.
         self._velocity_roots = self._add_slots(var_list, "velocity_root")
 
-    def _applied_updates(self):
-        """Updates applied so far (int64): the update counter minus skipped updates."""
-        return self.iterations - self._skipped_updates
-
     def _direction(self, gradient, variable):
-        step = self._applied_updates() + 1
+        step = self.applied_updates + 1
         m = self._slot(self._momentums, variable)
         root = self._slot(self._velocity_roots, variable)
         self.assign(m, rules.moving_average(m, gradient, self.beta_1))

@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import rules
+from tf_largebatch.optimizers import keras_seam, rules
 from tf_largebatch.optimizers.base import LargeBatchOptimizer, compute_dtype
 
 
@@ -101,6 +101,4 @@ class SNGM(LargeBatchOptimizer):
         return config
 
 
-SNGM.__doc__ = SNGM.__doc__.replace(
-    "{{base_optimizer_keyword_args}}", keras.src.optimizers.optimizer.base_optimizer_keyword_args
-)
+keras_seam.document_base_keyword_args(SNGM)
