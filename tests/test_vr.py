@@ -1,7 +1,7 @@
 """The VR family against a NumPy implementation of the VRGD paper, and its replica paths.
 
-The reference below is written from Algorithms 1, 3 and 5 of
-``shared/papers/vrgd_gsnr_large_batch.txt``; the inner update rules come from
+The reference below is written from Algorithms 1, 3 and 5 of Jiang et al.,
+"Accelerating Large Batch Training via Gradient Signal to Noise Ratio (GSNR)"; the inner update rules come from
 ``tests/reference_optimizers.py``. Nothing here imports the package's GSNR code.
 """
 
@@ -456,3 +456,140 @@ def test_statistics_are_readable_and_match_the_samples():
         np.testing.assert_allclose(got["gsnr_mean"], np.mean(mean**2 / variance), rtol=1e-4)
         factor, _ = np_gsnr_factor(s, 0.1)
         np.testing.assert_allclose(got["fraction_at_lower"], np.mean(factor <= 0.1), atol=1e-6)
+
+
+# ------------------------------------------------------------ explicit classes
+
+VARIANT_CLASSES = ["VRSGD", "VRMomentum", "VRAdam", "VRLAMB", "VRLARS"]
+
+
+@pytest.mark.parametrize("name", VARIANT_CLASSES)
+def test_variants_are_explicit_classes_with_real_signatures(name):
+    import inspect
+
+    cls = getattr(tlb_opt, name)
+    assert cls.__module__ == "tf_largebatch.optimizers.vr" and issubclass(cls, tlb_opt.VR)
+    parameters = inspect.signature(cls.__init__).parameters
+    for argument in ("learning_rate", "gamma", "gsnr_momentum", "gsnr_upper_bound", "name"):
+        assert argument in parameters, argument
+    # Every named argument of the base optimizer's own constructor is in the variant's signature.
+    base_init = inspect.signature(cls.inner_optimizer_class().__init__).parameters
+    own = {p for p, v in base_init.items() if v.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD} - {"self", "name"}
+    base_keywords = {"weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema", "ema_momentum",
+                     "ema_overwrite_frequency", "loss_scale_factor", "gradient_accumulation_steps"}
+    assert own - base_keywords - set(parameters) == set()
+    assert "Args:" in cls.__doc__ and "References:" in cls.__doc__ and "{{" not in cls.__doc__
+    assert "k >= 8" in cls.__doc__
+
+
+@pytest.mark.parametrize("name", VARIANT_CLASSES)
+def test_variant_config_round_trip_keeps_every_argument(name):
+    kwargs, _, _, _ = VARIANTS[name]
+    optimizer = getattr(tlb_opt, name)(gamma=0.3, gsnr_upper_bound=2.0, gradient_accumulation_steps=3,
+                                       nonfinite_gradients="raise", **kwargs)
+    config = optimizer.get_config()
+    clone = getattr(tlb_opt, name).from_config(config)
+    assert type(clone) is type(optimizer)
+    assert clone.get_config() == config
+    assert keras.optimizers.serialize(keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))) == \
+        keras.optimizers.serialize(optimizer)
+    for key, value in kwargs.items():
+        assert config[key] == pytest.approx(value, rel=1e-7), key  # Keras keeps the rate as float32
+    assert config["gamma"] == 0.3 and config["gradient_accumulation_steps"] == 3
+    assert config["nonfinite_gradients"] == "raise"
+
+
+# ------------------------------------------------------------ skipped updates
+
+
+def _run_with_optional_skips(make_optimizer, samples, skip_before):
+    """One device, accumulation 2; before the updates in ``skip_before`` a window
+    of two micro-batches, the first non-finite, is fed (and must be skipped)."""
+    rng = np.random.default_rng(5)
+    variables = make_variables(rng, SHAPES[1:3])
+    optimizer = make_optimizer()
+    optimizer.build(variables)
+    for t, step_samples in enumerate(samples):
+        if t in skip_before:
+            bad = [np.full(s.shape[1:], np.nan) for s in step_samples]
+            for micro in (bad, [s[0] for s in step_samples]):
+                optimizer.apply([tf.constant(g, tf.float32) for g in micro], variables)
+        for i in range(2):
+            optimizer.apply([tf.constant(s[i], tf.float32) for s in step_samples], variables)
+    floats = [v.numpy() for v in optimizer.variables if v.dtype not in ("int32", "int64")]
+    return [v.numpy() for v in variables], floats, optimizer
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda: tlb_opt.VRAdam(learning_rate=0.01, gradient_accumulation_steps=2),
+    lambda: tlb_opt.VRLAMB(learning_rate=0.01, weight_decay=0.01, gradient_accumulation_steps=2),
+    lambda: tlb_opt.VR(keras.optimizers.Adam(0.01), gsnr_momentum=0.9, gradient_accumulation_steps=2),
+], ids=["VRAdam", "VRLAMB", "VR(Adam)"])
+def test_a_skipped_update_leaves_no_trace(make_optimizer):
+    samples = make_samples(np.random.default_rng(6), SHAPES[1:3], 6, 2)
+    clean_weights, clean_state, clean = _run_with_optional_skips(make_optimizer, samples, ())
+    weights, state, skipped = _run_with_optional_skips(make_optimizer, samples, (0, 3))
+    assert skipped.skipped_updates == 2 and clean.skipped_updates == 0
+    assert int(skipped.inner_optimizer.iterations) == int(clean.inner_optimizer.iterations) == 6
+    for a, b in zip(clean_weights + clean_state, weights + state):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("make, argument", [
+    (lambda: tlb_opt.VRSGD(nesterov="False"), "nesterov"),
+    (lambda: tlb_opt.VRMomentum(nesterov="no"), "nesterov"),
+    (lambda: tlb_opt.VRAdam(amsgrad="False"), "amsgrad"),
+    (lambda: tlb_opt.VRAdam(epsilon=None), "epsilon"),
+    (lambda: tlb_opt.VRAdam(epsilon=0.0), "epsilon"),
+    (lambda: tlb_opt.VRLAMB(epsilon=0), "epsilon"),
+    (lambda: tlb_opt.VRLAMB(epsilon=-1e-6), "epsilon"),
+    (lambda: tlb_opt.VRAdam(beta_1=1.0), "beta_1"),
+    (lambda: tlb_opt.VRMomentum(momentum=1.5), "momentum"),
+    (lambda: tlb_opt.VR(keras.optimizers.SGD(0.1), learning_rate=0.5), "learning_rate"),
+])
+def test_bad_inner_arguments_are_errors_naming_the_argument(make, argument):
+    with pytest.raises(ValueError, match=argument):
+        make()
+
+
+def test_wrapping_an_optimizer_built_on_other_variables_is_an_error():
+    inner = keras.optimizers.Adam(0.01)
+    inner.build([keras.Variable(np.zeros(3, np.float32))])
+    with pytest.raises(ValueError, match="already built.*fresh"):
+        tlb_opt.VR(inner, gradient_accumulation_steps=2)
+
+
+@pytest.mark.parametrize("name", VARIANT_CLASSES)
+def test_float64_variables_train(name):
+    rng = np.random.default_rng(1)
+    variables = [keras.Variable(rng.normal(size=s), dtype="float64") for s in SHAPES[1:3]]
+    start = [v.numpy() for v in variables]
+    samples = make_samples(rng, SHAPES[1:3], 3, 2)
+    optimizer = getattr(tlb_opt, name)(gradient_accumulation_steps=2, **VARIANTS[name][0])
+    for step_samples in samples:
+        for i in range(2):
+            optimizer.apply([tf.constant(s[i], tf.float64) for s in step_samples], variables)
+    expected = numpy_trajectory(name, start, samples)
+    for v, e in zip(variables, expected):
+        assert v.dtype == "float64"
+        np.testing.assert_allclose(v.numpy(), e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", VARIANT_CLASSES)
+def test_a_zero_size_variable_is_left_alone(name):
+    rng = np.random.default_rng(1)  # (seed 2 draws a float32 near-tie at k = 2)
+    empty = keras.Variable(np.zeros((0, 3), np.float32), name="empty")
+    variables = [empty] + make_variables(rng, SHAPES[1:3])
+    start = [v.numpy() for v in variables[1:]]
+    samples = make_samples(rng, SHAPES[1:3], 3, 2)
+    optimizer = getattr(tlb_opt, name)(gradient_accumulation_steps=2, **VARIANTS[name][0])
+    for step_samples in samples:
+        for i in range(2):
+            optimizer.apply([tf.zeros((0, 3))] + [tf.constant(s[i], tf.float32) for s in step_samples], variables)
+    assert empty.shape == (0, 3)
+    for v, e in zip(variables[1:], numpy_trajectory(name, start, samples)):
+        np.testing.assert_allclose(v.numpy(), e, rtol=1e-4, atol=1e-5)
+    assert all(np.isfinite(list(s.values())).all() for s in optimizer.gradient_statistics().values())
