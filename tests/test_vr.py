@@ -593,3 +593,43 @@ def test_a_zero_size_variable_is_left_alone(name):
     for v, e in zip(variables[1:], numpy_trajectory(name, start, samples)):
         np.testing.assert_allclose(v.numpy(), e, rtol=1e-4, atol=1e-5)
     assert all(np.isfinite(list(s.values())).all() for s in optimizer.gradient_statistics().values())
+
+
+def test_without_monitoring_statistics_the_update_is_the_same():
+    rng = np.random.default_rng(12)
+    start = [rng.normal(size=s).astype("float32") for s in SHAPES[1:3]]
+    samples = make_samples(rng, SHAPES[1:3], 3, 2)
+    results = []
+    for record in (True, False):
+        variables = [keras.Variable(w) for w in start]
+        optimizer = tlb_opt.VRAdam(learning_rate=0.01, gradient_accumulation_steps=2,
+                                   record_gradient_statistics=record)
+        run_accumulated(optimizer, variables, samples)
+        results.append([v.numpy() for v in variables])
+        assert optimizer.get_config()["record_gradient_statistics"] is record
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="record_gradient_statistics=False"):
+        optimizer.gradient_statistics()
+
+
+def test_the_compiled_gsnr_step_outlives_an_optimizer_and_runs_under_keras_xla():
+    """The compiled per-variable function is shared: it must hold no optimizer's variable."""
+    import gc
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    y = rng.normal(size=(32, 2)).astype("float32")
+
+    def fit(jit_compile):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        model.compile(optimizer=tlb_opt.VRAdam(0.01, gradient_accumulation_steps=2), loss="mse",
+                      jit_compile=jit_compile)
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        return model
+
+    first = fit(False)
+    del first
+    gc.collect()
+    model = fit(True)
+    assert all(np.isfinite(w.numpy()).all() for w in model.trainable_weights)

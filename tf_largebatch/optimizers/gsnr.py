@@ -56,6 +56,8 @@ References:
 import numpy as np
 import tensorflow as tf
 
+from tf_largebatch.optimizers import rules
+
 #: Relative round-off tolerance per gradient sample for ``(1/k) sum (g - c)**2 - (gbar - c)**2``.
 VARIANCE_ROUNDOFF_PER_SAMPLE = 4.0 * float(np.finfo(np.float32).eps)
 
@@ -154,3 +156,33 @@ def gsnr_factor(mean, variance, lower, upper):
     """:func:`clipped_gsnr` plus :func:`gsnr_statistics`: ``(factor, statistics)``."""
     factor, mean_gsnr = clipped_gsnr(mean, variance, lower, upper)
     return factor, gsnr_statistics(mean, variance, factor, mean_gsnr, lower, upper)
+
+
+def adapted_gradient(sum_of_means, sum_of_mean_squares, shift, momentum, step, *, num_replicas, num_samples,
+                     lower, upper, decay, with_statistics):
+    """One variable's whole VR transform, from the all-reduced sums to ``g_hat``.
+
+    Moments (:func:`moments_from_replica_sums`, :func:`sample_variance`,
+    :func:`unshift`), the clipped normalised GSNR (:func:`clipped_gsnr`), and,
+    with a ``momentum`` (the previous ``p``), the GSNR momentum with its bias
+    correction at the 1-based applied update ``step``::
+
+        p_t   = decay * p_{t-1} + (1 - decay) * r
+        g_hat = p_t / (1 - decay**step) * gbar
+
+    Written as one function so that it can be compiled as one XLA cluster
+    (element-wise work fused into few passes) even where the model step is not.
+    ``shift``/``momentum`` may be ``None`` (no shift; no GSNR momentum).
+
+    Returns ``(g_hat, gbar, p_t or None, statistics or None)``; the statistics
+    (:func:`gsnr_statistics`) only ``with_statistics``.
+    """
+    shifted_mean, second_moment = moments_from_replica_sums(sum_of_means, sum_of_mean_squares, num_replicas)
+    variance = sample_variance(shifted_mean, second_moment, num_samples)
+    mean = unshift(shifted_mean, shift)
+    factor, mean_gsnr = clipped_gsnr(mean, variance, lower, upper)
+    statistics = gsnr_statistics(mean, variance, factor, mean_gsnr, lower, upper) if with_statistics else None
+    if momentum is not None:
+        momentum = rules.moving_average(tf.cast(momentum, tf.float32), factor, decay)
+        factor = rules.bias_correction(momentum, decay, step)
+    return factor * mean, mean, momentum, statistics
