@@ -633,3 +633,140 @@ def test_the_compiled_gsnr_step_outlives_an_optimizer_and_runs_under_keras_xla()
     gc.collect()
     model = fit(True)
     assert all(np.isfinite(w.numpy()).all() for w in model.trainable_weights)
+
+
+def test_a_large_variable_takes_the_compiled_path_and_matches_numpy():
+    """Variables of >= COMPILE_MIN_ELEMENTS elements run the XLA-compiled GSNR step."""
+    from tf_largebatch.optimizers import vr
+
+    shapes = [(256, 160), (7,)]
+    assert np.prod(shapes[0]) >= vr.COMPILE_MIN_ELEMENTS > np.prod(shapes[1])
+    rng = np.random.default_rng(14)
+    variables = make_variables(rng, shapes)
+    start = [v.numpy() for v in variables]
+    samples = make_samples(rng, shapes, 3, 4)
+    run_accumulated(tlb_opt.VRAdam(learning_rate=0.01, gradient_accumulation_steps=4), variables, samples)
+    for v, e in zip(variables, numpy_trajectory("VRAdam", start, samples)):
+        np.testing.assert_allclose(v.numpy(), e, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------ large k
+
+
+def large_k_samples(rng, k, size=16):
+    """k float32 samples of ``size`` elements whose GSNR (mean**2 / variance) spans 1e-2 .. 1e3."""
+    gsnr_target = np.logspace(-2, 3, size)
+    sigma = np.exp(rng.uniform(-1, 1, size))
+    mean = np.sqrt(gsnr_target) * sigma * rng.choice([-1.0, 1.0], size)
+    return (mean + sigma * rng.normal(size=(k, size))).astype(np.float32)
+
+
+def eq8_factor(samples):
+    """Eq. 8's normalised GSNR in float64 (no clipping: gamma 1e-6, upper 1e9 in the optimizer)."""
+    samples = samples.astype(np.float64)
+    r = samples.mean(axis=0) ** 2 / samples.var(axis=0)
+    return r / r.mean()
+
+
+def _large_k_factors(strategy, replicas, accumulation, steps_samples):
+    """VRSGD(lr=1, gamma=1e-6, upper=1e9): each update moves w by -factor * gbar; returns the factors."""
+    with strategy.scope():
+        variable = keras.Variable(np.zeros(steps_samples[0].shape[1], np.float32))
+        optimizer = tlb_opt.VRSGD(learning_rate=1.0, gamma=1e-6, gsnr_upper_bound=1e9,
+                                  gradient_accumulation_steps=accumulation)
+        optimizer.build([variable])
+
+    @tf.function
+    def micro_step(per_replica):
+        strategy.run(lambda g: optimizer.apply([g], [variable]), args=(per_replica,))
+
+    factors = []
+    for samples in steps_samples:
+        before = variable.numpy().astype(np.float64)
+        for a in range(accumulation):
+            def value_fn(context, a=a):
+                sample = context.replica_id_in_sync_group * accumulation + a
+                return tf.constant(samples[sample] / replicas, tf.float32)
+
+            micro_step(strategy.experimental_distribute_values_from_function(value_fn))
+        factors.append((before - variable.numpy()) / samples.astype(np.float64).mean(axis=0))
+    return factors
+
+
+@pytest.mark.parametrize("replicas,accumulation", [(1, 4096), (4, 1024)])
+def test_gsnr_up_to_1e3_gets_eq8_factor_within_5_percent_at_k_4096(replicas, accumulation, mirrored):
+    rng = np.random.default_rng(15)
+    k = replicas * accumulation
+    steps = [large_k_samples(rng, k) for _ in range(2)]
+    strategy = mirrored(replicas) if replicas > 1 else tf.distribute.get_strategy()
+    factors = _large_k_factors(strategy, replicas, accumulation, steps)
+    # The first update has no previous mean to shift by (documented); from the second on:
+    np.testing.assert_allclose(factors[1], eq8_factor(steps[1]), rtol=0.05)
+
+
+def test_identical_samples_still_give_the_upper_bound_with_shifted_moments():
+    from tf_largebatch.optimizers import statistics
+
+    k = statistics.SHIFTED_MOMENTS_MIN_SAMPLES
+    rng = np.random.default_rng(16)
+    g = rng.normal(size=(1, 6)).astype(np.float32)
+    steps = [np.repeat(g + i, k, axis=0) for i in range(2)]
+    factors = _large_k_factors(tf.distribute.get_strategy(), 1, k, steps)
+    for factor in factors:
+        np.testing.assert_allclose(factor, 1e9, rtol=1e-6)
+
+
+def test_shifted_moments_keep_one_collective_and_restore_exactly(mirrored, monkeypatch, tmp_path):
+    """2 replicas x 32 micro-batches (k = 64, shifted): one all-reduce of 2 x variables per
+    update; a checkpoint mid-accumulation resumes to the uninterrupted trajectory."""
+    calls = []
+    original = tf.distribute.ReplicaContext.all_reduce
+
+    def counting_all_reduce(self, reduce_op, value, options=None):
+        calls.append(len(tf.nest.flatten(value)))
+        return original(self, reduce_op, value, options)
+
+    monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", counting_all_reduce)
+    rng = np.random.default_rng(17)
+    shapes = SHAPES[1:3]
+    start = [rng.normal(size=s).astype("float32") for s in shapes]
+    samples = make_samples(rng, shapes, 3, 64)
+    strategy = mirrored(2)
+
+    def make():
+        with strategy.scope():
+            variables = [keras.Variable(w) for w in start]
+            optimizer = tlb_opt.VRAdam(learning_rate=0.01, gradient_accumulation_steps=32)
+            optimizer.build(variables)
+        assert optimizer._moment_shifts is not None
+        return variables, optimizer
+
+    def micro_steps(variables, optimizer, pairs):
+        @tf.function
+        def micro_step(per_replica):
+            strategy.run(lambda grads: optimizer.apply(grads, variables), args=(per_replica,))
+
+        for t, a in pairs:
+            def value_fn(context, t=t, a=a):
+                sample = context.replica_id_in_sync_group * 32 + a
+                return [tf.constant(s[sample] / 2, tf.float32) for s in samples[t]]
+
+            micro_step(strategy.experimental_distribute_values_from_function(value_fn))
+
+    schedule = [(t, a) for t in range(3) for a in range(32)]
+    straight_vars, straight_opt = make()
+    micro_steps(straight_vars, straight_opt, schedule)
+    assert calls == [2 * len(shapes)] * 2  # traced once, one call per replica
+
+    cut = 32 + 17
+    first_vars, first_opt = make()
+    micro_steps(first_vars, first_opt, schedule[:cut])
+    path = tf.train.Checkpoint(variables=first_vars, optimizer=first_opt).save(str(tmp_path / "ckpt"))
+    resumed_vars, resumed_opt = make()
+    tf.train.Checkpoint(variables=resumed_vars, optimizer=resumed_opt).restore(path).assert_consumed()
+    micro_steps(resumed_vars, resumed_opt, schedule[cut:])
+    for a, b in zip(straight_vars, resumed_vars):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+    expected = numpy_trajectory("VRAdam", start, samples)
+    for a, e in zip(straight_vars, expected):
+        np.testing.assert_allclose(a.numpy(), e, rtol=1e-4, atol=1e-5)

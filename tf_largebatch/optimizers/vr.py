@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import gsnr
+from tf_largebatch.optimizers import gsnr, keras_seam
 from tf_largebatch.optimizers.base import LargeBatchOptimizer, apply_reduced_gradients
 
 #: Base-optimizer keyword arguments that belong to the VR wrapper (they act on the
@@ -157,7 +157,7 @@ class VR(LargeBatchOptimizer):
 
     @property
     def variables(self):
-        return self._variables + self.inner_optimizer.variables
+        return keras_seam.own_variables(self) + self.inner_optimizer.variables
 
     def build(self, var_list):
         if self.built:
@@ -177,34 +177,24 @@ class VR(LargeBatchOptimizer):
     def _statistic_names(self):
         return gsnr.STATISTIC_NAMES
 
-    def _applied_updates(self):
-        """Updates applied so far (iterations minus skipped non-finite ones)."""
-        return self.iterations - self._skipped_updates
-
-    def _backend_apply_gradients(self, grads, trainable_variables):
-        # A variable with no elements has no GSNR and no step; leaving it out
-        # also spares it Keras's arithmetic, which mistakes a (0, n) tensor for
-        # a bias vector. The inner optimizer is built on it and never sees it.
-        kept = [(g, v) for g, v in zip(grads, trainable_variables) if v.shape.num_elements() != 0]
-        if kept:
-            super()._backend_apply_gradients([g for g, _ in kept], [v for _, v in kept])
-
     def _update_from_reduced_statistics(self, statistics, trainable_variables):
-        step = self._applied_updates() + 1
-        num_replicas = self._distribution_strategy.num_replicas_in_sync
+        step = self.applied_updates + 1
+        num_replicas = keras_seam.distribution_strategy(self).num_replicas_in_sync
         adapted = []
         rows = self._empty_statistic_rows()
         for sum_of_means, sum_of_squares, variable in zip(*statistics, trainable_variables):
-            index = self._get_variable_index(variable)
+            index = keras_seam.variable_index(self, variable)
             slot = None if self._gsnr_momentums is None else self._gsnr_momentums[index]
-            gradient, _, momentum, rows[index] = _compiled_adapted_gradient(
-                sum_of_means, sum_of_squares, None, None if slot is None else tf.convert_to_tensor(slot.value), step,
+            gradient, mean, momentum, rows[index] = _adapted_gradient_function(variable)(
+                sum_of_means, sum_of_squares, self._moment_shift(variable),
+                None if slot is None else tf.convert_to_tensor(slot.value), step,
                 num_replicas=num_replicas, num_samples=self.num_gradient_samples, lower=self.gamma,
                 upper=self.gsnr_upper_bound, decay=self.gsnr_momentum,
                 with_statistics=self.record_gradient_statistics,
             )
             if slot is not None:
                 slot.assign(tf.cast(momentum, slot.dtype))
+            self._remember_mean(variable, mean)
             adapted.append(tf.cast(gradient, variable.dtype))
         if self.record_gradient_statistics:
             self._gradient_statistics.assign(tf.stack(rows))
@@ -228,7 +218,7 @@ class VR(LargeBatchOptimizer):
         config = self._wrapper_config()
         config.update(
             {
-                "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
+                "inner_optimizer": keras_seam.serialize(self.inner_optimizer),
                 "gamma": self.gamma,
                 "gsnr_momentum": self.gsnr_momentum,
                 "gsnr_upper_bound": self.gsnr_upper_bound,
@@ -239,7 +229,7 @@ class VR(LargeBatchOptimizer):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
+        inner = keras_seam.deserialize(config.pop("inner_optimizer"), custom_objects=custom_objects)
         return cls(inner, **config)
 
 
@@ -282,6 +272,17 @@ def _check_inner_optimizer(inner_optimizer):
 #: and assigns the GSNR momentum.
 _compiled_adapted_gradient = tf.function(gsnr.adapted_gradient, jit_compile=True)
 
+#: Variables from this many elements on run the compiled function; smaller ones
+#: run the same function inline (for them XLA's launch and per-shape compile
+#: cost more than the few passes it saves).
+COMPILE_MIN_ELEMENTS = 2**15
+
+
+def _adapted_gradient_function(variable):
+    if variable.shape.num_elements() >= COMPILE_MIN_ELEMENTS:
+        return _compiled_adapted_gradient
+    return gsnr.adapted_gradient
+
 
 class _FixedInnerVR(VR):
     """A :class:`VR` around a fixed base class, built from the base's own arguments.
@@ -323,12 +324,7 @@ class _FixedInnerVR(VR):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        if isinstance(config.get("learning_rate"), dict):  # a serialized schedule
-            config["learning_rate"] = keras.saving.deserialize_keras_object(
-                config["learning_rate"], custom_objects=custom_objects
-            )
-        return cls(**config)
+        return keras_seam.optimizer_from_config(cls, config, custom_objects=custom_objects)
 
 
 def _check_sgd_arguments(momentum, nesterov):

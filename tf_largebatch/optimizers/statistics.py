@@ -1,0 +1,168 @@
+"""The gradient-statistics recorder: per-variable mean and variance of a step's gradient samples.
+
+:class:`GradientStatisticsMixin` is the part of
+:class:`~tf_largebatch.optimizers.base.LargeBatchOptimizer` that, when recording
+(``record_gradient_statistics=True``, or always for the VR optimizers), keeps
+one row of statistics per variable for the last update, read by
+:class:`tf_largebatch.callbacks.GSNRMonitor`. The math is in
+:mod:`~tf_largebatch.optimizers.gsnr`.
+
+It also decides what each replica accumulates for the step's one all-reduce:
+the gradient and its square, or, at ``k >= SHIFTED_MOMENTS_MIN_SAMPLES``
+samples, both moments about the previous applied update's mean gradient
+(:func:`~tf_largebatch.optimizers.gsnr.shifted_local_moments`), which every
+replica holds identically, so that float32 moments stay accurate at large ``k``.
+"""
+
+import keras
+import tensorflow as tf
+
+from tf_largebatch.optimizers import gsnr, keras_seam
+from tf_largebatch.optimizers.slots import tf_variable
+
+
+#: From this many gradient samples per update on, moments are taken about the
+#: previous update's mean gradient. Below it, raw float32 moments lose at most
+#: about ``k * eps * (1 + GSNR)`` of the variance (under 1 % at GSNR 1e3) and
+#: the round-off guard only treats GSNR above ``1 / (4 k eps)`` (> 3e4) as a
+#: tie, so the shift would cost one slot per parameter and a pass for nothing.
+SHIFTED_MOMENTS_MIN_SAMPLES = 64
+
+
+class GradientStatisticsMixin:
+    """Records the step's per-variable gradient statistics from the all-reduced moments."""
+
+    @property
+    def num_gradient_samples(self):
+        """k = replicas in sync x gradient accumulation steps."""
+        return keras_seam.distribution_strategy(self).num_replicas_in_sync * (self.gradient_accumulation_steps or 1)
+
+    @property
+    def records_gradient_statistics(self):
+        """Whether this optimizer records :meth:`gradient_statistics` (``record_gradient_statistics``)."""
+        return bool(self.record_gradient_statistics)
+
+    def _records_statistics(self):
+        """Whether the step's all-reduce carries both moments (the VR optimizers always need them)."""
+        return self.record_gradient_statistics
+
+    def _shifts_moments(self):
+        """Whether both moments are taken about the previous update's mean (large ``k``)."""
+        return self._records_statistics() and self.num_gradient_samples >= SHIFTED_MOMENTS_MIN_SAMPLES
+
+    def _statistic_names(self):
+        return gsnr.STATISTIC_NAMES[:3]
+
+    def _empty_statistic_rows(self):
+        return [tf.zeros([len(self._statistic_names())])] * len(keras_seam.built_variables(self))
+
+    def _check_enough_gradient_samples(self):
+        """At build: a variance needs k >= 2 gradient samples per step."""
+        if self._records_statistics() and self.num_gradient_samples < 2:
+            raise ValueError(
+                f"{type(self).__name__} estimates the gradient variance from k >= 2 gradient samples per step, "
+                f"but k = {keras_seam.distribution_strategy(self).num_replicas_in_sync} replica(s) x "
+                f"{self.gradient_accumulation_steps or 1} accumulation step(s) = {self.num_gradient_samples}. "
+                "Create the optimizer under a tf.distribute strategy with >= 2 replicas, or pass "
+                "gradient_accumulation_steps >= 2 (each micro-batch is then a sample; the VRGD paper notes "
+                "accumulation steps play the role of k)."
+            )
+
+    def _build_gradient_statistics(self, variables):
+        """Creates the ``(variables, statistics)`` table when recording, and the
+        moment shifts (one per variable, identical on every replica) at large ``k``."""
+        self._moment_shifts = (
+            [self._add_local_variable(v, "moment_shift", aggregation="mean") for v in variables]
+            if self._shifts_moments() else None
+        )
+        if not self._records_statistics():
+            return
+        strategy = keras_seam.distribution_strategy(self)
+        with strategy.extended.colocate_vars_with(tf_variable(keras_seam.micro_step_counter(self))):
+            self._gradient_statistics = keras.Variable(
+                initializer="zeros",
+                shape=(len(variables), len(self._statistic_names())),
+                dtype="float32",
+                trainable=False,
+                aggregation="mean",
+                synchronization="on_read",
+                name="gradient_statistics",
+            )
+        keras_seam.track_variable(self, self._gradient_statistics)
+
+    def _moment_shift(self, variable):
+        """The shift ``c`` of ``variable``'s moments (a tensor), or ``None`` without shifts."""
+        if self._moment_shifts is None:
+            return None
+        return tf.convert_to_tensor(self._moment_shifts[keras_seam.variable_index(self, variable)].value)
+
+    def _local_moments(self, grads, trainable_variables):
+        """This replica's ``[h, h**2]`` (float32 squares), or ``[d, d**2]`` with
+        ``d = h - c / R`` when shifting, for the step's one all-reduce."""
+        if self._moment_shifts is None:
+            return [grads, [tf.square(tf.cast(g, tf.float32)) for g in grads]]
+        num_replicas = keras_seam.distribution_strategy(self).num_replicas_in_sync
+        moments = [gsnr.shifted_local_moments(g, self._moment_shift(v), num_replicas)
+                   for g, v in zip(grads, trainable_variables)]
+        return [[d for d, _ in moments], [d2 for _, d2 in moments]]
+
+    def _remember_mean(self, variable, mean):
+        """After an applied update: the next update's moments are taken about ``mean``."""
+        if self._moment_shifts is not None:
+            shift = self._moment_shifts[keras_seam.variable_index(self, variable)]
+            shift.assign(tf.cast(mean, shift.dtype))
+
+    def _sample_moments(self, statistics, trainable_variables):
+        """``(index, mean, variance)`` per variable of the step's k gradient samples,
+        from the all-reduced ``[sums of means, sums of mean squares]`` (about the shift)."""
+        num_replicas = keras_seam.distribution_strategy(self).num_replicas_in_sync
+        for sum_of_means, sum_of_squares, variable in zip(*statistics, trainable_variables):
+            shifted_mean, second_moment = gsnr.moments_from_replica_sums(sum_of_means, sum_of_squares, num_replicas)
+            variance = gsnr.sample_variance(shifted_mean, second_moment, self.num_gradient_samples)
+            mean = gsnr.unshift(shifted_mean, self._moment_shift(variable))
+            yield keras_seam.variable_index(self, variable), mean, variance
+
+    def _record_gradient_statistics(self, statistics, trainable_variables):
+        """Stores, per variable, sum gbar**2, sum s2 and the mean raw GSNR of this step.
+
+        Returns the step's mean gradients (``statistics[0]`` itself unless the
+        moments were shifted), and moves the shifts to them.
+        """
+        rows = self._empty_statistic_rows()
+        means = list(statistics[0])
+        for position, (index, mean, variance) in enumerate(self._sample_moments(statistics, trainable_variables)):
+            signal = tf.square(mean)
+            _, mean_gsnr, _ = gsnr.normalized_gsnr(signal, variance)
+            rows[index] = tf.stack([tf.reduce_sum(signal), tf.reduce_sum(variance), mean_gsnr])
+            if self._moment_shifts is not None:
+                variable = trainable_variables[position]
+                self._remember_mean(variable, mean)
+                means[position] = tf.cast(mean, variable.dtype)
+        self._gradient_statistics.assign(tf.stack(rows))
+        return means
+
+    def gradient_statistics(self):
+        """The last update's per-variable gradient statistics, by variable path.
+
+        Recorded when ``record_gradient_statistics=True`` (the VR optimizers
+        always record): ``{path: {"mean_square": sum gbar**2, "variance":
+        sum s2, "gsnr_mean": mean raw GSNR over the elements with finite GSNR}}``
+        (sums over the variable's elements; ``gbar`` and ``s2`` are the mean and
+        variance of the step's k gradient samples, see
+        :mod:`~tf_largebatch.optimizers.gsnr`); the VR optimizers add
+        ``fraction_at_lower``/``fraction_at_upper`` (elements clipped at
+        ``gamma``/the upper bound). Read eagerly, e.g. by
+        :class:`tf_largebatch.callbacks.GSNRMonitor`.
+        """
+        if not self._records_statistics():
+            raise ValueError(
+                f"{type(self).__name__} records no gradient statistics: create it with "
+                "record_gradient_statistics=True (or use a VR optimizer)."
+            )
+        if not self.built:
+            raise ValueError(f"{type(self).__name__} has no statistics before its first step.")
+        values = self._gradient_statistics.numpy()
+        return {
+            variable.path: dict(zip(self._statistic_names(), map(float, row)))
+            for variable, row in zip(keras_seam.built_variables(self), values)
+        }
