@@ -184,9 +184,10 @@ class LargeBatchOptimizer(AccumulationMixin, GradientStatisticsMixin, SlotsMixin
     def _update_from_reduced_statistics(self, statistics, trainable_variables):
         """Update from all-reduced statistics: the global mean gradient (and, when
         recording, its per-sample second moment, summarised per variable)."""
+        grads = statistics[0]
         if self._records_statistics():
-            self._record_gradient_statistics(statistics, trainable_variables)
-        self._update_with_reduced_gradients(statistics[0], trainable_variables)
+            grads = self._record_gradient_statistics(statistics, trainable_variables)
+        self._update_with_reduced_gradients(grads, trainable_variables)
 
     def _transform_reduced_gradients(self, grads, trainable_variables):
         """Cross-variable step on the global mean gradient (default: none)."""
