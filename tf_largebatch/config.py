@@ -81,6 +81,7 @@ class DataConfig:
     name: Optional[str] = None
     data_dir: Optional[str] = None
     download: bool = False  # let tensorflow-datasets download and prepare ``name`` (needs network)
+    synthetic: bool = False  # random batches of the right shapes, made on the device: no files, no network
     train_split: str = "train"
     eval_split: Optional[str] = "validation"
     train_files: Optional[str] = None
@@ -183,6 +184,9 @@ class CallbacksConfig:
     tensorboard: bool = True
     backup_and_restore: bool = True
     checkpoints: bool = True
+    max_to_keep: int = 3  # loop checkpoints kept (the newest)
+    best_metric: Optional[str] = "val_loss"  # also keep the best checkpoint on this metric; null: none
+    profile_batch: Union[int, str, None] = None  # TensorBoard profiling: a batch number or "start,stop"
     gsnr_monitor: Optional[dict] = None
 
 
