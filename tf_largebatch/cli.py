@@ -32,7 +32,9 @@ def _add_train(subparsers):
         help="override a config value (YAML-typed); repeatable; phases.<i>.KEY for one phase",
     )
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny model, data and step counts: an end-to-end check on a CPU")
+                        help="tiny model, data and step counts: an end-to-end check on a CPU; synthetic data "
+                             "where the real data is not on this machine (unless --set chooses data.synthetic, "
+                             "data.train_files, data.eval_files, data.name or data.data_dir)")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved config; no training")
     parser.set_defaults(handler=_train)
 
@@ -51,18 +53,46 @@ def _train(args):
         for cfg in configs:
             print(yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
         return 0
-    from tf_largebatch.pipelines import train
+    _log_to_console()
+    from tf_largebatch.pipelines import synthetic, train
 
     try:
+        if args.smoke and not any(_chooses_data(text) for text in args.overrides):
+            configs = synthetic.where_data_is_missing(configs)
         summaries = train.run(configs)
     except config_lib.ConfigError as error:
         print(f"tf-largebatch: config error: {error}", file=sys.stderr)
         return 2
     for summary in summaries:
         phase = f" [{summary['phase']}]" if summary.get("phase") else ""
-        print(f"tf-largebatch: {summary['name']}{phase}: {summary['optimizer_steps']} optimizer steps, "
-              f"final {summary['final_logs']}")
+        print(f"tf-largebatch: {summary['name']}{phase}: final logs after {summary['optimizer_updates']} optimizer "
+              f"updates: {summary['final_logs']}")
     return 0
+
+
+_DATA_CHOICES = ("synthetic", "train_files", "eval_files", "name", "data_dir")
+
+
+def _chooses_data(override):
+    """Whether a ``--set`` text chooses the data (``data.synthetic`` or where the
+    real data is), for every phase or one: then ``--smoke`` keeps that choice."""
+    key = override.partition("=")[0].strip().split(".")
+    if key[:1] == ["phases"]:
+        key = key[2:]
+    return len(key) == 2 and key[0] == "data" and key[1] in _DATA_CHOICES
+
+
+def _log_to_console():
+    """The package's ``logging`` records at INFO, on stderr, prefixed like the CLI's messages."""
+    import logging
+
+    package_logger = logging.getLogger("tf_largebatch")
+    if not package_logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("tf-largebatch: %(message)s"))
+        package_logger.addHandler(handler)
+        package_logger.setLevel(logging.INFO)
+        package_logger.propagate = False
 
 
 def _add_demo(subparsers):

@@ -46,6 +46,43 @@ def load_tfds(data_cfg, split, *, shuffle_files, path="data.name"):
         raise ConfigError(path, f"cannot load {data_cfg.name!r}: {error}") from None
 
 
+def is_remote(path):
+    """Whether ``path`` names a remote file system (``gs://``, ``s3://``, ...)."""
+    return "://" in (path or "")
+
+
+def missing_local_data(data_cfg):
+    """Why the real data of ``data_cfg`` cannot be read locally, or ``None`` if it can.
+
+    Looks without reading: remote paths (``gs://...``) count as not local,
+    TFRecord patterns must match files, a TFDS dataset must be prepared in
+    ``data.data_dir`` (or TFDS's default directory).
+    """
+    for key in ("train_files", "eval_files"):
+        pattern = getattr(data_cfg, key)
+        if not pattern:
+            continue
+        parts = [p.strip() for p in pattern.split(",")]
+        if any(is_remote(p) for p in parts):
+            return f"data.{key} {pattern!r} is not on this machine"
+        if not any(tf.io.gfile.glob(p) for p in parts):
+            return f"no files match data.{key} {pattern!r}"
+    if data_cfg.train_files or not data_cfg.name:
+        return None
+    if is_remote(data_cfg.data_dir):
+        return f"data.data_dir {data_cfg.data_dir!r} is not on this machine"
+    import tensorflow_datasets as tfds
+
+    try:
+        prepared = tfds.builder(data_cfg.name, data_dir=data_cfg.data_dir).is_prepared()
+    except Exception as error:  # noqa: BLE001 - any failure to find the dataset means it is not usable here
+        return f"{data_cfg.name!r} cannot be found ({str(error).strip().splitlines()[0] if str(error) else error})"
+    if not prepared:
+        where = data_cfg.data_dir or tfds.core.constants.DATA_DIR
+        return f"{data_cfg.name!r} is not prepared in {where}"
+    return None
+
+
 def _needs_manual_download(data_cfg):
     import tensorflow_datasets as tfds
 
