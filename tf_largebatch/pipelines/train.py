@@ -35,7 +35,7 @@ from tf_largebatch import schedules, strategy as strategy_lib
 from tf_largebatch.optimizers import LossScaleOptimizer
 from tf_largebatch.pipelines import models, synthetic, task_module, throughput
 from tf_largebatch.pipelines.backup import LoopBackup
-from tf_largebatch.pipelines.schedule_in_updates import in_updates
+from tf_largebatch.pipelines.schedule_in_updates import counts_micro_steps, in_updates
 
 FINAL_WEIGHTS = "final.weights.h5"
 FINAL_MODEL = "final.keras"
@@ -268,7 +268,6 @@ def run_phase(cfg, strategy, *, initial_weights=None, callbacks=(), data=None):
         logger.info("%s %s: already finished (%s); skipping", cfg.name, cfg.phase or "", summary_path)
         return summary
 
-    check_callbacks(cfg)
     keras.utils.set_random_seed(cfg.training.seed)
     strategy_lib.set_precision(cfg.precision)
     train_ds, eval_ds = data or make_datasets(cfg)
@@ -377,8 +376,28 @@ def run(configs, *, callbacks=()):
         keras.mixed_precision.set_global_policy(policy)  # the caller's policy, as found
 
 
+def check_keras_accumulation(cfg, strategy):
+    """A ConfigError for a Keras optimizer with gradient accumulation over several
+    ``MirroredStrategy`` replicas: Keras 3 all-reduces inside a ``tf.cond`` there,
+    which fails at the first step ("merge_call called while defining a new graph").
+    This package's optimizers accumulate differently and are not affected."""
+    accumulation = cfg.training.gradient_accumulation_steps
+    cls = config_lib.resolve_optimizer_class(cfg.optimizer.name)
+    mirrored = isinstance(strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy))
+    if accumulation > 1 and counts_micro_steps(cls) and mirrored and strategy.num_replicas_in_sync > 1:
+        raise config_lib.ConfigError(
+            "training.gradient_accumulation_steps",
+            f"Keras's {cls.__name__} cannot accumulate gradients over {strategy.num_replicas_in_sync} "
+            f"MirroredStrategy replicas (Keras all-reduces inside a tf.cond, which fails at the first step); use "
+            f"1, one replica, or an optimizer of this package; got {accumulation}",
+        )
+
+
 def _run(configs, callbacks):
     strategy = strategy_lib.build_strategy(configs[0].strategy)
+    for cfg in configs:
+        check_callbacks(cfg)
+        check_keras_accumulation(cfg, strategy)
     # Every phase's input is checked (files found, datasets loadable) before
     # the first step of the first phase.
     data = [make_datasets(cfg) for cfg in configs]
