@@ -124,8 +124,9 @@ def batch_maker(cfg):
 def make_datasets(cfg):
     """``(train, eval or None)``: repeated synthetic batches for ``cfg``'s task.
 
-    The evaluation batches (when ``training.eval_steps`` is set) come from a
-    different seed than the training batches.
+    Evaluation batches come whenever ``training.eval_steps`` is set (even for a
+    task whose real data has no evaluation split), from another seed than
+    the training batches.
     """
     make_batch = batch_maker(cfg)
     seed = cfg.training.seed
