@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
+from tf_largebatch.optimizers import keras_seam
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +80,10 @@ def set_learning_rate(optimizer, learning_rate):
     a ``LearningRateSchedule`` (or a callable) has no such variable; replacing
     the schedule would silently drop it, so that is an error.
     """
-    current = getattr(optimizer, "_learning_rate", None)
+    current = keras_seam.stored_learning_rate(optimizer)
     inner = getattr(optimizer, "inner_optimizer", None)
     if inner is not None:
-        current = getattr(inner, "_learning_rate", current)
+        current = keras_seam.stored_learning_rate(inner)
     if callable(current) and not isinstance(current, keras.Variable):
         raise ValueError(
             "A phase sets `learning_rate`, but the optimizer follows a schedule "

@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from tf_largebatch import config as config_lib
 from tf_largebatch import schedules, strategy as strategy_lib
-from tf_largebatch.optimizers import LossScaleOptimizer
+from tf_largebatch.optimizers import LossScaleOptimizer, keras_seam
 from tf_largebatch.pipelines import models, synthetic, task_module, throughput
 from tf_largebatch.pipelines.backup import LoopBackup
 from tf_largebatch.pipelines.schedule_in_updates import counts_micro_steps, in_updates
@@ -231,7 +231,7 @@ def last_update_learning_rate(optimizer):
     the optimizer's own rule: Keras's evaluates a schedule at the micro-step
     counter, this package's at ``iterations``.
     """
-    counter = _inner(optimizer)._iterations  # the micro-step counter (Keras private; see keras_seam)
+    counter = keras_seam.micro_step_counter(_inner(optimizer))
     micro_steps = int(counter.numpy())
     if micro_steps == 0:
         return None
