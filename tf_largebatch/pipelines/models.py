@@ -7,10 +7,6 @@ precision but the softmax cross-entropy runs in float32).
 
 import keras
 
-# Arguments the runner fills in from the data section (not allowed in model.args).
-SUPPLIED_BY_RUNNER = ("image_size", "seq_length", "max_predictions_per_seq")
-
-
 RESNET50_VERSIONS = ("v1.5", "v1")
 
 
@@ -214,6 +210,3 @@ def bert_pretrainer(
     nsp = keras.layers.Activation("linear", dtype="float32", name="nsp")(nsp)
     return keras.Model(inputs, {"mlm": mlm, "nsp": nsp}, name="bert_pretrainer")
 
-
-BUILDERS = {"resnet50": resnet50, "resnet20": resnet20, "bert": bert_pretrainer}
-MODELS_FOR_TASK = {"imagenet": ("resnet50",), "cifar10": ("resnet20",), "bert_pretraining": ("bert",)}

@@ -31,9 +31,10 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import config as config_lib
+from tf_largebatch.config.building import build_model, optimizer_class
 from tf_largebatch import schedules, strategy as strategy_lib
 from tf_largebatch.optimizers import LossScaleOptimizer, keras_seam
-from tf_largebatch.pipelines import models, synthetic, task_module, throughput
+from tf_largebatch.pipelines import synthetic, task_module, throughput
 from tf_largebatch.pipelines.backup import LoopBackup
 from tf_largebatch.pipelines.schedule_in_updates import counts_micro_steps, in_updates
 
@@ -111,20 +112,8 @@ def make_datasets(cfg):
 def build_optimizer(cfg):
     """The optimizer of ``cfg`` with its schedule counted in optimizer updates."""
     accumulation = cfg.training.gradient_accumulation_steps
-    learning_rate = in_updates(
-        build_schedule(cfg), config_lib.resolve_optimizer_class(cfg.optimizer.name), accumulation
-    )
+    learning_rate = in_updates(build_schedule(cfg), optimizer_class(cfg.optimizer), accumulation)
     return config_lib.build_optimizer(cfg.optimizer, learning_rate, gradient_accumulation_steps=accumulation)
-
-
-def build_model(cfg):
-    builder = models.BUILDERS[cfg.model.name]
-    args = dict(cfg.model.args)
-    if cfg.task == "bert_pretraining":
-        args.update(seq_length=cfg.data.seq_length, max_predictions_per_seq=cfg.data.max_predictions_per_seq)
-    else:
-        args.update(image_size=cfg.data.image_size)
-    return builder(**args)
 
 
 def worker_dir(strategy, directory):
@@ -382,7 +371,7 @@ def check_keras_accumulation(cfg, strategy):
     which fails at the first step ("merge_call called while defining a new graph").
     This package's optimizers accumulate differently and are not affected."""
     accumulation = cfg.training.gradient_accumulation_steps
-    cls = config_lib.resolve_optimizer_class(cfg.optimizer.name)
+    cls = optimizer_class(cfg.optimizer)
     mirrored = isinstance(strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy))
     if accumulation > 1 and counts_micro_steps(cls) and mirrored and strategy.num_replicas_in_sync > 1:
         raise config_lib.ConfigError(
