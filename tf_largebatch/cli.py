@@ -11,7 +11,7 @@ Subcommands:
     CPU in seconds. ``--dry-run`` only validates and prints the resolved config.
 
 ``tf-largebatch demo ...``
-    See :mod:`tf_largebatch.demo`.
+    A batch-size scaling study, offline: see :mod:`tf_largebatch.study.cli`.
 
 TensorFlow is imported only by the subcommand that needs it, so ``--help`` is fast.
 """
@@ -66,8 +66,8 @@ def _train(args):
 
 
 def _add_demo(subparsers):
-    # Listed here for --help; main() hands its arguments to tf_largebatch.demo.
-    subparsers.add_parser("demo", help="run the package's demonstration (tf-largebatch demo --help)")
+    # Listed here for --help; main() hands its arguments to tf_largebatch.study.cli.
+    subparsers.add_parser("demo", help="batch-size scaling study of the optimizers (tf-largebatch demo --help)")
 
 
 def build_parser():
@@ -87,13 +87,10 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if argv and argv[0] == "demo":
-        # The demo's own arguments come from tf_largebatch.demo, imported only now.
-        from tf_largebatch import demo
+        # The study's flags come from tf_largebatch.study.cli; TensorFlow loads only once they are valid.
+        from tf_largebatch.study import cli as study_cli
 
-        description = (demo.__doc__ or "").strip().split("\n")[0] or None
-        demo_parser = argparse.ArgumentParser(prog="tf-largebatch demo", description=description)
-        demo.add_arguments(demo_parser)
-        return int(demo.run(demo_parser.parse_args(argv[1:])) or 0)
+        return int(study_cli.main(argv[1:]) or 0)
     args = parser.parse_args(argv)
     return int(args.handler(args) or 0)
 
