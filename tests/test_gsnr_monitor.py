@@ -2,6 +2,10 @@
 
 import glob
 import os
+import pathlib
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -94,12 +98,29 @@ def test_debiased_moving_average_matches_numpy():
         (dict(smoothing=1.0), "smoothing"),
         (dict(smoothing=-0.1), "smoothing"),
         (dict(log_dir=""), "log_dir"),
+        (dict(per_variable="yes"), "per_variable"),
     ],
 )
 def test_bad_arguments_raise(kwargs, argument, tmp_path):
     arguments = {"log_dir": str(tmp_path), "global_batch_size": 64, **kwargs}
     with pytest.raises(ValueError, match=argument):
         GSNRMonitor(**arguments)
+
+
+def test_missing_tensorboard_is_a_clear_error_at_construction(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["tensorboard"] = None          # as if the package were not installed
+        from tf_largebatch.callbacks import GSNRMonitor
+        try:
+            GSNRMonitor({str(tmp_path)!r}, global_batch_size=64)
+        except ImportError as error:
+            print(error)
+    """)
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]), TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "pip install tensorboard" in result.stdout and "tf_largebatch[tensorboard]" in result.stdout
 
 
 def test_bad_estimator_arguments_raise():

@@ -54,6 +54,22 @@ def _all_finite(arrays):
     return all(np.all(np.isfinite(np.asarray(a, dtype=np.float64))) for a in arrays)
 
 
+# ------------------------------------------------------------- the zoo
+def test_zoo_names_every_public_optimizer_and_each_exists():
+    """A missing class fails here (and in every zoo test), and a new optimizer must join the zoo."""
+    import tf_largebatch.optimizers as tlb_optimizers
+
+    zoo_classes = {param.values[0].class_name for param in ZOO}
+    missing = sorted(name for name in zoo_classes if not hasattr(tlb_optimizers, name))
+    assert missing == [], f"zoo entries whose class does not exist: {missing}"
+    public = {
+        name for name, value in vars(tlb_optimizers).items()
+        if isinstance(value, type) and issubclass(value, tlb_optimizers.LargeBatchOptimizer)
+        and value is not tlb_optimizers.LargeBatchOptimizer
+    }
+    assert public - zoo_classes == set(), f"public optimizers missing from the zoo: {sorted(public - zoo_classes)}"
+
+
 # ------------------------------------------------- fit, XLA, custom loops
 @pytest.mark.parametrize("entry", ZOO)
 def test_fit_with_xla_and_jit_custom_loop_match_eager_loop_without_retracing(entry):

@@ -1,34 +1,82 @@
 """tf_largebatch: large-batch training optimizers and recipe for TensorFlow/Keras 3.
 
 Importing the package registers every optimizer, schedule and layer with Keras's
-serialization, so ``keras.saving.load_model`` finds them.
+serialization, so ``keras.saving.load_model`` finds them in a fresh process after
+only ``import tf_largebatch``. It needs Keras's TensorFlow backend.
+
+The one exception is the ``tf-largebatch`` command: its launcher
+(``tf_largebatch_cli``) is imported first, and then this module defers its
+submodules until they are used, so the command's ``--help`` and ``--version`` do
+not load TensorFlow. See ``docs/design.md``, "The command and import time".
 """
 
-__version__ = "0.1.0"
+import importlib
+import os
+import sys
+import typing
 
-from tf_largebatch import (  # noqa: E402,F401
-    batch_size_schedule,
-    callbacks,
-    layers,
-    losses,
-    optimizers,
-    scaling,
-    schedules,
+from tf_largebatch._version import __version__
+
+_SUBMODULES = ("batch_size_schedule", "callbacks", "layers", "losses", "optimizers", "scaling", "schedules")
+_OPTIMIZERS = (
+    "LAMB", "LARS", "MCLR", "SNGM", "VR", "VRSGD", "LayerwiseAdagrad", "LayerwiseAdam", "LayerwiseRMSprop",
+    "LayerwiseSGD", "PercentDelta", "VRAdam", "VRLAMB", "VRLARS", "VRMomentum",
 )
-from tf_largebatch.optimizers import (  # noqa: E402,F401
-    LAMB,
-    LARS,
-    MCLR,
-    SNGM,
-    VR,
-    VRSGD,
-    LayerwiseAdagrad,
-    LayerwiseAdam,
-    LayerwiseRMSprop,
-    LayerwiseSGD,
-    PercentDelta,
-    VRAdam,
-    VRLAMB,
-    VRLARS,
-    VRMomentum,
-)
+__all__ = ["__version__", *_SUBMODULES, *_OPTIMIZERS]
+
+if typing.TYPE_CHECKING:  # what _import_all() binds, spelled out for IDEs and type checkers
+    from tf_largebatch import batch_size_schedule, callbacks, layers, losses, optimizers, scaling, schedules
+    from tf_largebatch.optimizers import (
+        LAMB, LARS, MCLR, SNGM, VR, VRSGD, LayerwiseAdagrad, LayerwiseAdam, LayerwiseRMSprop, LayerwiseSGD,
+        PercentDelta, VRAdam, VRLAMB, VRLARS, VRMomentum,
+    )
+
+
+def _backend_error(backend):
+    return ImportError(
+        "tf_largebatch needs Keras's TensorFlow backend; Keras is set to the "
+        f"{backend!r} backend. Set the environment variable KERAS_BACKEND=tensorflow "
+        "(or \"backend\" in ~/.keras/keras.json) before importing keras."
+    )
+
+
+def _require_tensorflow_backend():
+    try:
+        import keras
+    except ImportError as error:
+        # Another backend whose own dependencies are missing fails inside keras.
+        requested = os.environ.get("KERAS_BACKEND", "tensorflow")
+        if requested != "tensorflow":
+            raise _backend_error(requested) from error
+        raise
+    if keras.backend.backend() != "tensorflow":
+        raise _backend_error(keras.backend.backend())
+
+
+def _import_all():
+    """Imports every submodule, so every class is registered with Keras serialization.
+
+    ``import tf_largebatch`` does this itself; the ``tf-largebatch`` command calls it
+    when a subcommand starts TensorFlow.
+    """
+    _require_tensorflow_backend()
+    for name in _SUBMODULES:
+        globals()[name] = importlib.import_module(f"{__name__}.{name}")
+    for name in _OPTIMIZERS:
+        globals()[name] = getattr(globals()["optimizers"], name)
+
+
+def __getattr__(name):
+    # Reached only while a name has not been imported yet: under the tf-largebatch launcher.
+    if name in _SUBMODULES or name in _OPTIMIZERS:
+        _import_all()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+if "tf_largebatch_cli" not in sys.modules:
+    _import_all()

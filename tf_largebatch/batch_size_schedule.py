@@ -3,10 +3,11 @@
 "Don't decay the learning rate, increase the batch size" (Smith, Kindermans,
 Ying and Le, 2018): the SGD noise scale is ``lr * N / B``, so multiplying the
 batch size by ``k`` has the effect of dividing the learning rate by ``k`` with
-``k`` times fewer updates. The curvature paper
-(``shared/papers/second_order_curvature_lr.txt`` §3.2) goes the other way at the
-start: its first epoch runs at batch 512 and learning rate 0.005, then training
-continues at 8192 and 0.05, which enlarges the early update steps.
+``k`` times fewer updates. Gao and Zhong ("Study on the Large Batch Size
+Training of Neural Networks Based on the Second Order Gradient", §3.2) go the
+other way at the start: their first epoch runs at batch 512 and learning rate
+0.005, then training continues at 8192 and 0.05, which enlarges the early
+update steps.
 
 :func:`fit_with_batch_size_schedule` runs such phases on one compiled model: the
 same model, optimizer (slot variables, iteration counter) and callbacks, one
@@ -21,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
+from tf_largebatch.optimizers import keras_seam
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +80,10 @@ def set_learning_rate(optimizer, learning_rate):
     a ``LearningRateSchedule`` (or a callable) has no such variable; replacing
     the schedule would silently drop it, so that is an error.
     """
-    current = getattr(optimizer, "_learning_rate", None)
+    current = keras_seam.stored_learning_rate(optimizer)
     inner = getattr(optimizer, "inner_optimizer", None)
     if inner is not None:
-        current = getattr(inner, "_learning_rate", current)
+        current = keras_seam.stored_learning_rate(inner)
     if callable(current) and not isinstance(current, keras.Variable):
         raise ValueError(
             "A phase sets `learning_rate`, but the optimizer follows a schedule "

@@ -25,14 +25,15 @@ can be negative), so each is smoothed by its own exponential moving average and
 ``B_simple`` is the ratio of the averages, as the paper recommends.
 """
 
+import importlib.util
 import math
 import os
 
 import keras
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
 from tf_largebatch import validation
+from tf_largebatch.optimizers import VR, LargeBatchOptimizer
 
 
 # --------------------------------------------------------------------- math
@@ -116,17 +117,25 @@ class DebiasedMovingAverage:
 
 
 # ----------------------------------------------------------------- callback
-def write_scalar(tag, value):
-    """Writes a TensorBoard scalar with TensorFlow alone.
+def _require_tensorboard():
+    """``tf.summary.scalar`` comes from the ``tensorboard`` package, which TensorFlow
+    2.21 does not install itself; say so before training starts."""
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ImportError(
+            "GSNRMonitor writes TensorBoard summaries with tf.summary.scalar, which needs the tensorboard "
+            "package (TensorFlow does not install it): pip install tensorboard, or tf_largebatch[tensorboard]."
+        )
 
-    ``tf.summary.scalar`` lives in the ``tensorboard`` package, which TensorFlow
-    2.21 no longer installs; this writes the same event (a float32 scalar tensor
-    tagged for TensorBoard's ``scalars`` plugin) with core ``tf.summary.write``,
-    to the default writer at its default step.
+
+def records_gradient_statistics(optimizer):
+    """Whether ``optimizer`` (not what it wraps) records per-step gradient statistics.
+
+    The VR optimizers always do; every other optimizer of the package when created
+    with ``record_gradient_statistics=True``.
     """
-    metadata = summary_pb2.SummaryMetadata()
-    metadata.plugin_data.plugin_name = "scalars"
-    return tf.summary.write(tag, tf.constant(value, tf.float32), metadata=metadata)
+    return isinstance(optimizer, VR) or (
+        isinstance(optimizer, LargeBatchOptimizer) and optimizer.record_gradient_statistics
+    )
 
 
 def find_statistics_optimizer(optimizer):
@@ -137,13 +146,9 @@ def find_statistics_optimizer(optimizer):
     """
     current = optimizer
     while current is not None:
-        records = getattr(current, "_records_statistics", None)
-        if callable(getattr(current, "gradient_statistics", None)) and (records is None or records()):
+        if records_gradient_statistics(current):
             return current
-        if isinstance(current, keras.optimizers.LossScaleOptimizer):
-            current = current.inner_optimizer
-        else:
-            break
+        current = current.inner_optimizer if isinstance(current, keras.optimizers.LossScaleOptimizer) else None
     raise ValueError(
         "GSNRMonitor reads the per-step gradient statistics that the optimizers of tf_largebatch record: the "
         "VR optimizers always, every other one when created with record_gradient_statistics=True (optionally "
@@ -195,6 +200,10 @@ class GSNRMonitor(keras.callbacks.Callback):
         smoothing: float in [0, 1), decay of the two moving averages.
         per_variable: bool, also write per-variable scalars.
 
+    Raises:
+        ImportError: at construction, if the ``tensorboard`` package (which
+            provides ``tf.summary.scalar``) is not installed.
+
     References:
         McCandlish et al., "An Empirical Model of Large-Batch Training", 2018,
         §2.2 and Appendix A.1. Jiang et al., "Accelerating Large Batch Training
@@ -209,7 +218,8 @@ class GSNRMonitor(keras.callbacks.Callback):
         self.global_batch_size = validation.check_positive_int("global_batch_size", global_batch_size, minimum=2)
         self.update_freq = validation.check_positive_int("update_freq", update_freq)
         self.smoothing = validation.check_probability("smoothing", smoothing)
-        self.per_variable = bool(per_variable)
+        self.per_variable = validation.check_bool("per_variable", per_variable)
+        _require_tensorboard()
         self.trace_covariance = DebiasedMovingAverage(self.smoothing)
         self.gradient_square_norm = DebiasedMovingAverage(self.smoothing)
         self._writer = None
@@ -272,5 +282,5 @@ class GSNRMonitor(keras.callbacks.Callback):
                     scalars[f"gsnr_{name}/{path}"] = s[name]
         with self._writer.as_default(step=step):
             for tag, value in scalars.items():
-                write_scalar(tag, value)
+                tf.summary.scalar(tag, value)
         return scalars

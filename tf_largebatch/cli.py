@@ -1,9 +1,10 @@
-"""The ``tf-largebatch`` console script.
+"""The ``tf-largebatch`` command.
 
 Subcommands:
 
-``tf-largebatch train --config FILE [--set key.path=value ...] [--smoke]``
-    Validates the config (every error names its key path and stops before
+``tf-largebatch train (--config FILE | --experiment NAME) [--set key.path=value ...] [--smoke]``
+    ``--experiment`` runs a config shipped with the package by name
+    (``tf-largebatch train --help`` lists them). Validates the config (every error names its key path and stops before
     anything is built), then trains it: see :mod:`tf_largebatch.pipelines.train`.
     ``--set`` values are read as YAML (``--set optimizer.args.momentum=0.95``,
     ``--set strategy.type=tpu --set strategy.tpu=my-pod``); ``phases.<i>.``
@@ -13,35 +14,127 @@ Subcommands:
 ``tf-largebatch demo ...``
     A batch-size scaling study, offline: see :mod:`tf_largebatch.study.cli`.
 
-TensorFlow is imported only by the subcommand that needs it, so ``--help`` is fast.
+Startup. Under the console script (``tf_largebatch_cli``) the package defers its
+imports, so parsing the command line, ``--help`` and ``--version`` never load
+TensorFlow. A subcommand that trains starts TensorFlow through
+:func:`start_tensorflow`, which first quiets TensorFlow's C++ and Python logging
+(``--verbose`` keeps it) and then imports the whole package, so every class is
+registered with Keras as after ``import tf_largebatch``.
 """
 
 import argparse
+import contextlib
+import logging
+import os
 import sys
 
+from tf_largebatch._version import __version__
 
+logger = logging.getLogger("tf_largebatch")
+
+
+# ------------------------------------------------------------------ startup
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    """Sends file descriptor 2 to /dev/null inside the block (C++ writes there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def start_tensorflow(verbose=False):
+    """Imports TensorFlow and the whole package, quietly unless ``verbose``.
+
+    Quiet means: ``TF_CPP_MIN_LOG_LEVEL=3`` (unless the user set it) for the C++
+    logging after start-up, the ``tensorflow`` and ``absl`` Python loggers at
+    ERROR, and file descriptor 2 silenced while TensorFlow's shared libraries
+    load: they log a few lines before absl's C++ logging is initialised, which no
+    setting suppresses. A failing import still raises its Python exception, after
+    stderr is restored. Must run before anything imports TensorFlow to have an
+    effect on its start-up lines.
+
+    Args:
+        verbose: bool, keep TensorFlow's own logging settings.
+    """
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if verbose:
+        import tensorflow  # noqa: F401
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        for name in ("tensorflow", "absl"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        with _stderr_to_devnull():
+            import tensorflow  # noqa: F401
+    import tf_largebatch
+
+    tf_largebatch._import_all()
+
+
+def _configure_logging(verbose):
+    """The package's own messages (``tf_largebatch.*`` loggers) go to stderr, once.
+
+    They do not propagate to the root logger, where absl installs its own handler
+    when TensorFlow loads (each line would be printed twice). A handler already
+    on the ``tf_largebatch`` logger (an application embedding the command) is kept.
+    """
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("tf-largebatch: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+# ------------------------------------------------------------------- train
 def _add_train(subparsers):
+    from tf_largebatch.config.experiments import experiment_names  # no TensorFlow import
+
+    names = experiment_names()
     parser = subparsers.add_parser(
         "train",
-        help="train a model from a YAML config (see tpu_configs/)",
-        description="Train a model from a YAML config (see tpu_configs/).",
+        help="train a model from a YAML config or a shipped experiment",
+        description="Train a model from a YAML config (--config FILE) or a shipped experiment (--experiment NAME).",
+        epilog="shipped experiments (--experiment NAME): " + (", ".join(names) or "none found"),
     )
-    parser.add_argument("--config", required=True, help="YAML config file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="YAML config file")
+    source.add_argument("--experiment", metavar="NAME",
+                        help="a config shipped with the package, by name (listed below)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
         help="override a config value (YAML-typed); repeatable; phases.<i>.KEY for one phase",
     )
     parser.add_argument("--smoke", action="store_true",
                         help="tiny model, data and step counts: an end-to-end check on a CPU")
-    parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved config; no training")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate and print the resolved config; no training (and no checks of this machine)")
+    _add_verbose(parser, default=argparse.SUPPRESS)
     parser.set_defaults(handler=_train)
 
 
+def _load_train_configs(args, config_lib):
+    """The checked phases of ``args``; raises ConfigError before anything is built."""
+    path = config_lib.experiment_path(args.experiment) if args.experiment else args.config
+    configs = config_lib.load_config(path, overrides=args.overrides, smoke=args.smoke)
+    if not args.dry_run:
+        config_lib.check_environment(configs, smoke=args.smoke)
+    return configs
+
+
 def _train(args):
+    # Validating a config builds its optimizer, so TensorFlow starts (quietly) first.
+    start_tensorflow(args.verbose)
     from tf_largebatch import config as config_lib
 
     try:
-        configs = config_lib.load_config(args.config, overrides=args.overrides, smoke=args.smoke)
+        configs = _load_train_configs(args, config_lib)
     except config_lib.ConfigError as error:
         print(f"tf-largebatch: config error: {error}", file=sys.stderr)
         return 2
@@ -65,9 +158,27 @@ def _train(args):
     return 0
 
 
+# -------------------------------------------------------------------- demo
 def _add_demo(subparsers):
-    # Listed here for --help; main() hands its arguments to tf_largebatch.study.cli.
-    subparsers.add_parser("demo", help="batch-size scaling study of the optimizers (tf-largebatch demo --help)")
+    # Listed here for --help; its own arguments are defined by tf_largebatch.study.cli.
+    parser = subparsers.add_parser("demo", help="batch-size scaling study of the optimizers (tf-largebatch demo "
+                                   "--help)", add_help=False)
+    parser.set_defaults(handler=_demo)
+
+
+def _demo(args):
+    from tf_largebatch.study import cli as study_cli  # flags and their checks: no TensorFlow
+
+    # --verbose may also follow the subcommand; the study's own parser does not know it.
+    verbose_flags = {"-v", "--verbose"}
+    args.verbose = args.verbose or any(arg in verbose_flags for arg in args.rest)
+    return study_cli.main([arg for arg in args.rest if arg not in verbose_flags], verbose=args.verbose)
+
+
+# -------------------------------------------------------------------- main
+def _add_verbose(parser, default):
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="show TensorFlow's own log lines and the package's debug messages")
 
 
 def build_parser():
@@ -75,6 +186,8 @@ def build_parser():
         prog="tf-largebatch",
         description="Large-batch training with tf_largebatch: reference pipelines and demos.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_verbose(parser, default=False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     _add_train(subparsers)
@@ -83,15 +196,14 @@ def build_parser():
 
 
 def main(argv=None):
-    """Entry point; returns the process exit code."""
+    """Runs ``tf-largebatch`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    if argv and argv[0] == "demo":
-        # The study's flags come from tf_largebatch.study.cli; TensorFlow loads only once they are valid.
-        from tf_largebatch.study import cli as study_cli
-
-        return int(study_cli.main(argv[1:]) or 0)
-    args = parser.parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
+    if args.command == "demo":
+        args.rest = rest
+    elif rest:
+        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    _configure_logging(args.verbose)
     return int(args.handler(args) or 0)
 
 

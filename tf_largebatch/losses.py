@@ -2,8 +2,8 @@
 
 Large batches shrink the gradient; the examples with the largest losses carry
 the largest gradients, so dropping the smallest per-sample losses of every
-batch enlarges the step (``shared/papers/second_order_curvature_lr.txt`` §3.1,
-Figure 9: discarding 30% of the small-loss samples during the first 100 epochs
+batch enlarges the step (Gao and Zhong, "Study on the Large Batch Size Training
+of Neural Networks Based on the Second Order Gradient", §3.1, Figure 9: discarding 30% of the small-loss samples during the first 100 epochs
 improved AlexNet/CIFAR-10 at batch sizes 2000 and 8000).
 """
 
@@ -94,8 +94,8 @@ class DiscardSmallLosses(keras.losses.Loss):
             examples contribute zero and no renormalization is done.
 
     References:
-        "Second-order curvature ... large batch size training" (curvature
-        paper, ``second_order_curvature_lr.txt``), §3.1 and Figures 9-10.
+        Gao and Zhong, "Study on the Large Batch Size Training of Neural
+        Networks Based on the Second Order Gradient", §3.1 and Figures 9-10.
     """
 
     def __init__(

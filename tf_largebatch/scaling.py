@@ -4,13 +4,14 @@ Two pieces of arithmetic the large-batch recipe needs before any training run:
 
 * moving a tuned learning rate to another batch size: the linear scaling rule
   ``lr ∝ B`` (Goyal et al. 2017; derived from the SDE temperature
-  ``T = lr / B`` in Smith et al., ``momentum_enables_large_batch.txt`` §1) or
-  the square-root rule ``lr ∝ sqrt(B)`` (Hoffer et al. 2017; used for LAMB and
-  the "sqrt scaling if it is better" of ``limit_of_batch_size.txt`` §3);
+  ``T = lr / B`` in Smith, Elsen and De, "Momentum Enables Large Batch
+  Training", §1) or the square-root rule ``lr ∝ sqrt(B)`` (Hoffer et al. 2017;
+  used for LAMB and the "sqrt scaling if it is better" of You et al., "The
+  Limit of the Batch Size", §3);
 * moving between SGD and momentum: with momentum ``m`` and learning rate
   ``lr``, the dynamics match SGD with the *effective learning rate*
-  ``lr / (1 - m)`` (Smith, Elsen and De, 2020, ``momentum_enables_large_batch.txt``
-  §1, the definition after eq. (9)).
+  ``lr / (1 - m)`` (Smith, Elsen and De, "Momentum Enables Large Batch
+  Training", 2020, §1, the definition after eq. (9)).
 """
 
 import math

@@ -3,7 +3,7 @@
 Huge-batch training needs a linear warm-up before the (linearly or
 square-root scaled) peak learning rate, then a decay: polynomial for LARS and
 LAMB (MLPerf ResNet-50, BERT), cosine for momentum SGD, or step-wise
-(Goyal et al.). See ``shared/papers/limit_of_batch_size.txt`` §3 and its
+(Goyal et al.). See You et al., "The Limit of the Batch Size", §3 and its
 appendix (Figures 23-30).
 
 Every schedule here is a ``keras.optimizers.schedules.LearningRateSchedule``:

@@ -96,3 +96,44 @@ def check_patterns(name, patterns):
             raise ValueError(f"`{name}` contains an invalid regular expression {pattern!r}: {err}") from None
         result.append(pattern)
     return result
+
+
+#: Keras base-optimizer keywords checked by :func:`check_base_keywords`.
+BASE_KEYWORDS = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema", "ema_momentum",
+                 "ema_overwrite_frequency", "loss_scale_factor", "gradient_accumulation_steps")
+
+
+def check_base_keywords(kwargs):
+    """Checks the Keras base-optimizer keywords in ``kwargs``; returns ``kwargs``.
+
+    One check for every optimizer of the package (and, through the VR
+    optimizers, for the Keras optimizer they wrap). Keras itself accepts
+    values that silently change the math: a negative ``loss_scale_factor``
+    turns descent into ascent, ``clipnorm=-1`` or NaN turns clipping off,
+    ``use_ema="yes"`` turns the average on, and strings fail only at the first
+    step. Absent keys and ``None`` (where Keras allows it) are accepted.
+
+    Args:
+        kwargs: a mapping of keyword arguments; keys other than
+            :data:`BASE_KEYWORDS` are ignored.
+
+    Raises:
+        ValueError: naming the argument and the value, for
+            ``weight_decay`` (finite, >= 0), ``clipnorm``/``clipvalue``/
+            ``global_clipnorm`` (finite, > 0), ``loss_scale_factor`` (finite,
+            > 0), ``use_ema`` (a bool), ``ema_momentum`` (in [0, 1)),
+            ``ema_overwrite_frequency`` (an int >= 1) and
+            ``gradient_accumulation_steps`` (an int >= 2: Keras reads 0 and 1
+            as no accumulation and accepts 2.5).
+    """
+    check_number("weight_decay", kwargs.get("weight_decay"), low=0.0, allow_none=True)
+    for name in ("clipnorm", "clipvalue", "global_clipnorm", "loss_scale_factor"):
+        check_number(name, kwargs.get(name), low=0.0, low_inclusive=False, allow_none=True)
+    if "use_ema" in kwargs:
+        check_bool("use_ema", kwargs["use_ema"])
+    if "ema_momentum" in kwargs:
+        check_probability("ema_momentum", kwargs["ema_momentum"])
+    check_positive_int("ema_overwrite_frequency", kwargs.get("ema_overwrite_frequency"), allow_none=True)
+    check_positive_int("gradient_accumulation_steps", kwargs.get("gradient_accumulation_steps"), minimum=2,
+                       allow_none=True)
+    return kwargs

@@ -2,7 +2,7 @@
 
 Hoffer, Hubara and Soudry, "Train longer, generalize better: closing the
 generalization gap in large batch training of neural networks", 2017, §4
-(Algorithm 1). ``shared/papers/limit_of_batch_size.txt`` §3 uses it in its
+(Algorithm 1). You et al., "The Limit of the Batch Size", §3, use it in their
 huge-batch baseline; its ImageNet experiments (§4.1, "distributed BN") got
 the best accuracy with 128 examples per normalization group (batch 32K on 256
 TPU cores), after Ying et al.'s 64.

@@ -29,7 +29,7 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import rules
+from tf_largebatch.optimizers import keras_seam, rules
 from tf_largebatch.optimizers.base import LargeBatchOptimizer, PathPatterns
 
 
@@ -173,7 +173,7 @@ class _LayerwiseRateOptimizer(LargeBatchOptimizer):
         raise NotImplementedError
 
     def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
+        index = keras_seam.variable_index(self, variable)
         weight = rules.as_float32(variable)
         gradient = rules.as_float32(gradient)
         weight_decay = self.weight_decay if self._decays[index] else 0.0
@@ -348,6 +348,6 @@ class PercentDelta(_LayerwiseRateOptimizer):
 
 for _cls in (MCLR, PercentDelta):
     _cls.__doc__ = _cls.__doc__.replace("{{common_args}}", _COMMON_ARGS).replace(
-        "{{base_optimizer_keyword_args}}", keras.src.optimizers.optimizer.base_optimizer_keyword_args
+        "{{base_optimizer_keyword_args}}", keras_seam.BASE_OPTIMIZER_KEYWORD_ARGS
     )
 del _cls

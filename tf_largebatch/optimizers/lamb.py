@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import rules
+from tf_largebatch.optimizers import keras_seam, rules
 from tf_largebatch.optimizers.layerwise import LayerwiseAdam
 
 
@@ -109,5 +109,5 @@ class LAMB(LayerwiseAdam):
 
 
 LAMB.__doc__ = LAMB.__doc__.replace(
-    "{{base_optimizer_keyword_args}}", keras.src.optimizers.optimizer.base_optimizer_keyword_args
+    "{{base_optimizer_keyword_args}}", keras_seam.BASE_OPTIMIZER_KEYWORD_ARGS
 )

@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import rules
+from tf_largebatch.optimizers import keras_seam, rules
 from tf_largebatch.optimizers.base import compute_dtype
 from tf_largebatch.optimizers.layerwise import LayerwiseOptimizer
 
@@ -153,5 +153,5 @@ class LARS(LayerwiseOptimizer):
 
 
 LARS.__doc__ = LARS.__doc__.replace(
-    "{{base_optimizer_keyword_args}}", keras.src.optimizers.optimizer.base_optimizer_keyword_args
+    "{{base_optimizer_keyword_args}}", keras_seam.BASE_OPTIMIZER_KEYWORD_ARGS
 )

@@ -29,7 +29,7 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import rules
+from tf_largebatch.optimizers import keras_seam, rules
 from tf_largebatch.optimizers.base import LargeBatchOptimizer, PathPatterns, compute_dtype
 
 
@@ -122,7 +122,7 @@ class LayerwiseOptimizer(LargeBatchOptimizer):
     # ------------------------------------------------------------- the chain
     def _keras_variable(self, variable):
         """The ``keras.Variable`` (with its ``path``) behind a backend variable."""
-        return self._trainable_variables[self._get_variable_index(variable)]
+        return keras_seam.built_variables(self)[keras_seam.variable_index(self, variable)]
 
     def _use_layer_adaptation(self, variable):
         return not self._layer_adaptation_patterns.matches(self._keras_variable(variable))
@@ -192,7 +192,7 @@ def _document(cls):
     replacements = {
         "{{layerwise_args}}": _LAYERWISE_ARGS,
         "{{table3}}": _TABLE3,
-        "{{base_optimizer_keyword_args}}": keras.src.optimizers.optimizer.base_optimizer_keyword_args,
+        "{{base_optimizer_keyword_args}}": keras_seam.BASE_OPTIMIZER_KEYWORD_ARGS,
     }
     for placeholder, text in replacements.items():
         cls.__doc__ = cls.__doc__.replace(placeholder, text)

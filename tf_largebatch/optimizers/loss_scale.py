@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from tf_largebatch.optimizers.base import all_reduce_sum
+from tf_largebatch.optimizers.replicas import all_reduce_sum
 
 
 @keras.saving.register_keras_serializable(package="tf_largebatch")

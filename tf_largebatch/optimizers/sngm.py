@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import rules
+from tf_largebatch.optimizers import keras_seam, rules
 from tf_largebatch.optimizers.base import LargeBatchOptimizer, compute_dtype
 
 
@@ -99,5 +99,5 @@ class SNGM(LargeBatchOptimizer):
 
 
 SNGM.__doc__ = SNGM.__doc__.replace(
-    "{{base_optimizer_keyword_args}}", keras.src.optimizers.optimizer.base_optimizer_keyword_args
+    "{{base_optimizer_keyword_args}}", keras_seam.BASE_OPTIMIZER_KEYWORD_ARGS
 )

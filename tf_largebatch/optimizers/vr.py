@@ -9,10 +9,9 @@ all-reduce carrying both moments, replica-local accumulators) in
 
 import keras
 import tensorflow as tf
-from keras.src.saving import serialization_lib
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import gsnr, rules
+from tf_largebatch.optimizers import gsnr, keras_seam, rules
 from tf_largebatch.optimizers.base import LargeBatchOptimizer, apply_reduced_gradients
 
 #: Base-optimizer keyword arguments that belong to the VR wrapper (they act on the
@@ -129,7 +128,7 @@ class VR(LargeBatchOptimizer):
 
     @property
     def variables(self):
-        return self._variables + self.inner_optimizer.variables
+        return keras_seam.own_variables(self) + self.inner_optimizer.variables
 
     def build(self, var_list):
         if self.built:
@@ -174,7 +173,7 @@ class VR(LargeBatchOptimizer):
         config = self._wrapper_config()
         config.update(
             {
-                "inner_optimizer": serialization_lib.serialize_keras_object(self.inner_optimizer),
+                "inner_optimizer": keras_seam.serialize(self.inner_optimizer),
                 "gamma": self.gamma,
                 "gsnr_momentum": self.gsnr_momentum,
                 "gsnr_upper_bound": self.gsnr_upper_bound,
@@ -185,7 +184,7 @@ class VR(LargeBatchOptimizer):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        inner = serialization_lib.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
+        inner = keras_seam.deserialize(config.pop("inner_optimizer"), custom_objects=custom_objects)
         return cls(inner, **config)
 
 
@@ -224,7 +223,7 @@ class _NamedVR(VR):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        return keras.optimizers.Optimizer.from_config.__func__(cls, dict(config), custom_objects=custom_objects)
+        return keras_seam.optimizer_from_config(cls, config, custom_objects=custom_objects)
 
 
 def _check_inner_arguments(kwargs):

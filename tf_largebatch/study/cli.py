@@ -170,27 +170,23 @@ def load_task(args):
                                       seed=args.seed, **extra)
 
 
-def _quiet_tensorflow():
-    import absl.logging
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")
-    absl.logging.set_verbosity(absl.logging.ERROR)
-
-
 def _error(message):
     print(f"tf-largebatch demo: error: {message}", file=sys.stderr)
     return 2
 
 
-def run(args):
-    """Runs the study from parsed flags; returns the exit code (0, 2 usage, 130 interrupted)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+def run(args, verbose=False):
+    """Runs the study from parsed flags; returns the exit code (0, 2 usage, 130 interrupted).
+
+    TensorFlow starts (quietly unless ``verbose``) only once every flag is valid.
+    """
     try:
         config, output_dir = config_from_args(args)
     except UsageError as error:
         return _error(error)
-    _quiet_tensorflow()
+    from tf_largebatch.cli import start_tensorflow
+
+    start_tensorflow(verbose)
     from tf_largebatch.study import api, grid, tasks
     from tf_largebatch.study.store import StoreMismatchError
 
@@ -223,6 +219,6 @@ def build_parser(prog="tf-largebatch demo"):
     return add_arguments(parser)
 
 
-def main(argv=None):
+def main(argv=None, verbose=False):
     """``tf-largebatch demo`` / ``python -m tf_largebatch.study``; returns the exit code."""
-    return run(build_parser().parse_args(argv))
+    return run(build_parser().parse_args(argv), verbose=verbose)

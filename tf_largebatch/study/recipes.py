@@ -15,7 +15,7 @@ class's own default learning rate at the base batch and the square-root rule.
 import dataclasses
 import inspect
 
-from tf_largebatch import scaling
+from tf_largebatch.scaling import scale_learning_rate  # not `from tf_largebatch import`: keeps --help free of TensorFlow
 
 BASE_BATCH_SIZE = 128
 
@@ -44,7 +44,7 @@ class Recipe:
 
     def centre_learning_rate(self, batch_size):
         """The scaling rule's peak learning rate at ``batch_size``."""
-        return scaling.scale_learning_rate(self.base_learning_rate, BASE_BATCH_SIZE, batch_size, rule=self.rule)
+        return scale_learning_rate(self.base_learning_rate, BASE_BATCH_SIZE, batch_size, rule=self.rule)
 
     def optimizer_class(self):
         if self.source == "keras":

@@ -1,0 +1,238 @@
+"""Checks across the keys of one experiment config.
+
+:func:`check_experiment` runs when a config is loaded: required keys, ranges,
+combinations, the optimizer, model and callback arguments against their
+signatures, and the dataset name. It raises :class:`ConfigError` with the key
+path, before anything is built. What depends on the machine is checked by
+:mod:`~tf_largebatch.config.environment`.
+"""
+
+import importlib.util
+
+import numpy as np
+
+from tf_largebatch.config import registry
+from tf_largebatch.config.arguments import check_arguments
+from tf_largebatch.config.building import (RUNNER_OPTIMIZER_ARGS, build_optimizer, optimizer_class,
+                                           uses_keras_weight_decay_exclusions)
+from tf_largebatch.config.errors import ConfigError, describe
+from tf_largebatch.config.schema import REQUIRED, value_at
+
+# A batch beyond this is a typo, not a pod: tensor dimensions are 32-bit on accelerators.
+MAX_GLOBAL_BATCH_SIZE = 2**31 - 1
+
+
+def _check_positive(path, value, minimum=1):
+    if value is not None and value < minimum:
+        raise ConfigError(path, f"expected an integer >= {minimum}, got {value!r}")
+
+
+def known_replicas(strategy_cfg):
+    """Replicas per step where the config alone says it, else None (TPU, all GPUs, multi-worker)."""
+    if strategy_cfg.type == "one_device":
+        return 1
+    if strategy_cfg.type == "mirrored":
+        if strategy_cfg.devices:
+            return len(strategy_cfg.devices)
+        return strategy_cfg.num_cpu_replicas
+    return None
+
+
+def check_experiment(cfg):
+    """Cross-field checks of one phase's config (raises ConfigError)."""
+    _check_required(cfg)
+    _check_training(cfg)
+    _check_schedule(cfg)
+    _check_data(cfg)
+    _check_strategy(cfg)
+    if not 0 <= cfg.loss.label_smoothing < 1:
+        raise ConfigError("loss.label_smoothing", f"expected a number in [0, 1), got {cfg.loss.label_smoothing!r}")
+    _check_callbacks(cfg)
+    check_optimizer(cfg)
+    _check_model(cfg)
+    _check_dataset_name(cfg.data)
+
+
+def _check_required(cfg):
+    for key in REQUIRED:
+        if value_at(cfg, key) in ("", 0, None):
+            raise ConfigError(key, "required")
+    if not cfg.optimizer.name and not cfg.optimizer.keras_form:
+        raise ConfigError("optimizer.name", "required (or Keras's form: optimizer.class_name and optimizer.config)")
+    registry.TASKS.get(cfg.task, "task")
+
+
+def _check_training(cfg):
+    t = cfg.training
+    _check_positive("training.global_batch_size", t.global_batch_size)
+    if t.global_batch_size > MAX_GLOBAL_BATCH_SIZE:
+        raise ConfigError("training.global_batch_size", f"expected at most 2**31 - 1, got {t.global_batch_size}")
+    _check_positive("training.gradient_accumulation_steps", t.gradient_accumulation_steps)
+    _check_positive("training.steps_per_loop", t.steps_per_loop)
+    _check_positive("training.steps_per_execution", t.steps_per_execution)
+    _check_positive("training.steps", t.steps)
+    _check_positive("training.eval_steps", t.eval_steps, 0)
+    if (t.steps_per_loop * t.gradient_accumulation_steps) % t.steps_per_execution:
+        raise ConfigError(
+            "training.steps_per_execution",
+            f"must divide the Keras steps per loop (steps_per_loop x gradient_accumulation_steps = "
+            f"{t.steps_per_loop * t.gradient_accumulation_steps}), got {t.steps_per_execution}",
+        )
+    if t.global_batch_size % t.gradient_accumulation_steps:
+        raise ConfigError(
+            "training.gradient_accumulation_steps",
+            f"must divide training.global_batch_size ({t.global_batch_size}), got {t.gradient_accumulation_steps}",
+        )
+    replicas = known_replicas(cfg.strategy)
+    if replicas and cfg.micro_batch_size % replicas:
+        raise ConfigError(
+            "training.global_batch_size",
+            f"{t.global_batch_size} examples in {t.gradient_accumulation_steps} micro-step(s) of "
+            f"{cfg.micro_batch_size} do not split evenly over the {replicas} replicas of strategy "
+            f"{cfg.strategy.type!r}; expected a multiple of {replicas * t.gradient_accumulation_steps}",
+        )
+    if (t.steps is None) == (t.epochs is None):
+        raise ConfigError("training", "expected exactly one of 'steps' and 'epochs'")
+    needs_examples = t.epochs is not None or cfg.schedule.warmup_epochs is not None or cfg.schedule.boundaries_epochs
+    if needs_examples and not cfg.data.num_train_examples:
+        raise ConfigError("data.num_train_examples", "required when epochs are given (training.epochs, "
+                          "schedule.warmup_epochs or schedule.boundaries_epochs)")
+    if t.epochs is not None and t.epochs <= 0:
+        raise ConfigError("training.epochs", f"expected a number > 0, got {t.epochs!r}")
+
+
+def _check_schedule(cfg):
+    s = cfg.schedule
+    if s.warmup_steps is not None and s.warmup_epochs is not None:
+        raise ConfigError("schedule", "expected at most one of 'warmup_steps' and 'warmup_epochs'")
+    if not s.learning_rate > 0:
+        raise ConfigError("schedule.learning_rate", f"expected a number > 0, got {s.learning_rate!r}")
+    if s.name == "warmup_step" and not (s.boundaries or s.boundaries_epochs):
+        raise ConfigError("schedule.boundaries", "required by the 'warmup_step' schedule "
+                          "(or schedule.boundaries_epochs)")
+    if cfg.warmup_steps() >= cfg.total_steps() and s.name != "constant":
+        raise ConfigError("schedule.warmup_steps", f"the warm-up ({cfg.warmup_steps()} steps) must be "
+                          f"shorter than training ({cfg.total_steps()} steps)")
+    if s.decay_steps is not None:
+        _check_positive("schedule.decay_steps", s.decay_steps)
+
+
+def _check_data(cfg):
+    d = cfg.data
+    if not (d.synthetic or d.name or d.train_files):
+        raise ConfigError("data", "expected 'name' (a tensorflow-datasets name) or 'train_files' "
+                          "(TFRecord pattern), or synthetic: true")
+    for key in ("image_size", "seq_length", "max_predictions_per_seq", "num_train_examples"):
+        _check_positive(f"data.{key}", getattr(d, key))
+    _check_positive("data.shuffle_buffer", d.shuffle_buffer, 0)
+    if not 0 < d.mask_rate < 1:
+        raise ConfigError("data.mask_rate", f"expected a number in (0, 1), got {d.mask_rate!r}")
+
+
+def _check_strategy(cfg):
+    if cfg.strategy.type == "mirrored" and cfg.strategy.devices and cfg.strategy.num_cpu_replicas:
+        raise ConfigError("strategy", "expected at most one of 'devices' and 'num_cpu_replicas'")
+    _check_positive("strategy.num_cpu_replicas", cfg.strategy.num_cpu_replicas)
+
+
+def _check_callbacks(cfg):
+    c = cfg.callbacks
+    _check_positive("callbacks.max_to_keep", c.max_to_keep)
+    if c.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("callbacks.tensorboard", "needs the tensorboard package "
+                          "(pip install tensorboard), or set it to false")
+    if c.gsnr_monitor is not None:
+        _check_gsnr_monitor(cfg)
+
+
+def check_optimizer(cfg, path="optimizer"):
+    """The optimizer section: its class, its arguments against the constructor,
+    then one construction (the class's own checks) in a throw-away graph."""
+    opt = cfg.optimizer
+    if opt.keras_form:
+        if opt.name or opt.args:
+            raise ConfigError(path, "expected either this package's form (name, args) or Keras's "
+                              "(class_name, config), not both")
+        if not opt.class_name:
+            raise ConfigError(f"{path}.class_name", "required with optimizer.config")
+    cls = optimizer_class(opt, path)
+    arguments_path = f"{path}.{opt.arguments_key}"
+    arguments = opt.arguments
+    set_elsewhere = dict(RUNNER_OPTIMIZER_ARGS)
+    if opt.keras_form:  # optimizer.get_config() writes them; they must agree with the runner's
+        _check_keras_form_runner_args(cfg, arguments, arguments_path)
+        set_elsewhere = {}
+        arguments = {k: v for k, v in arguments.items() if k not in RUNNER_OPTIMIZER_ARGS}
+    also = ("exclude_from_weight_decay",) if uses_keras_weight_decay_exclusions(cls) else ()
+    check_arguments(arguments, cls, arguments_path, opt.class_label, set_elsewhere=set_elsewhere,
+                    also_accepted=also)
+    exclusions = arguments.get("exclude_from_weight_decay")
+    if also and exclusions is not None and not (
+            isinstance(exclusions, list) and all(isinstance(e, str) for e in exclusions)):
+        raise ConfigError(f"{arguments_path}.exclude_from_weight_decay",
+                          f"expected a list of strings, got {describe(exclusions)}")
+    # Construct once: the class's own checks (ranges, combinations). In a
+    # throw-away graph, so checking does not start TensorFlow's eager runtime:
+    # MultiWorkerMirroredStrategy must be created before that happens.
+    import tensorflow as tf
+
+    try:
+        with tf.Graph().as_default():
+            build_optimizer(opt, learning_rate=0.1, gradient_accumulation_steps=None)
+    except TypeError as error:
+        raise ConfigError(arguments_path, f"not accepted by {opt.class_label}: {error}") from None
+    except ValueError as error:
+        raise ConfigError(arguments_path, f"rejected by {opt.class_label}: {error}") from None
+
+
+def _check_keras_form_runner_args(cfg, arguments, path):
+    learning_rate = arguments.get("learning_rate")
+    if learning_rate is not None:
+        if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)):
+            raise ConfigError(f"{path}.learning_rate", "the runner builds the learning rate from 'schedule'; "
+                              f"drop this key (got {describe(learning_rate)})")
+        # get_config() writes the float32 value back: compare in float32.
+        if np.float32(learning_rate) != np.float32(cfg.schedule.learning_rate):
+            raise ConfigError(f"{path}.learning_rate", f"{learning_rate} differs from schedule.learning_rate "
+                              f"({cfg.schedule.learning_rate}), which the runner uses; drop it or make them equal")
+    steps = arguments.get("gradient_accumulation_steps")
+    if steps not in (None, 1, cfg.training.gradient_accumulation_steps):
+        raise ConfigError(f"{path}.gradient_accumulation_steps", f"{steps!r} differs from "
+                          f"training.gradient_accumulation_steps ({cfg.training.gradient_accumulation_steps}), "
+                          "which the runner uses; drop it or make them equal")
+
+
+def _check_gsnr_monitor(cfg, path="callbacks.gsnr_monitor"):
+    """GSNRMonitor reads the statistics a VR optimizer computes; its arguments
+    are checked against its constructor."""
+    from tf_largebatch import optimizers
+    from tf_largebatch.callbacks import GSNRMonitor
+
+    if not issubclass(optimizer_class(cfg.optimizer), optimizers.VR):
+        raise ConfigError(path, f"needs a VR optimizer (VR, VRSGD, VRMomentum, VRAdam, VRLAMB, VRLARS), "
+                          f"got {cfg.optimizer.class_label!r}")
+    check_arguments(cfg.callbacks.gsnr_monitor, GSNRMonitor, path, "GSNRMonitor",
+                    set_elsewhere={"global_batch_size": "training.global_batch_size"})
+
+
+def _check_model(cfg, path="model"):
+    task = registry.TASKS.get(cfg.task, "task")
+    spec = registry.MODELS.get(cfg.model.name, f"{path}.name")
+    if spec.name not in task.models:
+        raise ConfigError(f"{path}.name", f"model {spec.name!r} does not fit task {cfg.task!r}; expected "
+                          f"one of {', '.join(task.models)}")
+    check_arguments(cfg.model.args, spec.load(), f"{path}.args", f"model {spec.name!r}",
+                    set_elsewhere=task.model_inputs)
+    if spec.check_args is not None:
+        spec.check_args(cfg.model.args, f"{path}.args")
+
+
+def _check_dataset_name(data_cfg, path="data.name"):
+    if data_cfg.synthetic or data_cfg.train_files or not data_cfg.name:
+        return
+    import tensorflow_datasets as tfds
+
+    base = data_cfg.name.split("/")[0].split(":")[0]
+    if base not in tfds.list_builders(with_community_datasets=False):
+        raise ConfigError(path, f"unknown tensorflow-datasets dataset {data_cfg.name!r} "
+                          "(see tfds.list_builders()), or give data.train_files")

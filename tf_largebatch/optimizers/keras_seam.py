@@ -1,0 +1,249 @@
+"""The one module of tf_largebatch that reaches behind Keras's public API.
+
+Large-batch optimizers need a few things Keras 3 keeps private: the micro-step
+counter under gradient accumulation, the per-variable update step in
+cross-replica context, Keras's own clipping and decoupled weight decay, its
+variable tracking, and the hooks of ``BaseOptimizer.apply``. Each is wrapped here
+in a small, named, documented function (or in :class:`KerasOptimizerHooks`, the
+class that overrides Keras's private hooks and routes them to named methods), so
+that a Keras release that moves one of them breaks this module alone, and
+:func:`check_keras_version` refuses a Keras this module was not checked against.
+
+No other module of the package imports ``keras.src`` or touches an underscored
+attribute of a Keras object; ``tests/test_keras_seam.py`` enforces the first rule
+and exercises every function here against the installed Keras.
+"""
+
+import keras
+from keras.src import backend as _keras_backend
+from keras.src.optimizers import base_optimizer as _base_optimizer
+from keras.src.optimizers import optimizer as _optimizer_module
+from keras.src.saving import serialization_lib as _serialization_lib
+from keras.src.utils import tracking as _tracking
+
+#: Keras versions whose private optimizer API this module was checked against:
+#: ``MIN <= version < MAX_EXCLUSIVE`` (major, minor).
+SUPPORTED_KERAS_MIN = (3, 15)
+SUPPORTED_KERAS_MAX_EXCLUSIVE = (3, 16)
+
+
+def _major_minor(version):
+    try:
+        major, minor = version.split(".")[:2]
+        return int(major), int("".join(ch for ch in minor if ch.isdigit()) or "x")
+    except ValueError:
+        return None
+
+
+def check_keras_version(version=None):
+    """Raises ``ImportError`` unless ``version`` (default: the installed Keras) is supported.
+
+    Args:
+        version: a Keras version string such as ``"3.15.1"``; ``None`` reads
+            ``keras.__version__``.
+
+    Returns:
+        The version string, when supported.
+    """
+    version = keras.__version__ if version is None else version
+    parsed = _major_minor(str(version))
+    if parsed is None or not SUPPORTED_KERAS_MIN <= parsed < SUPPORTED_KERAS_MAX_EXCLUSIVE:
+        low = ".".join(map(str, SUPPORTED_KERAS_MIN))
+        high = ".".join(map(str, SUPPORTED_KERAS_MAX_EXCLUSIVE))
+        raise ImportError(
+            f"tf_largebatch supports Keras >={low},<{high} (its optimizers override private Keras hooks that "
+            f"move between minor releases). Received: keras version {version!r}. Install a supported Keras, "
+            f'e.g. pip install "keras>={low},<{high}".'
+        )
+    return version
+
+
+def check_backend(backend=None):
+    """Raises ``ImportError`` unless Keras runs on TensorFlow.
+
+    Args:
+        backend: a Keras backend name; ``None`` reads ``keras.backend.backend()``.
+    """
+    backend = keras.backend.backend() if backend is None else backend
+    if backend != "tensorflow":
+        raise ImportError(
+            "tf_largebatch's optimizers need Keras's TensorFlow backend (they use tf.distribute replica "
+            f"contexts). Received: Keras backend {backend!r}. Set KERAS_BACKEND=tensorflow before importing "
+            "keras."
+        )
+    return backend
+
+
+check_keras_version()
+check_backend()
+
+# ----------------------------------------------------------------- documentation
+#: Keras's description of the keyword arguments every optimizer accepts, for
+#: docstrings (the ``{{base_optimizer_keyword_args}}`` placeholder).
+BASE_OPTIMIZER_KEYWORD_ARGS = _optimizer_module.base_optimizer_keyword_args
+
+
+def document_base_keyword_args(cls):
+    """Replaces ``{{base_optimizer_keyword_args}}`` in ``cls.__doc__`` with Keras's text; returns ``cls``."""
+    if cls.__doc__:
+        cls.__doc__ = cls.__doc__.replace("{{base_optimizer_keyword_args}}", BASE_OPTIMIZER_KEYWORD_ARGS)
+    return cls
+
+
+def base_optimizer_parameters():
+    """Names of the keyword arguments of Keras's ``BaseOptimizer.__init__`` (``clipnorm``, ``use_ema``, ...)."""
+    import inspect
+
+    return tuple(name for name in inspect.signature(_base_optimizer.BaseOptimizer.__init__).parameters
+                 if name != "self")
+
+
+# ------------------------------------------------------------ variables and build
+#: Decorator Keras puts on ``Optimizer.build``: attribute assignments inside it
+#: do not create tracked dependencies (the lists of slots would otherwise be
+#: wrapped and tracked twice).
+no_automatic_dependency_tracking = _tracking.no_automatic_dependency_tracking
+
+
+def name_scope(optimizer):
+    """The name scope Keras opens around an optimizer's variables (``optimizer.name``)."""
+    return _keras_backend.name_scope(optimizer.name, caller=optimizer)
+
+
+def track_variable(optimizer, variable):
+    """Makes ``variable`` part of ``optimizer.variables`` (saved, restored, counted)."""
+    optimizer._track_variable(variable)
+
+
+def own_variables(optimizer):
+    """The variables ``optimizer`` tracks itself (``optimizer.variables`` before a subclass adds any)."""
+    return list(optimizer._variables)
+
+
+def built_variables(optimizer):
+    """The trainable variables ``optimizer`` was built on, in build order."""
+    return optimizer._trainable_variables
+
+
+def variable_index(optimizer, variable):
+    """The position of ``variable`` in :func:`built_variables` (``KeyError`` if unknown)."""
+    return optimizer._get_variable_index(variable)
+
+
+def distribution_strategy(optimizer):
+    """The ``tf.distribute`` strategy the optimizer was created under."""
+    return optimizer._distribution_strategy
+
+
+# --------------------------------------------------------------- step counters
+def micro_step_counter(optimizer):
+    """The counter ``apply`` advances once per call: micro-steps under gradient
+    accumulation (``optimizer.iterations`` is this divided by the accumulation steps)."""
+    return optimizer._iterations
+
+
+def advance_micro_step_counter(optimizer):
+    """Advances :func:`micro_step_counter` by one, as ``BaseOptimizer.apply`` does at its end."""
+    micro_step_counter(optimizer).assign_add(1)
+
+
+# ------------------------------------------------------------------ learning rate
+def stored_learning_rate(optimizer):
+    """What the optimizer stores as its learning rate: a ``keras.Variable`` for a
+    float, else the ``LearningRateSchedule`` or callable it was given (``None``
+    for an object that stores none)."""
+    return getattr(optimizer, "_learning_rate", None)
+
+
+def keras_current_learning_rate(optimizer):
+    """Keras's own ``_get_current_learning_rate`` (a schedule at the micro-step counter)."""
+    return keras.optimizers.Optimizer._get_current_learning_rate(optimizer)
+
+
+# ---------------------------------------------------- Keras's own update pieces
+def keras_clip_gradients(optimizer, grads):
+    """Keras's ``clipnorm``/``global_clipnorm``/``clipvalue`` clipping, bypassing any override."""
+    return keras.optimizers.Optimizer._clip_gradients(optimizer, grads)
+
+
+def keras_apply_weight_decay(optimizer, variables):
+    """Keras's decoupled ``weight_decay`` step, as ``optimizer`` defines it."""
+    optimizer._apply_weight_decay(variables)
+
+
+def keras_uses_weight_decay(optimizer, variable):
+    """Keras's own decision (``exclude_from_weight_decay``) on ``variable``, bypassing any override."""
+    return keras.optimizers.Optimizer._use_weight_decay(optimizer, variable)
+
+
+def distributed_update_step(optimizer):
+    """Keras's ``_distributed_tf_update_step(strategy, grads_and_vars, learning_rate)``:
+    ``update_step`` per variable in cross-replica context (``distribution.extended.update``)."""
+    return optimizer._distributed_tf_update_step
+
+
+def update_moving_average(optimizer, variables):
+    """Keras's EMA step (``use_ema``) of ``variables``."""
+    optimizer._update_model_variables_moving_average(variables)
+
+
+def overwrite_with_moving_average(optimizer, variables):
+    """Keras's EMA overwrite (``ema_overwrite_frequency``) of ``variables``."""
+    optimizer._overwrite_model_variables_with_average_value(variables)
+
+
+# ------------------------------------------------------------------ serialization
+def serialize(obj):
+    """``keras.saving``'s serialization of a Keras object (nested configs keep their class)."""
+    return _serialization_lib.serialize_keras_object(obj)
+
+
+def deserialize(config, custom_objects=None):
+    """The inverse of :func:`serialize`."""
+    return _serialization_lib.deserialize_keras_object(config, custom_objects=custom_objects)
+
+
+def optimizer_from_config(cls, config, custom_objects=None):
+    """``keras.optimizers.Optimizer.from_config`` for ``cls``, bypassing an override in ``cls``."""
+    return keras.optimizers.Optimizer.from_config.__func__(cls, dict(config), custom_objects=custom_objects)
+
+
+# ------------------------------------------------------------- the hooks class
+class KerasOptimizerHooks(keras.optimizers.Optimizer):
+    """``keras.optimizers.Optimizer`` with its private hooks routed to named methods.
+
+    ``BaseOptimizer.apply`` calls, in order, ``_clip_gradients`` (on one
+    replica's partial gradient), ``_apply_weight_decay`` (decoupled),
+    ``_backend_apply_gradients`` (accumulation, all-reduce, ``update_step``,
+    EMA) and reads the learning rate through ``_get_current_learning_rate``.
+    A subclass implements instead:
+
+    - ``_apply_replica_gradients(grads, trainable_variables)``: everything
+      between Keras's unscaling of the loss-scale factor and its counter
+      increment, in replica context;
+    - ``_current_learning_rate()``: the learning rate of the update in progress
+      (default: Keras's own).
+
+    Clipping and decoupled weight decay are switched off at Keras's hook points:
+    a subclass applies them itself, on the all-reduced gradient
+    (:func:`keras_clip_gradients`) and inside its update rule.
+    """
+
+    def _clip_gradients(self, grads):
+        return grads
+
+    def _apply_weight_decay(self, variables):
+        return
+
+    def _get_current_learning_rate(self):
+        return self._current_learning_rate()
+
+    def _current_learning_rate(self):
+        return keras_current_learning_rate(self)
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        self._apply_replica_gradients(grads, trainable_variables)
+
+    def _apply_replica_gradients(self, grads, trainable_variables):
+        raise NotImplementedError
+
