@@ -123,6 +123,13 @@ def test_results_agree_with_the_curves_and_the_summary(tiny_study):
             best = max(group, key=lambda r: float(r["best_test_accuracy"]))
         assert float(cell["best_learning_rate"]) == pytest.approx(float(best["learning_rate"]))
         assert len(group) == int(cell["runs"]) - int(cell["diverged_runs"]) >= 3 - int(cell["diverged_runs"])
+    # Sensitivity: at the largest batch the grid grows upwards until a run diverges (at most 3 more).
+    for optimizer in ("SNGM", "VRMomentum"):
+        largest = sorted((r for r in main_rows if r["optimizer"] == optimizer and r["batch_size"] == "64"),
+                         key=lambda r: float(r["learning_rate"]))
+        smallest_batch = [r for r in main_rows if r["optimizer"] == optimizer and r["batch_size"] == "16"]
+        assert largest[-1]["diverged"] == "True" or len(largest) >= 3 + 3
+        assert len(largest) > len(smallest_batch) - 2 * 2  # more than the small batch's grid minus its widening
     # Seed spread: the best learning rate at the largest batch, run again with seed 1.
     for optimizer in ("SNGM", "VRMomentum"):
         cell = next(c for c in summary if c["optimizer"] == optimizer and c["batch_size"] == "64")

@@ -41,7 +41,7 @@ def add_arguments(parser):
     parser.add_argument("--quick", action="store_true",
                         help="a smaller grid of the same study for a first look: optimizers "
                         f"{','.join(QUICK_OPTIMIZERS)}, batch sizes {','.join(map(str, QUICK_BATCH_SIZES))}, "
-                        "one widening per side, one seed")
+                        "one widening per side, two sensitivity steps, one seed")
     parser.add_argument("--learning-rates", type=int, default=4,
                         help="learning rates per (optimizer, batch size) before widening (default: %(default)s)")
     parser.add_argument("--lr-factor", type=float, default=2.0,
@@ -156,6 +156,7 @@ def config_from_args(args):
         learning_rate_factor=args.lr_factor, lr_multiplier=args.lr_multiplier, budget_examples=budget,
         min_steps=min_steps, max_steps=max_steps, evaluations=args.evaluations,
         gradient_samples=args.gradient_samples, seed=args.seed, seeds=seeds, max_widening=1 if quick else 2,
+        sensitivity_steps=2 if quick else 3,
     )
     return config, output_dir
 

@@ -6,8 +6,10 @@ the optimizer's scaling rule (:mod:`tf_largebatch.study.recipes`), shifted by
 ``lr_multiplier``. When the best value (fewest steps to target,
 :func:`tf_largebatch.study.analysis.best_run`) sits at an edge of what was
 tried, the grid grows by one value on that side, at most ``max_widening`` times
-per side. At the largest batch size the best learning rate is run again with
-``seeds - 1`` other seeds (initial weights and minibatch order).
+per side. At the largest batch size the grid also grows upwards until a run
+diverges (at most ``sensitivity_steps`` values: the learning-rate sensitivity),
+and the best learning rate is run again with ``seeds - 1`` other seeds (initial
+weights and minibatch order).
 
 Every run has the same schedule shape (linear warm-up, cosine decay,
 :func:`tf_largebatch.study.engine.schedule_shape`) over its batch size's step
@@ -58,6 +60,9 @@ class StudyConfig:
         seeds: runs per optimizer at the largest batch and its best learning
             rate (seeds ``seed .. seed + seeds - 1``).
         noise_fraction: fraction of the noise run's budget the noise scale is averaged over.
+        sensitivity_steps: at the largest batch size, learning rates added above
+            the grid (one factor at a time) until a run diverges, for the
+            learning-rate sensitivity figure.
     """
 
     optimizers: tuple = recipes.DEFAULT_OPTIMIZERS
@@ -75,6 +80,7 @@ class StudyConfig:
     seed: int = 0
     seeds: int = 3
     noise_fraction: float = 0.25
+    sensitivity_steps: int = 3
 
     def __post_init__(self):
         if not self.optimizers:
@@ -95,6 +101,7 @@ class StudyConfig:
         validation.check_positive_int("seed", self.seed, minimum=0)
         validation.check_positive_int("seeds", self.seeds)
         validation.check_number("noise_fraction", self.noise_fraction, low=0.0, high=1.0, low_inclusive=False)
+        validation.check_positive_int("sensitivity_steps", self.sensitivity_steps, minimum=0)
         for batch_size in sizes:
             if batch_size % self.gradient_samples:
                 raise ValueError(f"`batch_sizes`: {batch_size} is not divisible by gradient_samples "
@@ -332,6 +339,13 @@ class GridRunner:
             edge = max(rates) * config.learning_rate_factor if direction > 0 else min(rates) / config.learning_rate_factor
             group.append(self._run(recipe, batch_size, edge, 0, cache))
         if batch_size == config.batch_sizes[-1]:
+            for _ in range(config.sensitivity_steps):
+                top = max(group, key=lambda run: run["learning_rate"])
+                if top["diverged"]:
+                    break
+                self.planned += 1
+                group.append(self._run(recipe, batch_size, top["learning_rate"] * config.learning_rate_factor, 0,
+                                       cache))
             best = analysis.best_run(group, target)
             if best is not None:
                 for offset in range(1, config.seeds):

@@ -16,6 +16,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.patches  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 
 from tf_largebatch.study import analysis  # noqa: E402
@@ -48,7 +50,7 @@ def styles(optimizers):
 
 def _finish(figure, axis, path, title):
     axis.grid(True, which="both", alpha=0.25)
-    axis.legend(fontsize=8, frameon=False, loc="best")
+    axis.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if title:
         axis.set_title(title, fontsize=10)
     figure.tight_layout()
@@ -59,7 +61,7 @@ def _finish(figure, axis, path, title):
 
 def plot_steps_to_target(result, optimizers, batch_sizes, steps_by_batch, path, title=None):
     """Figure 1: steps to target vs batch size (log-log), perfect scaling, fits and ``B_noise``."""
-    figure, axis = plt.subplots(figsize=(7.5, 5.2))
+    figure, axis = plt.subplots(figsize=(9.0, 5.2))
     cells = {(c["optimizer"], c["batch_size"]): c for c in result["summary"]}
     style = styles(optimizers)
     anchors = []
@@ -96,13 +98,13 @@ def plot_steps_to_target(result, optimizers, batch_sizes, steps_by_batch, path, 
     axis.set_yscale("log")
     axis.set_xlabel("batch size")
     axis.set_ylabel(f"steps to {100 * result['target_test_accuracy']:.1f}% test accuracy")
-    return _finish(figure, axis, path, title or "Steps to target at each batch size's best learning rate "
-                   "(dotted: fitted S_min(1 + B_crit/B))")
+    return _finish(figure, axis, path, title or "Steps to target at each batch size's best learning rate\n"
+                   "(thin dotted: the fit S_min (1 + B_crit / B) per optimizer)")
 
 
 def plot_accuracy(result, optimizers, batch_sizes, path, title=None, bayes_accuracy=None):
     """Figure 2: best test accuracy vs batch size."""
-    figure, axis = plt.subplots(figsize=(7.5, 5.2))
+    figure, axis = plt.subplots(figsize=(9.0, 5.2))
     style = styles(optimizers)
     cells = {(c["optimizer"], c["batch_size"]): c for c in result["summary"]}
     for optimizer in optimizers:
@@ -112,40 +114,63 @@ def plot_accuracy(result, optimizers, batch_sizes, path, title=None, bayes_accur
             s = style[optimizer]
             axis.plot(*zip(*points), color=s["color"], linestyle=s["linestyle"], marker=s["marker"], label=optimizer)
     axis.axhline(100 * result["target_test_accuracy"], color="0.35", linestyle="-.", linewidth=1.0, label="target")
-    if bayes_accuracy is not None and math.isfinite(bayes_accuracy):
-        axis.axhline(100 * bayes_accuracy, color="0.6", linestyle=":", linewidth=1.0, label="Bayes (teacher)")
     axis.set_xscale("log", base=2)
     axis.set_xlabel("batch size")
     axis.set_ylabel("best test accuracy (%) at the best learning rate")
-    return _finish(figure, axis, path, title or "Best test accuracy against batch size")
+    if title is None:
+        title = "Best test accuracy against batch size"
+        if bayes_accuracy is not None and math.isfinite(bayes_accuracy):
+            title += f" (the teacher itself: {100 * bayes_accuracy:.1f}%)"
+    return _finish(figure, axis, path, title)
 
 
 def plot_learning_rate_sensitivity(runs, result, optimizers, batch_size, path, title=None):
     """Figure 3: best test accuracy vs learning rate at one batch size; diverged runs as crosses at the bottom."""
-    figure, axis = plt.subplots(figsize=(7.5, 5.2))
+    figure, axis = plt.subplots(figsize=(9.0, 5.2))
     style = styles(optimizers)
-    chance_line = None
-    for optimizer in optimizers:
+    bottom = axis.get_xaxis_transform()  # x in data, y in axes fraction: crosses sit on the bottom edge
+    finished_values = []
+    rates = []
+    any_diverged = False
+    for index, optimizer in enumerate(optimizers):
         group = sorted((r for r in runs if r["optimizer"] == optimizer and r["batch_size"] == batch_size
                         and r["seed_offset"] == 0), key=lambda r: r["learning_rate"])
         if not group:
             continue
         s = style[optimizer]
         finished = [(r["learning_rate"], 100 * r["best_test_accuracy"]) for r in group if not r["diverged"]]
+        finished_values += [a for _, a in finished]
+        rates += [r["learning_rate"] for r in group]
         if finished:
             axis.plot(*zip(*finished), color=s["color"], linestyle=s["linestyle"], marker=s["marker"],
                       label=optimizer)
         diverged = [r["learning_rate"] for r in group if r["diverged"]]
         if diverged:
-            chance_line = True
-            axis.scatter(diverged, [0.0] * len(diverged), marker="x", s=60, color=s["color"],
-                         label=None if finished else f"{optimizer} (all diverged)", clip_on=False, zorder=3)
-    axis.axhline(100 * result["target_test_accuracy"], color="0.35", linestyle="-.", linewidth=1.0, label="target")
+            any_diverged = True
+            # Stacked a little per optimizer, so crosses at the same learning rate stay visible.
+            axis.scatter(diverged, [0.03 + 0.03 * index] * len(diverged), marker="x", s=70, color=s["color"],
+                         transform=bottom,
+                         label=None if finished else f"{optimizer} (all diverged)", zorder=3)
+    target = 100 * result["target_test_accuracy"]
+    axis.axhline(target, color="0.35", linestyle="-.", linewidth=1.0, label="target")
+    low = min(finished_values + [target])
+    high = max(finished_values + [target])
+    pad = max(0.1 * (high - low), 0.3)
+    if any_diverged:  # a band at the bottom (a quarter of the height) holds the diverged runs
+        band = 0.04 + 0.03 * len(optimizers)
+        axis.add_patch(matplotlib.patches.Rectangle((0, 0), 1, band, transform=axis.transAxes, color="0.92",
+                                                    zorder=0))
+        axis.text(0.005, band - 0.01, "diverged", transform=axis.transAxes, fontsize=8, va="top", color="0.3")
+        span = (high - low + 2 * pad) / (1 - band)
+        axis.set_ylim(high + pad - span, high + pad)
+    else:
+        axis.set_ylim(low - pad, high + pad)
     axis.set_xscale("log")
-    axis.set_ylim(bottom=0.0)
+    if rates:
+        axis.set_xlim(min(rates) / 1.5, max(rates) * 1.5)
     axis.set_xlabel("peak learning rate")
     axis.set_ylabel("best test accuracy (%)")
-    note = "; x at 0: diverged (stopped)" if chance_line else ""
+    note = "\n(x in the grey band: diverged, stopped early)" if any_diverged else ""
     return _finish(figure, axis, path, title or f"Learning-rate sensitivity at batch size {batch_size}{note}")
 
 
