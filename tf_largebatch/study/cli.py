@@ -67,6 +67,9 @@ def add_arguments(parser):
     parser.add_argument("--gradient-samples", type=int, default=4,
                         help="k gradient samples per step (micro-batches) for the VR optimizers and the noise "
                         "scale (default: %(default)s)")
+    parser.add_argument("--xla", choices=("auto", "on", "off"), default="auto",
+                        help="compile the training steps with XLA: auto (only many small steps, where it pays), "
+                        "on, off (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, weights and minibatches (default: 0)")
     parser.add_argument("--seeds", type=int, default=None,
                         help="seeds of the best run per optimizer at the largest batch (default: 3, --quick 1)")
@@ -156,7 +159,7 @@ def config_from_args(args):
         learning_rate_factor=args.lr_factor, lr_multiplier=args.lr_multiplier, budget_examples=budget,
         min_steps=min_steps, max_steps=max_steps, evaluations=args.evaluations,
         gradient_samples=args.gradient_samples, seed=args.seed, seeds=seeds, max_widening=1 if quick else 2,
-        sensitivity_steps=2 if quick else 3,
+        sensitivity_steps=2 if quick else 3, xla=args.xla,
     )
     return config, output_dir
 

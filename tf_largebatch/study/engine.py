@@ -7,9 +7,10 @@ optimizer once and compiles (XLA, one device) two functions:
   in the graph, i.i.d. with replacement, from the training set held as a tensor);
 * an evaluation of the test set (a plain graph function).
 
-XLA pays where the per-step overhead dominates (small batches, thousands of
-steps); at large batches the matrix products dominate and the seconds XLA needs
-to compile buy nothing, so the grid turns it on per batch size
+The training chunk can be XLA-compiled (``jit_compile``). XLA pays only where the
+per-step overhead dominates (small batches, thousands of steps); at larger
+batches the matrix products dominate and the seconds XLA needs to compile buy
+nothing, so the grid decides per batch size
 (:meth:`tf_largebatch.study.grid.StudyConfig.jit_compile`).
 
 The peak learning rate lives in a variable that scales a fixed schedule shape, and
