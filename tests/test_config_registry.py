@@ -6,10 +6,10 @@ import fnmatch
 import glob
 import inspect
 import os
+import re
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 
 import pytest
@@ -218,8 +218,10 @@ def test_experiment_by_name_from_another_directory(tmp_path):
 
 
 def test_configs_are_package_data_and_the_clone_keeps_its_path():
-    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
-        package_data = tomllib.load(f)["tool"]["setuptools"]["package-data"]["tf_largebatch"]
+    # (tomllib is Python 3.11+; the package supports 3.10)
+    with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
+        section = f.read().split("[tool.setuptools.package-data]", 1)[1].split("\n[", 1)[0]
+    package_data = ast.literal_eval(re.search(r"^tf_largebatch = (\[.*\])$", section, re.M).group(1))
     for path in glob.glob(os.path.join(SHIPPED, "*")):
         relative = os.path.relpath(path, os.path.join(ROOT, "tf_largebatch"))
         assert any(fnmatch.fnmatch(relative, pattern) for pattern in package_data), relative

@@ -102,9 +102,16 @@ LOAD = """
 """
 
 
-def test_a_model_saved_in_one_process_loads_in_another_after_only_import_tf_largebatch(tmp_path):
-    run_python(SAVE, tmp_path)
-    report = json.loads(run_python(LOAD, tmp_path).splitlines()[-1])
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """A directory with models saved by a fresh process (shared by the tests below)."""
+    directory = tmp_path_factory.mktemp("saved")
+    run_python(SAVE, directory)
+    return directory
+
+
+def test_a_model_saved_in_one_process_loads_in_another_after_only_import_tf_largebatch(saved_models):
+    report = json.loads(run_python(LOAD, saved_models).splitlines()[-1])
     assert report["sngm"]["learning_rate"]["registered_name"] == "tf_largebatch>WarmupCosineDecay"
     for name, optimizer_class in [("sngm", "SNGM"), ("vrlamb", "VRLAMB")]:
         entry = report[name]
@@ -113,9 +120,8 @@ def test_a_model_saved_in_one_process_loads_in_another_after_only_import_tf_larg
         assert entry["weights_equal"] and entry["optimizer_equal"] and entry["prediction_close"], entry
 
 
-def test_without_tf_largebatch_the_load_fails(tmp_path):
+def test_without_tf_largebatch_the_load_fails(saved_models):
     """The check above can fail: without the import, Keras cannot find the classes."""
-    run_python(SAVE, tmp_path)
     code = """
         import keras
         try:
@@ -125,7 +131,7 @@ def test_without_tf_largebatch_the_load_fails(tmp_path):
         else:
             print("loaded")
     """
-    assert run_python(code, tmp_path).splitlines()[-1].startswith("failed:")
+    assert run_python(code, saved_models).splitlines()[-1].startswith("failed:")
 
 
 def test_under_the_launcher_the_package_defers_tensorflow_until_first_use(tmp_path):
@@ -163,3 +169,14 @@ def test_a_backend_other_than_tensorflow_is_a_clear_error(tmp_path):
     """, tmp_path, KERAS_BACKEND="numpy")
     message = out.splitlines()[-1]
     assert "TensorFlow backend" in message and "'numpy'" in message and "KERAS_BACKEND=tensorflow" in message
+
+
+def test_the_package_metadata_allows_exactly_the_keras_versions_the_seam_accepts():
+    import re
+
+    from tf_largebatch.optimizers import keras_seam
+
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    low, high = re.search(r'"keras>=(\d+\.\d+),<(\d+\.\d+)"', text).groups()
+    assert tuple(map(int, low.split("."))) == keras_seam.SUPPORTED_KERAS_MIN
+    assert tuple(map(int, high.split("."))) == keras_seam.SUPPORTED_KERAS_MAX_EXCLUSIVE

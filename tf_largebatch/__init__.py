@@ -32,25 +32,20 @@ if typing.TYPE_CHECKING:  # what _import_all() binds, spelled out for IDEs and t
     )
 
 
-def _backend_error(backend):
-    return ImportError(
-        "tf_largebatch needs Keras's TensorFlow backend; Keras is set to the "
-        f"{backend!r} backend. Set the environment variable KERAS_BACKEND=tensorflow "
-        "(or \"backend\" in ~/.keras/keras.json) before importing keras."
-    )
-
-
-def _require_tensorflow_backend():
+def _import_keras():
+    """Imports Keras; a non-TensorFlow backend whose own dependencies are missing fails
+    inside Keras with an unrelated message, so name the backend then. (A backend that
+    imports is refused by ``optimizers.keras_seam.check_backend``.)"""
     try:
-        import keras
+        import keras  # noqa: F401
     except ImportError as error:
-        # Another backend whose own dependencies are missing fails inside keras.
-        requested = os.environ.get("KERAS_BACKEND", "tensorflow")
-        if requested != "tensorflow":
-            raise _backend_error(requested) from error
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        if backend != "tensorflow":
+            raise ImportError(
+                "tf_largebatch needs Keras's TensorFlow backend, and importing Keras with the "
+                f"{backend!r} backend failed. Set KERAS_BACKEND=tensorflow before importing keras."
+            ) from error
         raise
-    if keras.backend.backend() != "tensorflow":
-        raise _backend_error(keras.backend.backend())
 
 
 def _import_all():
@@ -59,7 +54,7 @@ def _import_all():
     ``import tf_largebatch`` does this itself; the ``tf-largebatch`` command calls it
     when a subcommand starts TensorFlow.
     """
-    _require_tensorflow_backend()
+    _import_keras()
     for name in _SUBMODULES:
         globals()[name] = importlib.import_module(f"{__name__}.{name}")
     for name in _OPTIMIZERS:

@@ -125,11 +125,7 @@ class LargeBatchOptimizer(AccumulationMixin, GradientStatisticsMixin, SlotsMixin
                  nonfinite_gradients="skip", record_gradient_statistics=False, **kwargs):
         validation.check_learning_rate(learning_rate)
         check_nonfinite_policy(nonfinite_gradients)
-        validation.check_number("weight_decay", weight_decay, low=0.0, allow_none=True)
-        # Keras treats 0 as "no accumulation" and accepts 2.5; both are mistakes.
-        validation.check_positive_int(
-            "gradient_accumulation_steps", kwargs.get("gradient_accumulation_steps"), minimum=2, allow_none=True
-        )
+        validation.check_base_keywords({**kwargs, "weight_decay": weight_decay})
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
         self._weight_decay_exclusions = validation.check_patterns(
             "exclude_from_weight_decay", exclude_from_weight_decay

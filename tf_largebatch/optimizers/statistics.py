@@ -23,6 +23,11 @@ class GradientStatisticsMixin:
         """k = replicas in sync x gradient accumulation steps."""
         return keras_seam.distribution_strategy(self).num_replicas_in_sync * (self.gradient_accumulation_steps or 1)
 
+    @property
+    def records_gradient_statistics(self):
+        """Whether this optimizer records :meth:`gradient_statistics` (the VR optimizers always do)."""
+        return bool(self._records_statistics())
+
     def _records_statistics(self):
         return self.record_gradient_statistics
 
