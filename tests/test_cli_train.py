@@ -29,9 +29,10 @@ def test_help_lists_the_subcommands():
         assert flag in train_help
 
 
-def test_demo_subcommand_hands_over_to_the_demo_module():
-    demo = pytest.importorskip("tf_largebatch.demo")
-    assert callable(demo.add_arguments) and callable(demo.run)
+def test_demo_subcommand_hands_over_to_the_study_module():
+    from tf_largebatch.study import cli as study_cli
+
+    assert callable(study_cli.add_arguments) and callable(study_cli.run)
     with pytest.raises(SystemExit) as info:
         cli.main(["demo", "--help"])
     assert info.value.code == 0

@@ -12,7 +12,7 @@ Subcommands:
     CPU in seconds. ``--dry-run`` only validates and prints the resolved config.
 
 ``tf-largebatch demo ...``
-    See :mod:`tf_largebatch.demo`.
+    A batch-size scaling study, offline: see :mod:`tf_largebatch.study.cli`.
 
 Startup. Under the console script (``tf_largebatch_cli``) the package defers its
 imports, so parsing the command line, ``--help`` and ``--version`` never load
@@ -193,24 +193,19 @@ def _train(args):
 
 # -------------------------------------------------------------------- demo
 def _add_demo(subparsers):
-    # Listed here for --help; its own arguments are defined by tf_largebatch.demo.
-    parser = subparsers.add_parser("demo", help="run the package's demonstration (tf-largebatch demo --help)",
-                                   add_help=False)
+    # Listed here for --help; its own arguments are defined by tf_largebatch.study.cli.
+    parser = subparsers.add_parser("demo", help="batch-size scaling study of the optimizers (tf-largebatch demo "
+                                   "--help)", add_help=False)
     parser.set_defaults(handler=_demo)
 
 
 def _demo(args):
-    from tf_largebatch import demo
+    from tf_largebatch.study import cli as study_cli  # flags and their checks: no TensorFlow
 
-    description = (demo.__doc__ or "").strip().split("\n")[0] or None
-    demo_parser = argparse.ArgumentParser(prog="tf-largebatch demo", description=description)
-    demo.add_arguments(demo_parser)
-    # --verbose may also follow the subcommand; the demo's own parser does not know it.
+    # --verbose may also follow the subcommand; the study's own parser does not know it.
     verbose_flags = {"-v", "--verbose"}
     args.verbose = args.verbose or any(arg in verbose_flags for arg in args.rest)
-    demo_args = demo_parser.parse_args([arg for arg in args.rest if arg not in verbose_flags])
-    start_tensorflow(args.verbose)
-    return demo.run(demo_args)
+    return study_cli.main([arg for arg in args.rest if arg not in verbose_flags], verbose=args.verbose)
 
 
 # -------------------------------------------------------------------- main
