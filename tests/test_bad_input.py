@@ -21,7 +21,8 @@ import pytest
 import tensorflow as tf
 
 import tf_largebatch as tlb
-from tf_largebatch import cli, schedules
+from optimizer_zoo import ZOO
+from tf_largebatch import cli, schedules, validation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR = os.path.join(ROOT, "tpu_configs", "resnet20_sngm_1024_v3-8.yaml")
@@ -61,6 +62,113 @@ def test_wrong_types_name_the_argument_and_the_value(what, make, argument, recei
 def test_boolean_switches_reject_strings(make, argument):
     with pytest.raises(ValueError, match=argument):
         make()
+
+
+# ------------------------------------------------------- Keras base keywords
+# Keras accepts each of these and then does something else than what was written
+# (ascent for a negative loss_scale_factor, clipping silently off, EMA on for
+# "yes", a raw TensorFlow error at the first step for strings). One shared check
+# (validation.check_base_keywords) refuses them at construction, for every class.
+BASE_KEYWORD_ROWS = [
+    ("loss_scale_factor", -2.0), ("loss_scale_factor", 0.0), ("loss_scale_factor", "2"),
+    ("loss_scale_factor", float("nan")), ("loss_scale_factor", float("inf")),
+    ("clipnorm", -1.0), ("clipnorm", float("nan")), ("clipnorm", "1"), ("clipnorm", 0.0),
+    ("global_clipnorm", -1.0), ("global_clipnorm", float("nan")), ("global_clipnorm", [1.0]),
+    ("clipvalue", -1.0), ("clipvalue", float("nan")), ("clipvalue", "0.5"),
+    ("use_ema", "yes"), ("use_ema", 1),
+    ("ema_momentum", 1.0), ("ema_momentum", -0.1), ("ema_momentum", "0.99"),
+    ("ema_overwrite_frequency", 0), ("ema_overwrite_frequency", 2.5),
+    ("gradient_accumulation_steps", 1), ("gradient_accumulation_steps", 2.5), ("gradient_accumulation_steps", 0),
+    ("weight_decay", -1e-4), ("weight_decay", "0.01"), ("weight_decay", float("nan")),
+]
+#: Keywords a VR optimizer hands to its inner optimizer (the VR classes check those).
+_INNER_KEYWORDS = {"clipnorm", "global_clipnorm", "clipvalue", "weight_decay"}
+
+
+def _base_keyword_cases():
+    for param in ZOO:
+        entry = param.values[0]
+        for argument, value in BASE_KEYWORD_ROWS:
+            if entry.min_samples > 1 and argument in _INNER_KEYWORDS:
+                continue
+            if argument == "weight_decay" and not entry.accepts("weight_decay"):
+                continue
+            yield pytest.param(entry, argument, value, id=f"{entry.id}-{argument}={value!r}")
+
+
+@pytest.mark.parametrize("entry,argument,value", list(_base_keyword_cases()))
+def test_bad_base_keywords_are_refused_at_construction(entry, argument, value):
+    overrides = {argument: value}
+    if entry.min_samples > 1 and argument != "gradient_accumulation_steps":
+        overrides["gradient_accumulation_steps"] = 2
+    with pytest.raises(ValueError) as info:
+        entry.make(**overrides)
+    message = str(info.value)
+    assert f"`{argument}`" in message and f"{argument}={value!r}" in message, message
+
+
+@pytest.mark.parametrize("entry", [p for p in ZOO if p.values[0].accepts("exclude_from_weight_decay")])
+@pytest.mark.parametrize("value", [5, 1.5, True])
+def test_exclusion_list_of_the_wrong_type_names_the_argument(entry, value):
+    with pytest.raises(ValueError) as info:
+        entry.make(exclude_from_weight_decay=value)
+    message = str(info.value)
+    assert "`exclude_from_weight_decay`" in message and f"exclude_from_weight_decay={value!r}" in message
+
+
+def test_check_base_keywords_accepts_good_values_and_ignores_other_keys():
+    good = dict(loss_scale_factor=128.0, clipnorm=1.0, clipvalue=0.5, use_ema=True, ema_momentum=0.0,
+                ema_overwrite_frequency=3, gradient_accumulation_steps=4, weight_decay=0.0, momentum="anything")
+    assert validation.check_base_keywords(good) is good
+    assert validation.check_base_keywords({"global_clipnorm": None, "loss_scale_factor": None}) is not None
+
+
+# --------------------------------------------------- apply() and variables
+def _two_variables():
+    return [keras.Variable(np.ones((2, 3), np.float32), name="kernel"),
+            keras.Variable(np.ones(3, np.float32), name="bias")]
+
+
+@pytest.mark.parametrize("grads,match", [
+    (lambda: [tf.ones((2, 3))], r"1 gradient\(s\) for 2 variable\(s\) \(no gradient for \['bias'\]\)"),
+    (lambda: [tf.ones((2, 3)), tf.ones(3), tf.ones(3)], r"3 gradient\(s\) for 2 .*beyond the last variable 'bias'"),
+    (lambda: [tf.ones((2, 3)), tf.ones(4)], r"variable 'bias' has shape \[4\], but the variable has shape \[3\]"),
+    (lambda: [tf.ones((3, 2)), tf.ones(3)], r"variable 'kernel' has shape \[3, 2\]"),
+], ids=["fewer", "more", "bias-shape", "kernel-shape"])
+@pytest.mark.parametrize("entry", ZOO)
+def test_apply_with_mismatched_gradients_names_the_variable(entry, grads, match):
+    optimizer = entry.single_device()
+    variables = _two_variables()
+    with pytest.raises(ValueError, match=match):
+        optimizer.apply(grads(), variables)
+    optimizer.build(variables)
+    if len(grads()) != 2:  # also when the optimizer is already built and the variables are implied
+        with pytest.raises(ValueError, match=match.split(" \\(")[0]):
+            optimizer.apply(grads())
+    assert np.array_equal(variables[0].numpy(), np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("entry", ZOO)
+def test_integer_variables_are_refused_at_build_by_path(entry):
+    variables = [keras.Variable(np.ones(3, np.float32), name="weights"),
+                 keras.Variable(np.ones(3, np.int32), name="counts")]
+    with pytest.raises(ValueError, match=r"variable 'counts' has dtype int32"):
+        entry.single_device().build(variables)
+
+
+@pytest.mark.parametrize("entry", ZOO)
+def test_empty_variables_are_left_alone(entry):
+    """A 0-size variable takes no step and breaks nothing (MCLR's median is the curvature module's)."""
+    variables = [keras.Variable(np.ones((2, 3), np.float32), name="kernel"),
+                 keras.Variable(np.ones((0, 3), np.float32), name="empty")]
+    optimizer = entry.single_device()
+    rng = np.random.default_rng(0)
+    for _ in range(entry.accumulation_for(1) or 1):
+        optimizer.apply([tf.constant(rng.normal(size=(2, 3)), tf.float32), tf.zeros((0, 3))], variables)
+    assert optimizer.skipped_updates == 0
+    assert np.all(np.isfinite(variables[0].numpy()))
+    assert not np.array_equal(variables[0].numpy(), np.ones((2, 3)))
+    assert variables[1].shape == (0, 3)
 
 
 # ------------------------------------------------------- what VR cannot do

@@ -152,8 +152,8 @@ class _Started(Exception):
 
 @pytest.mark.parametrize("argv, verbose", [
     (["train", "--config", "c.yaml"], False), (["--verbose", "train", "--config", "c.yaml"], True),
-    (["train", "--config", "c.yaml", "--verbose"], True), (["-v", "demo", "--epochs", "1"], True),
-    (["demo", "--epochs", "1", "-v"], True), (["demo", "--epochs", "1"], False),
+    (["train", "--config", "c.yaml", "--verbose"], True), (["-v", "demo", "--seeds", "1"], True),
+    (["demo", "--seeds", "1", "-v"], True), (["demo", "--seeds", "1"], False),
 ])
 def test_verbose_is_accepted_before_or_after_the_subcommand(argv, verbose, monkeypatch):
     from tf_largebatch import cli

@@ -70,6 +70,14 @@ def test_zoo_names_every_public_optimizer_and_each_exists():
     assert public - zoo_classes == set(), f"public optimizers missing from the zoo: {sorted(public - zoo_classes)}"
 
 
+@pytest.mark.parametrize("entry", ZOO)
+def test_records_gradient_statistics_says_whether_statistics_are_recorded(entry):
+    vr = entry.min_samples > 1
+    assert entry.single_device().records_gradient_statistics is vr
+    if not vr:
+        assert entry.single_device(record_gradient_statistics=True).records_gradient_statistics is True
+
+
 # ------------------------------------------------- fit, XLA, custom loops
 @pytest.mark.parametrize("entry", ZOO)
 def test_fit_with_xla_and_jit_custom_loop_match_eager_loop_without_retracing(entry):

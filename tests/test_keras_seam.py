@@ -25,6 +25,7 @@ KERAS_PRIVATE_ATTRIBUTES = (
     "_variables", "_trainable_variables", "_get_variable_index", "_distribution_strategy", "_apply_weight_decay",
     "_get_current_learning_rate", "_backend_apply_gradients", "_update_model_variables_moving_average",
     "_overwrite_model_variables_with_average_value", "_var_key", "_accumulated_gradients",
+    "_model_variables_moving_average",
 )
 
 
@@ -69,6 +70,17 @@ def test_unsupported_keras_version_is_refused(version):
         keras_seam.check_keras_version(version)
 
 
+def test_untested_keras_can_be_allowed_with_a_warning(monkeypatch):
+    with pytest.warns(UserWarning, match="'3.99.0'"):
+        assert keras_seam.check_keras_version("3.99.0", allow_untested=True) == "3.99.0"
+    monkeypatch.setenv(keras_seam.ALLOW_UNTESTED_KERAS_VARIABLE, "1")
+    with pytest.warns(UserWarning, match=keras_seam.ALLOW_UNTESTED_KERAS_VARIABLE):
+        keras_seam.check_keras_version("3.99.0")
+    monkeypatch.setenv(keras_seam.ALLOW_UNTESTED_KERAS_VARIABLE, "0")
+    with pytest.raises(ImportError):
+        keras_seam.check_keras_version("3.99.0")
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch", "numpy"])
 def test_backend_other_than_tensorflow_is_refused(backend):
     with pytest.raises(ImportError, match=f"'{backend}'.*KERAS_BACKEND=tensorflow"):
@@ -81,7 +93,7 @@ def test_importing_the_package_under_an_unknown_keras_fails_clearly():
                             env={"PYTHONPATH": str(PACKAGE_DIR.parent), "TF_CPP_MIN_LOG_LEVEL": "3",
                                  "KERAS_BACKEND": "tensorflow", "PATH": "/usr/bin:/bin"})
     assert result.returncode != 0
-    assert "ImportError: tf_largebatch supports Keras" in result.stderr
+    assert "ImportError: tf_largebatch's optimizers were tested with Keras" in result.stderr
     assert "'3.99.0'" in result.stderr
 
 
@@ -218,15 +230,16 @@ def test_distributed_update_step_runs_update_step():
     assert int(optimizer.iterations.numpy()) == 0  # the counter is apply's job
 
 
-def test_moving_average():
+def test_moving_averages_and_overwrite():
     optimizer, variables = _built_sgd(use_ema=True, ema_momentum=0.5)
-    # Keras's first EMA step copies the variables; the next ones average.
-    keras_seam.update_moving_average(optimizer, variables)
-    variables[0].assign(np.full((2, 3), 3.0, "float32"))
-    keras_seam.micro_step_counter(optimizer).assign(1)
-    keras_seam.update_moving_average(optimizer, variables)
+    averages = keras_seam.moving_averages(optimizer)
+    assert len(averages) == len(variables)
+    averages[0].assign(np.full((2, 3), 3.0, "float32"))
     keras_seam.overwrite_with_moving_average(optimizer, variables)
-    np.testing.assert_allclose(variables[0].numpy(), 0.5 * 1.0 + 0.5 * 3.0, rtol=1e-6)
+    np.testing.assert_allclose(variables[0].numpy(), 3.0)
+    # Keras's own step: the next apply averages the (moved) weights into it.
+    optimizer.apply([tf.zeros((2, 3)), tf.zeros(3)], variables)
+    np.testing.assert_allclose(averages[0].numpy(), 3.0)
 
 
 # ----------------------------------------------------------------- serialization

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import keras
 import tf_largebatch as tlb
+from optimizer_zoo import ZOO, initial_weights, tiny_model
 
 FACTORIES = {
     "SNGM": lambda **kw: tlb.SNGM(0.1, **kw),
@@ -120,3 +121,111 @@ def test_loss_scale_optimizer_round_trips_through_config():
     assert isinstance(clone, tlb.optimizers.LossScaleOptimizer)
     assert isinstance(clone.inner_optimizer, tlb.VRAdam)
     assert clone.initial_scale == 256.0
+
+
+# ------------------------------------------------ a skipped update leaves no trace
+# One rule for the package (LargeBatchOptimizer's docstring): bias corrections and
+# moments count applied updates, so with a constant learning rate a run with a
+# skipped update inserted equals the run without it, weights and every slot.
+SKIP_ENTRIES = [*ZOO, pytest.param("VR-Adam-wrapper", id="VR-Adam-wrapper")]
+UPDATES = 6
+ACCUMULATION = 2
+
+
+def _make_for_skip_test(entry):
+    if entry == "VR-Adam-wrapper":
+        return tlb.optimizers.VR(keras.optimizers.Adam(0.01), gsnr_momentum=0.9,
+                                 gradient_accumulation_steps=ACCUMULATION)
+    return entry.make(gradient_accumulation_steps=ACCUMULATION)
+
+
+def _micro_batches(count, seed):
+    rng = np.random.default_rng(seed)
+    shapes = [w.shape for w in initial_weights()]
+    return [[rng.normal(size=shape).astype("float32") for shape in shapes] for _ in range(count)]
+
+
+def _bad_update(position_of_nan, bad_value):
+    """One update's micro-batches, the one at ``position_of_nan`` non-finite."""
+    batches = _micro_batches(ACCUMULATION, seed=99)
+    batches[position_of_nan] = [g * np.float32(bad_value) for g in batches[position_of_nan]]
+    return batches
+
+
+def _run(make, micro_batches, wrap=None):
+    model = tiny_model()
+    model.set_weights(initial_weights())
+    optimizer = make()
+    if wrap is not None:
+        optimizer = wrap(optimizer)
+    optimizer.build(model.trainable_variables)
+    for grads in micro_batches:
+        optimizer.apply([tf.constant(g) for g in grads], model.trainable_variables)
+    return optimizer, state_snapshot(optimizer, model.trainable_variables)
+
+
+def _assert_same_state(actual, expected):
+    assert len(actual) == len(expected)
+    for index, (a, e) in enumerate(zip(actual, expected)):
+        np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-7, err_msg=f"state[{index}] (0 = first weight)")
+
+
+@pytest.mark.parametrize("where", ["start", "middle"])
+@pytest.mark.parametrize("entry", SKIP_ENTRIES)
+def test_a_skipped_update_leaves_no_trace(entry, where):
+    good = _micro_batches(UPDATES * ACCUMULATION, seed=1)
+    _, expected = _run(lambda: _make_for_skip_test(entry), good)
+    cut = 0 if where == "start" else (UPDATES // 2) * ACCUMULATION
+    position_of_nan = 0 if where == "start" else ACCUMULATION - 1
+    with_skip = good[:cut] + _bad_update(position_of_nan, np.nan) + good[cut:]
+    optimizer, actual = _run(lambda: _make_for_skip_test(entry), with_skip)
+    assert optimizer.skipped_updates == 1
+    assert int(optimizer.applied_updates.numpy()) == UPDATES
+    assert int(optimizer.iterations.numpy()) == UPDATES + 1
+    _assert_same_state(actual, expected)
+
+
+@pytest.mark.parametrize("entry", [p for p in SKIP_ENTRIES if p.id in ("SNGM", "LARS", "VRSGD")])
+def test_a_skipped_update_leaves_no_trace_in_the_moving_average(entry):
+    """``use_ema`` moves on applied updates only and starts at the first applied one."""
+    def make():
+        return entry.make(gradient_accumulation_steps=ACCUMULATION, use_ema=True, ema_momentum=0.5,
+                          ema_overwrite_frequency=4)
+
+    good = _micro_batches(UPDATES * ACCUMULATION, seed=3)
+    _, expected = _run(make, good)
+    optimizer, actual = _run(make, _bad_update(0, np.inf) + good)
+    assert optimizer.skipped_updates == 1
+    _assert_same_state(actual, expected)
+
+
+class _ScaledFeed:
+    """Feeds a LossScaleOptimizer gradients multiplied by its current (power-of-two) scale."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def apply(self, grads, variables):
+        scale = tf.cast(self.optimizer.dynamic_scale, tf.float32)
+        self.optimizer.apply([g * scale for g in grads], variables)
+
+
+@pytest.mark.parametrize("entry", SKIP_ENTRIES)
+def test_a_loss_scale_overflow_leaves_no_trace(entry):
+    good = _micro_batches(4 * ACCUMULATION, seed=2)
+    overflow = [[np.full_like(g, np.inf) for g in good[0]]]
+
+    def run(micro_batches):
+        model = tiny_model()
+        model.set_weights(initial_weights())
+        optimizer = tlb.optimizers.LossScaleOptimizer(_make_for_skip_test(entry), initial_scale=2.0**10)
+        optimizer.build(model.trainable_variables)
+        feed = _ScaledFeed(optimizer)
+        for grads in micro_batches:
+            feed.apply([tf.constant(g) for g in grads], model.trainable_variables)
+        return optimizer, state_snapshot(optimizer.inner_optimizer, model.trainable_variables)
+
+    _, expected = run(good)
+    optimizer, actual = run(good[:3] + overflow + good[3:])
+    assert float(optimizer.dynamic_scale.numpy()) == 2.0**9
+    _assert_same_state(actual, expected)

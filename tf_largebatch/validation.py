@@ -86,6 +86,10 @@ def check_patterns(name, patterns):
         return []
     if isinstance(patterns, str):
         raise ValueError(_describe(name, patterns, "a list of strings, not a single string"))
+    try:
+        patterns = list(patterns)
+    except TypeError:
+        raise ValueError(_describe(name, patterns, "None or a list of strings")) from None
     result = []
     for pattern in patterns:
         if not isinstance(pattern, str):

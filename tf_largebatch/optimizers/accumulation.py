@@ -11,7 +11,7 @@ updated. It also keeps the two counters of that policy, ``skipped_updates`` and
 
 import tensorflow as tf
 
-from tf_largebatch.optimizers import keras_seam
+from tf_largebatch.optimizers import keras_seam, rules
 from tf_largebatch.optimizers.replicas import all_reduce_sum, cond_with_collectives
 from tf_largebatch.optimizers.slots import densify, variable_path
 
@@ -38,6 +38,17 @@ def assert_finite(value, variable):
     return tf.debugging.assert_all_finite(
         value, f"Non-finite gradient for variable '{variable_path(variable)}' (nonfinite_gradients='raise')."
     )
+
+
+def without_empty_variables(grads, variables):
+    """``(grads, variables)`` without the 0-size variables, which no update can change.
+
+    Skipping them here keeps every per-variable rule (medians, norms, GSNR
+    means) away from empty tensors, and Keras's ``add`` (which turns a
+    ``(0, n)`` add into a ``BiasAdd``) away from their accumulators.
+    """
+    kept = [(g, v) for g, v in zip(grads, variables) if v.shape.num_elements() != 0]
+    return [g for g, _ in kept], [v for _, v in kept]
 
 
 class AccumulationMixin:
@@ -77,19 +88,19 @@ class AccumulationMixin:
         return iterations - tf.convert_to_tensor(self._skipped_updates)
 
     def _apply_replica_gradients(self, grads, trainable_variables):
-        grads = [densify(g) for g in grads]
+        grads, trainable_variables = without_empty_variables([densify(g) for g in grads], trainable_variables)
+        if not trainable_variables:
+            return
         steps = self.gradient_accumulation_steps
         if not steps:
-            self._reduce_and_update(self._local_statistics(grads), trainable_variables)
-            self._update_ema(trainable_variables)
+            self._reduce_and_update(self._local_statistics(grads, trainable_variables), trainable_variables)
             return
-        statistics = self._local_statistics(grads)
+        statistics = self._local_statistics(grads, trainable_variables)
         indices = [keras_seam.variable_index(self, v) for v in trainable_variables]
         accumulators = [[accumulator[i] for i in indices] for accumulator in self._local_accumulators]
         for values, slots in zip(statistics, accumulators):
             for value, slot in zip(values, slots):
-                if slot.shape.num_elements() != 0:  # Keras's `add` fails on a (0, n) variable
-                    slot.assign_add(tf.cast(value, slot.dtype))
+                slot.assign_add(tf.cast(value, slot.dtype))
 
         def update():
             means = [[slot.value / steps for slot in slots] for slots in accumulators]
@@ -97,34 +108,45 @@ class AccumulationMixin:
             for slots in accumulators:
                 for slot in slots:
                     slot.assign(tf.zeros_like(slot.value))
-            # The average moves on real updates only (Keras moves it on every
-            # micro-step, so its EMA would depend on the accumulation layout).
-            self._update_ema(trainable_variables)
 
         micro_step = keras_seam.micro_step_counter(self)
         cond_with_collectives(tf.equal((micro_step + 1) % steps, 0), update)
 
-    def _update_ema(self, trainable_variables):
-        # Same behaviour as BaseOptimizer._backend_apply_gradients' EMA branch.
+    def _update_ema(self):
+        """Keras's ``use_ema`` average, moved on *applied* updates only.
+
+        Keras moves the average on every micro-step and starts it (a copy of the
+        weights) at ``iterations == 0``; here it moves once per applied update and
+        starts at the first applied one, so neither the accumulation layout nor a
+        skipped update leaves a trace in it. ``ema_overwrite_frequency`` counts
+        applied updates too.
+        """
         if not self.use_ema:
             return
-        keras_seam.update_moving_average(self, keras_seam.built_variables(self))
+        variables = keras_seam.built_variables(self)
+        applied_before = self.applied_updates
+        for variable, average in zip(variables, keras_seam.moving_averages(self)):
+            if average is None:
+                continue
+            decay = tf.cast(tf.not_equal(applied_before, 0), average.dtype) * self.ema_momentum
+            value = tf.cast(tf.convert_to_tensor(variable), average.dtype)
+            average.assign(rules.moving_average(average.value, value, decay))
         if self.ema_overwrite_frequency:
             # Keras's plain `tf.cond` here wraps a merge call (the overwrite is a
             # `distribution.extended.update`), which MirroredStrategy rejects in a
             # replica context, even for keras.optimizers.SGD.
             cond_with_collectives(
-                tf.equal((self.iterations + 1) % self.ema_overwrite_frequency, 0),
-                lambda: keras_seam.overwrite_with_moving_average(self, keras_seam.built_variables(self)),
+                tf.equal((applied_before + 1) % self.ema_overwrite_frequency, 0),
+                lambda: keras_seam.overwrite_with_moving_average(self, variables),
             )
 
     def _num_local_statistics(self):
         return 2 if self._records_statistics() else 1
 
-    def _local_statistics(self, grads):
+    def _local_statistics(self, grads, trainable_variables):
         """Per-replica statistics averaged over micro-batches, then all-reduced in one collective."""
         if self._records_statistics():
-            return [grads, [tf.square(tf.cast(g, tf.float32)) for g in grads]]
+            return self._local_moments(grads, trainable_variables)
         return [grads]
 
     def _reduce_and_update(self, local_statistics, trainable_variables):
@@ -135,6 +157,7 @@ class AccumulationMixin:
 
         def update(statistics):
             self._update_from_reduced_statistics(statistics, trainable_variables)
+            self._update_ema()
 
         if self.nonfinite_gradients == "raise":
             update([[assert_finite(value, variable) for value, variable in zip(values, trainable_variables)]

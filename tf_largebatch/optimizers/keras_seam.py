@@ -14,6 +14,9 @@ attribute of a Keras object; ``tests/test_keras_seam.py`` enforces the first rul
 and exercises every function here against the installed Keras.
 """
 
+import os
+import warnings
+
 import keras
 from keras.src import backend as _keras_backend
 from keras.src.optimizers import base_optimizer as _base_optimizer
@@ -35,26 +38,41 @@ def _major_minor(version):
         return None
 
 
-def check_keras_version(version=None):
+#: Set this environment variable to ``1`` to import under a Keras outside the
+#: supported range anyway (a warning instead of an error; the test suite is the
+#: way to find out whether the private hooks still hold).
+ALLOW_UNTESTED_KERAS_VARIABLE = "TF_LARGEBATCH_ALLOW_UNTESTED_KERAS"
+
+
+def check_keras_version(version=None, allow_untested=None):
     """Raises ``ImportError`` unless ``version`` (default: the installed Keras) is supported.
 
     Args:
         version: a Keras version string such as ``"3.15.1"``; ``None`` reads
             ``keras.__version__``.
+        allow_untested: warn instead of raising; ``None`` reads the environment
+            variable ``TF_LARGEBATCH_ALLOW_UNTESTED_KERAS`` (``"1"``).
 
     Returns:
-        The version string, when supported.
+        The version string.
     """
     version = keras.__version__ if version is None else version
     parsed = _major_minor(str(version))
-    if parsed is None or not SUPPORTED_KERAS_MIN <= parsed < SUPPORTED_KERAS_MAX_EXCLUSIVE:
-        low = ".".join(map(str, SUPPORTED_KERAS_MIN))
-        high = ".".join(map(str, SUPPORTED_KERAS_MAX_EXCLUSIVE))
-        raise ImportError(
-            f"tf_largebatch supports Keras >={low},<{high} (its optimizers override private Keras hooks that "
-            f"move between minor releases). Received: keras version {version!r}. Install a supported Keras, "
-            f'e.g. pip install "keras>={low},<{high}".'
-        )
+    if parsed is not None and SUPPORTED_KERAS_MIN <= parsed < SUPPORTED_KERAS_MAX_EXCLUSIVE:
+        return version
+    low = ".".join(map(str, SUPPORTED_KERAS_MIN))
+    high = ".".join(map(str, SUPPORTED_KERAS_MAX_EXCLUSIVE))
+    message = (
+        f"tf_largebatch's optimizers were tested with Keras >={low},<{high}: they override private Keras "
+        f"hooks that move between minor releases. Received: keras version {version!r}. Install a tested "
+        f'Keras (pip install "keras>={low},<{high}"), or set {ALLOW_UNTESTED_KERAS_VARIABLE}=1 to try this one '
+        "at your own risk."
+    )
+    if allow_untested is None:
+        allow_untested = os.environ.get(ALLOW_UNTESTED_KERAS_VARIABLE) == "1"
+    if not allow_untested:
+        raise ImportError(message)
+    warnings.warn(message, stacklevel=2)
     return version
 
 
@@ -182,9 +200,9 @@ def distributed_update_step(optimizer):
     return optimizer._distributed_tf_update_step
 
 
-def update_moving_average(optimizer, variables):
-    """Keras's EMA step (``use_ema``) of ``variables``."""
-    optimizer._update_model_variables_moving_average(variables)
+def moving_averages(optimizer):
+    """The ``use_ema`` averages, one per built variable (``None`` where Keras keeps none)."""
+    return optimizer._model_variables_moving_average
 
 
 def overwrite_with_moving_average(optimizer, variables):
