@@ -31,6 +31,7 @@ micro-batch call.
 """
 
 import argparse
+import inspect
 import os
 import statistics
 import sys
@@ -67,6 +68,11 @@ OPTIMIZERS = {
     "VRLAMB": lambda **kw: tlb.VRLAMB(1e-3, **kw),
     "VRLARS": lambda **kw: tlb.VRLARS(1.0, **kw),
 }
+if "record_gradient_statistics" in inspect.signature(tlb.VR.__init__).parameters:
+    OPTIMIZERS["VRAdam (no statistics)"] = lambda **kw: tlb.VRAdam(1e-3, record_gradient_statistics=False, **kw)
+    OPTIMIZERS["VRMomentum (no statistics)"] = lambda **kw: tlb.VRMomentum(
+        0.01, record_gradient_statistics=False, **kw
+    )
 # package optimizer -> closest Keras built-in (or, for a VR variant, its base)
 PAIRS = {
     "SNGM": "SGD+momentum",
@@ -79,6 +85,14 @@ PAIRS = {
     "VRLARS": "LARS",
 }
 VR_NAMES = [name for name in PAIRS if name.startswith("VR")]
+# The VR overhead grid (section 4): each VR variant, with and without monitoring statistics, over its base.
+# (Code from before record_gradient_statistics existed on VR runs the columns it has.)
+VR_OVERHEAD_PAIRS = {
+    name: base
+    for name, base in [("VRMomentum", "SGD+momentum"), ("VRMomentum (no statistics)", "SGD+momentum"),
+                       ("VRAdam", "Adam"), ("VRAdam (no statistics)", "Adam")]
+    if name in OPTIMIZERS
+}
 
 
 # ------------------------------------------------------------------ models
@@ -334,12 +348,57 @@ def replica_scaling_section(replica_counts, size, steps, rounds, batch_size):
     print("    2 and 4 replicas: MirroredStrategy reducing through one device, no CPU collectives)")
 
 
+def vr_overhead_section(sizes, steps, rounds, batch_size):
+    """VR / base CPU-time ratio over parameters x {1 device (no XLA, XLA), MirroredStrategy x2, x4}."""
+    print(f"\n== 4. VR overhead grid: CPU-time ratio to the base (MLP, batch {batch_size}) ==")
+    settings = [
+        # (label, replicas (0: one device, no strategy), jit_compile, accumulation of VR and base)
+        ("1 device", 0, False, 2),
+        ("1 device XLA", 0, True, 2),
+        ("Mirrored x2", 2, False, 1),
+        (f"Mirrored x{MAX_REPLICAS}", MAX_REPLICAS, False, 1),
+    ]
+    names = list(VR_OVERHEAD_PAIRS)
+    print(f"{'parameters':>11}  {'setting':<14}{'base ms':>9}" + "".join(f"{n:>28}" for n in names))
+    for size in sizes:
+        hidden = mlp_hidden_for(size)
+        for label, replicas, jit_compile, accumulation in settings:
+            # Collectives of two MirroredStrategy objects in one process collide:
+            # x4 uses the default all-reduce, x2 reduces through one device.
+            strategy = strategy_for(replicas, reduce_to_one_device=replicas not in (0, MAX_REPLICAS))
+            try:
+                x, y = data_for(mlp(hidden), batch_size)
+                contenders = {}
+                pairs = []
+                for name in names:
+                    for contender_name in (name, VR_OVERHEAD_PAIRS[name]):
+                        if contender_name not in contenders:
+                            contenders[contender_name] = Contender(
+                                contender_name, contender_name, lambda: mlp(hidden), x, y, strategy, jit_compile,
+                                accumulation,
+                            )
+                    pairs.append((contenders[name], contenders[VR_OVERHEAD_PAIRS[name]]))
+                interleaved(list(contenders.values()), steps, rounds)
+                base_ms = 1000 * statistics.median(contenders["Adam"].cpu)
+                count = sum(int(np.prod(v.shape)) for v in contenders["Adam"].model.trainable_variables)
+                print(f"{count:>11.2e}  {label:<14}{base_ms:>9.1f}"
+                      + "".join(f"{paired_ratio(a, b, 'cpu'):>27.3f}x" for a, b in pairs), flush=True)
+            except Exception as error:  # report and go on with the other settings
+                print(f"{size:>11.0e}  {label:<14} failed: {type(error).__name__}: {str(error).splitlines()[0][:160]}")
+    print("   (CPU-time ratio, median over rounds of the paired ratio; base ms = Adam's CPU ms per step; "
+          "one device: VR and base both with gradient_accumulation_steps=2, a step is one micro-batch)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, steps and sizes (3 x 5 steps, no 1e7-parameter model)")
     parser.add_argument(
-        "--sections", default="1,2,3", help="sections to run: 1, 2, 3 (= 3a and 3b) (default: %(default)s)"
+        "--sections", default="1,2,3,4",
+        help="sections to run: 1, 2, 3 (= 3a and 3b), 4 (VR overhead grid) (default: %(default)s)",
     )
+    parser.add_argument("--sizes", default=None,
+                        help="parameter counts for sections 3a and 4, e.g. 1e5,1e6 (default: 1e5,1e6,1e7; --quick: "
+                             "1e5,1e6)")
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
     rounds, steps = (3, 5) if args.quick else (5, 10)
@@ -352,11 +411,15 @@ def main(argv=None):
         step_time_section(models, settings, steps, rounds, batch_size=64)
     if "2" in sections:
         memory_section(models)
+    sizes = (1e5, 1e6) if args.quick else (1e5, 1e6, 1e7)
+    if args.sizes:
+        sizes = tuple(float(size) for size in args.sizes.split(","))
     if sections & {"3", "3a"}:
-        sizes = (1e5, 1e6) if args.quick else (1e5, 1e6, 1e7)
         parameter_scaling_section(sizes, steps, rounds, batch_size=64, replicas=MAX_REPLICAS)
     if sections & {"3", "3b"}:
         replica_scaling_section((1, 2, 4), 1e6, steps, rounds, batch_size=64)
+    if "4" in sections:
+        vr_overhead_section(sizes, steps, rounds, batch_size=64)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -169,7 +169,9 @@ def adam_direction(state, w, g, beta_1=0.9, beta_2=0.999, epsilon=1e-6):
     state["v"] = beta_2 * state["v"] + (1 - beta_2) * g * g
     m_hat = state["m"] / (1 - beta_1**t)
     v_hat = state["v"] / (1 - beta_2**t)
-    return state, m_hat / (np.sqrt(v_hat) + epsilon)
+    denominator = np.sqrt(v_hat) + epsilon
+    # epsilon = 0 and a gradient that was always 0 (m = v = 0): direction 0.
+    return state, np.divide(m_hat, denominator, out=np.zeros_like(m_hat), where=denominator > 0)
 
 
 DIRECTIONS = {
@@ -238,7 +240,7 @@ def nvlamb_step(state, ws, gs, lr, max_norm=1.0, adapt_mask=None, decay_mask=Non
 
 def lars_step(state, w, g, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001,
               epsilon=0.0, nesterov=False, bounds=None, trust_ratio_on="gradient",
-              adapt=True, decay=True):
+              adapt=True, decay=True, denominator="norm_of_sum"):
     """LARS, both versions of the SNGM paper's footnote 1.
 
     ``trust_ratio_on="gradient"`` (You, Gitman, Ginsburg 2017, Algorithm 1)::
@@ -246,6 +248,11 @@ def lars_step(state, w, g, lr, momentum=0.9, weight_decay=0.0, trust_coefficient
         u = g + wd*w;  r = c*phi(||w||)/(||u|| + eps)
         v <- momentum*v + lr*r*u;  w <- w - v
         (nesterov: w <- w - (momentum*v + lr*r*u))
+
+    ``denominator="sum_of_norms"`` (the 2017 paper's Algorithm 1 as written,
+    Limit of the Batch Size eq. 2, MLPerf's ResNet-50 reference)::
+
+        r = c*phi(||w||)/(||g|| + wd*||w|| + eps), and 1 where ||w|| = 0 or ||g|| = 0
 
     ``trust_ratio_on="momentum"`` (You et al. 2020, LAMB paper Algorithm 1)::
 
@@ -258,7 +265,15 @@ def lars_step(state, w, g, lr, momentum=0.9, weight_decay=0.0, trust_coefficient
     state["t"] += 1
     u = g + weight_decay * w if (decay and weight_decay) else g
     if trust_ratio_on == "gradient":
-        ratio = trust_ratio(norm(w), norm(u), trust_coefficient, bounds, epsilon) if adapt else 1.0
+        if not adapt:
+            ratio = 1.0
+        elif denominator == "sum_of_norms":
+            wd = weight_decay if (decay and weight_decay) else 0.0
+            w_norm, g_norm = norm(w), norm(g)
+            phi = w_norm if bounds is None else min(max(w_norm, bounds[0]), bounds[1])
+            ratio = trust_coefficient * phi / (g_norm + wd * w_norm + epsilon) if (w_norm > 0 and g_norm > 0) else 1.0
+        else:
+            ratio = trust_ratio(norm(w), norm(u), trust_coefficient, bounds, epsilon)
         scaled = lr * ratio * u
         state["m"] = momentum * state["m"] + scaled
         step = momentum * state["m"] + scaled if nesterov else state["m"]

@@ -91,6 +91,20 @@ def test_train_reports_a_config_error_with_exit_2_and_no_tensorflow_lines(tmp_pa
     assert TENSORFLOW_LOG_LINE.findall(stderr) == [], stderr
 
 
+def test_train_without_the_pipelines_extra_says_which_extra_to_install(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["yaml"] = None                 # as if PyYAML were not installed
+        from {ENTRY_POINT.split(":")[0]} import main
+        sys.exit(main(["train", "--experiment", "resnet20_sngm_128_v3-8", "--dry-run"]))
+    """)
+    environment = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=environment, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 2, result.stderr
+    assert 'pip install "tf_largebatch[pipelines]"' in result.stderr and "yaml" in result.stderr
+
+
 def test_train_dry_run_of_a_shipped_config_prints_no_tensorflow_lines(tmp_path):
     config = ROOT / "tf_largebatch" / "tpu_configs" / "resnet20_sngm_128_v3-8.yaml"
     code, stdout, stderr, _ = console_script(["train", "--config", str(config), "--dry-run"], tmp_path)

@@ -86,7 +86,7 @@ class Preempt(keras.callbacks.Callback):
 
 def test_an_interrupted_run_resumes_from_its_backup_with_the_same_command(tmp_path, capsys):
     model_dir = tmp_path / "run"
-    argv = ["train", "--config", CIFAR, "--smoke", "--set", "training.steps=4",
+    argv = ["train", "--config", CIFAR, "--smoke", "--set", "data.synthetic=false", "--set", "training.steps=4",
             "--set", f"training.model_dir={model_dir}", "--set", "callbacks.tensorboard=false"]
     args = cli.build_parser().parse_args(argv)
     configs = config.load_config(args.config, overrides=args.overrides, smoke=args.smoke)
@@ -109,7 +109,7 @@ def test_an_interrupted_run_resumes_from_its_backup_with_the_same_command(tmp_pa
     model.load_weights(str(model_dir / "checkpoints" / "loop-00002.weights.h5"))
     for saved, live in zip(model.get_weights(), preempt.weights_before):
         np.testing.assert_array_equal(saved, live)
-    # The backup is removed once training finishes (keras.callbacks.BackupAndRestore).
+    # The backup is removed once the phase's final files are written.
     assert not (model_dir / "backup").exists() or not os.listdir(model_dir / "backup")
 
 
@@ -131,7 +131,7 @@ def test_multi_worker_run_from_tf_config(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     workers = [f"localhost:{p}" for p in free_ports(2)]
-    argv = ["train", "--config", CIFAR, "--smoke", "--set", "strategy.type=multi_worker",
+    argv = ["train", "--config", CIFAR, "--smoke", "--set", "data.synthetic=false", "--set", "strategy.type=multi_worker",
             "--set", "strategy.num_cpu_replicas=null", "--set", f"training.model_dir={tmp_path}/run",
             "--set", "callbacks.tensorboard=false"]
     processes = []
@@ -146,8 +146,8 @@ def test_multi_worker_run_from_tf_config(tmp_path):
         summary = json.load(f)
     assert summary["replicas"] == 2 and summary["optimizer_steps"] == 2
     finals = [line for output in outputs for line in output.splitlines()
-              if line.startswith("tf-largebatch: resnet20_sngm_1024_v3-8: 2 optimizer steps")]
+              if line.startswith("tf-largebatch: resnet20_sngm_1024_v3-8: final logs after 2 optimizer updates")]
     assert len(finals) == 2 and finals[0] == finals[1]
     assert (tmp_path / "run" / "final.weights.h5").exists()
     assert sorted(os.listdir(tmp_path / "run" / "workers" / "task-1" / "checkpoints")) == [
-        "loop-00001.weights.h5", "loop-00002.weights.h5"]
+        "best.weights.h5", "loop-00001.weights.h5", "loop-00002.weights.h5"]

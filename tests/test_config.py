@@ -251,15 +251,19 @@ def test_smoke_shrinks_but_set_still_wins(tmp_path):
     assert cfg.training.steps == 3 and cfg.strategy.num_cpu_replicas == 2
 
 
-def test_keras_optimizer_weight_decay_exclusions_use_keras_mechanism():
-    opt_cfg = config.OptimizerConfig("SGD", {"momentum": 0.9, "weight_decay": 1e-4,
-                                             "exclude_from_weight_decay": ["gamma", "beta"]})
-    optimizer = config.build_optimizer(opt_cfg, learning_rate=0.1)
+@pytest.mark.parametrize("opt_cfg", [
+    config.OptimizerConfig("SGD", {"weight_decay": 0.5, "exclude_from_weight_decay": ["gamma", "beta"]}),
+    config.OptimizerConfig(class_name="SGD", config={"weight_decay": 0.5, "exclude_from_weight_decay": ["gamma"]}),
+], ids=["name_args", "keras_form"])
+def test_keras_optimizer_weight_decay_exclusions_use_keras_mechanism(opt_cfg):
+    # Keras's Optimizer.exclude_from_weight_decay(var_names=...): the short variable name.
     import keras
 
-    gamma = keras.Variable(1.0, name="gamma")
-    kernel = keras.Variable(1.0, name="kernel")
-    assert not optimizer._use_weight_decay(gamma) and optimizer._use_weight_decay(kernel)
+    optimizer = config.build_optimizer(opt_cfg, learning_rate=0.1)
+    gamma, kernel = keras.Variable([1.0], name="gamma"), keras.Variable([1.0], name="kernel")
+    optimizer.apply([keras.ops.zeros([1]), keras.ops.zeros([1])], [gamma, kernel])
+    assert float(gamma.numpy()[0]) == 1.0  # excluded: no decay
+    assert float(kernel.numpy()[0]) == pytest.approx(1.0 - 0.1 * 0.5)  # decoupled decay: lr * wd * w
 
 
 def test_resnet50_lars_32k_carries_the_mlperf_submission_values():

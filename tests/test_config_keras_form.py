@@ -76,16 +76,6 @@ def test_runner_values_replace_the_configs_learning_rate_and_accumulation(tmp_pa
     assert built.get_config()["learning_rate"]["class_name"] == "ExponentialDecay"
 
 
-def test_keras_optimizer_weight_decay_exclusions_in_keras_form(tmp_path):
-    cfg = load(tmp_path, raw_with({"class_name": "SGD", "config": {
-        "weight_decay": 0.5, "exclude_from_weight_decay": ["gamma"]}}))
-    optimizer = config.build_optimizer(cfg.optimizer, learning_rate=0.1)
-    gamma, kernel = keras.Variable([1.0], name="gamma"), keras.Variable([1.0], name="kernel")
-    optimizer.apply([keras.ops.zeros([1]), keras.ops.zeros([1])], [gamma, kernel])
-    assert float(gamma.numpy()[0]) == 1.0  # excluded: no decay
-    assert float(kernel.numpy()[0]) == pytest.approx(1.0 - 0.1 * 0.5)  # decoupled decay lr * wd * w
-
-
 def test_keras_form_errors_name_the_key(tmp_path):
     lamb = {"class_name": "LAMB", "config": {"beta_1": 0.9}}
     assert error_of(tmp_path, raw_with(lamb), ["optimizer.config.beta_11=0.9"]).startswith(

@@ -71,6 +71,17 @@ def test_model_arguments_add_the_tasks_data_keys(tmp_path):
     assert args["num_layers"] == cfg.model.args["num_layers"]
 
 
+def test_build_model_hands_the_data_keys_to_the_registered_builder(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: t\ntask: cifar10\ndata: {name: cifar10, image_size: 16}\n"
+                    "model: {name: resnet20, args: {depth: 8, width: 4, num_classes: 7}}\n"
+                    "optimizer: {name: SGD}\nschedule: {learning_rate: 0.1}\ntraining: {global_batch_size: 8, steps: 2}\n")
+    (cfg,) = config.load_config(str(path))
+    model = config.build_model(cfg)
+    assert model.name == "resnet8"
+    assert tuple(model.input_shape) == (None, 16, 16, 3) and tuple(model.output_shape) == (None, 7)
+
+
 # ----------------------------------------------------- the signature checker
 
 
@@ -197,7 +208,10 @@ def test_unknown_experiment_lists_the_names(capsys):
 
 
 def test_help_lists_the_experiments_and_config_or_experiment_is_required(capsys):
-    train_help = cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--help"])
+    assert info.value.code == 0
+    train_help = capsys.readouterr().out
     assert "--experiment NAME" in train_help and "resnet50_vrlars_32k_v3-512" in train_help
     for argv in (["train"], ["train", "--config", "x.yaml", "--experiment", "y"]):
         with pytest.raises(SystemExit) as info:
@@ -217,16 +231,40 @@ def test_experiment_by_name_from_another_directory(tmp_path):
     assert "name: resnet50_vrlars_32k_v3-512" in result.stdout and "epochs: 80" in result.stdout
 
 
-def test_configs_are_package_data_and_the_clone_keeps_its_path():
-    # (tomllib is Python 3.11+; the package supports 3.10)
+def _package_data():
+    """``[tool.setuptools.package-data] tf_largebatch`` of pyproject.toml
+    (read without tomllib, which is Python 3.11+; the package supports 3.10)."""
     with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
         section = f.read().split("[tool.setuptools.package-data]", 1)[1].split("\n[", 1)[0]
-    package_data = ast.literal_eval(re.search(r"^tf_largebatch = (\[.*\])$", section, re.M).group(1))
+    return ast.literal_eval(re.search(r"^tf_largebatch = (\[.*\])$", section, re.M).group(1))
+
+
+def test_configs_are_package_data_and_the_clone_keeps_its_path():
+    package_data = _package_data()
     for path in glob.glob(os.path.join(SHIPPED, "*")):
         relative = os.path.relpath(path, os.path.join(ROOT, "tf_largebatch"))
         assert any(fnmatch.fnmatch(relative, pattern) for pattern in package_data), relative
     assert os.path.islink(os.path.join(ROOT, "tpu_configs"))
     assert os.path.realpath(os.path.join(ROOT, "tpu_configs")) == SHIPPED
+
+
+def test_setuptools_build_copies_every_shipped_config(tmp_path, monkeypatch):
+    """setuptools' own ``build_py`` (what a wheel build runs) with the pyproject's
+    package list and package data, offline."""
+    import setuptools
+
+    monkeypatch.chdir(ROOT)
+    distribution = setuptools.Distribution({
+        "name": "tf_largebatch", "script_name": "setup.py", "package_data": {"tf_largebatch": _package_data()},
+        "packages": setuptools.find_packages(include=["tf_largebatch", "tf_largebatch.*"]),
+    })
+    build_py = distribution.get_command_obj("build_py")
+    build_py.build_lib = str(tmp_path)
+    build_py.ensure_finalized()
+    build_py.run()
+    built = sorted(os.path.basename(p)[:-5] for p in glob.glob(str(tmp_path / "tf_largebatch" / "tpu_configs" / "*")))
+    assert built == config.experiment_names()
+    assert os.path.exists(tmp_path / "tf_largebatch" / "config" / "experiments.py")
 
 
 def _offline_build_backend():

@@ -256,3 +256,20 @@ def test_an_error_of_one_phase_names_the_phase(run_cli, run_dir):
     assert_config_error(outcome, "data.train_files: 'gs://YOUR_BUCKET/bert_pretraining/seq128/*.tfrecord' is a "
                         "placeholder: set it to your own location", run_dir)
     assert "(phase 'phase1_seq128')" in outcome[1]
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("-1", "callbacks.profile_batch: expected an integer >= 0, got -1"),
+    ("5,2", "callbacks.profile_batch: expected a batch number or 'start,stop' with start <= stop, got '5,2'"),
+    ("'a,b'", "callbacks.profile_batch: expected a batch number or 'start,stop'"),
+])
+def test_profile_batch_is_checked_when_the_config_loads(run_cli, write_config, run_dir, value, expected):
+    assert_config_error(run_cli(["--config", write_config(), "--set", f"callbacks.profile_batch={value}", "--dry-run"]),
+                        expected, run_dir)
+
+
+def test_profiling_needs_tensorboard(write_config):
+    (cfg,) = config.load_config(write_config(), overrides=["callbacks.profile_batch='2,3'"])
+    assert cfg.callbacks.profile_batch == "2,3"
+    with pytest.raises(config.ConfigError, match=r"^callbacks.profile_batch: needs callbacks.tensorboard: true"):
+        config.load_config(write_config(), overrides=["callbacks.profile_batch=2", "callbacks.tensorboard=false"])

@@ -266,6 +266,41 @@ def test_fit_under_xla_reduces_loss_and_saves(cls, tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def _halving_problem(seed):
+    """The tanh MLP regression of the issue: 8 inputs, 16 hidden units, 64 examples."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    y = (x @ rng.normal(size=(8, 1)) + 0.1 * rng.normal(size=(64, 1))).astype(np.float32)
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(1)])
+    return model, x, y
+
+
+# Defaults, and the example of docs/optimizers.md.
+TRAINING_CASES = [
+    (MCLR, dict()),
+    (PercentDelta, dict()),
+    (MCLR, dict(learning_rate=0.1, gamma=0.2, momentum=0.9, weight_decay=1e-4, exclude_from_layer_adaptation=["bias"])),
+    (PercentDelta, dict(learning_rate=0.1, gamma=0.2, weight_floor=1e-3)),
+]
+
+
+@pytest.mark.parametrize("cls, kwargs", TRAINING_CASES,
+                         ids=lambda v: getattr(v, "__name__", None) or "-".join(map(str, v)) or "defaults")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_defaults_and_the_documented_example_at_least_halve_the_training_loss(cls, kwargs, seed):
+    """80 updates (batch 16, 20 epochs). With the old defaults (learning_rate=1, gamma=1e-3) the loss
+    went up: zero-initialised biases fall back to rate 1, i.e. SGD at an effective rate of 10."""
+    model, x, y = _halving_problem(seed)
+    model.compile(optimizer=cls(**kwargs), loss="mse")
+    before = model.evaluate(x, y, verbose=0)
+    history = model.fit(x, y, batch_size=16, epochs=20, shuffle=False, verbose=0)
+    assert model.optimizer.iterations.numpy() == 80
+    after = model.evaluate(x, y, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert after <= 0.5 * before, (before, after)
+
+
 def test_mirrored_fit_equals_single_device(mirrored):
     """Two replicas see the all-reduced gradient: same weights as one device."""
     x, y = _regression_data(32)

@@ -122,6 +122,28 @@ def test_bias_correction_counts_real_updates_under_gradient_accumulation():
     assert_histories_close(accumulated[1::2], expected)
 
 
+@pytest.mark.parametrize("position", [0, 2])
+def test_a_skipped_nonfinite_update_leaves_no_trace(position):
+    """Bias corrections count applied updates: a NaN micro-batch (its update is skipped) inserted
+    anywhere gives the weights and slots of the run without it."""
+    weights, gradients = ref.random_problem(steps=4)
+    micro = [[m * g for g in gs] for gs in gradients for m in (1.5, 0.5)]
+    poisoned = [[np.full_like(g, np.nan) for g in gradients[0]], gradients[1]]
+    inserted = micro[:2 * position] + poisoned + micro[2 * position:]
+    runs = []
+    for feed in (micro, inserted):
+        optimizer = LAMB(0.05, weight_decay=0.01, gradient_accumulation_steps=2)
+        history, _ = ref.run_keras(optimizer, weights, feed)
+        slots = [v.numpy() for v in optimizer._momentums + optimizer._velocity_roots]
+        runs.append((history[-1], slots, optimizer))
+    (clean, clean_slots, clean_optimizer), (skipped, skipped_slots, skipping_optimizer) = runs
+    assert skipping_optimizer.skipped_updates == 1 and clean_optimizer.skipped_updates == 0
+    for a, b in zip(skipped + skipped_slots, clean + clean_slots):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    expected = ref.run(ref.per_variable(ref.lamb_step), weights, gradients, 0.05, weight_decay=0.01)
+    assert_histories_close([skipped], expected[-1:])
+
+
 def test_config_round_trip():
     optimizer = LAMB(
         0.002, beta_1=0.8, beta_2=0.99, epsilon=1e-7, weight_decay=0.01, trust_ratio_bounds=(0.1, 5.0),

@@ -16,6 +16,9 @@ LARS_CASES = [
     dict(trust_ratio_on="momentum", trust_coefficient=1.0),
     dict(trust_ratio_on="momentum", nesterov=True, weight_decay=1e-2, trust_coefficient=0.02),
     dict(trust_ratio_on="momentum", trust_ratio_bounds=(0.05, 0.5), trust_coefficient=1.0),
+    dict(trust_ratio_denominator="sum_of_norms", weight_decay=5e-2, trust_coefficient=0.02),
+    dict(trust_ratio_denominator="sum_of_norms", weight_decay=1e-2, nesterov=True, epsilon=1e-4,
+         trust_ratio_bounds=(0.05, 2.0)),
 ]
 
 
@@ -23,6 +26,8 @@ def _reference_kwargs(case):
     kwargs = dict(case)
     if "trust_ratio_bounds" in kwargs:
         kwargs["bounds"] = kwargs.pop("trust_ratio_bounds")
+    if "trust_ratio_denominator" in kwargs:
+        kwargs["denominator"] = kwargs.pop("trust_ratio_denominator")
     return kwargs
 
 
@@ -45,6 +50,27 @@ def test_problem_has_trust_ratios_far_from_one_and_zero_norms():
         ratios.append(state["last_ratio"])
     assert max(ratios) > 100 and min(ratios) < 1e-2
     assert ratios[4] == 1.0 and ratios[5] == 1.0  # zero weight norm, zero gradient norm
+
+
+def test_denominators_differ_with_weight_decay_and_agree_without():
+    """||g|| + wd ||w|| (2017 Algorithm 1, MLPerf) is larger than ||g + wd w|| unless g and w are parallel."""
+    weights, gradients = ref.random_problem(steps=4)
+    runs = {}
+    for weight_decay in (0.0, 0.05):
+        for denominator in ("norm_of_sum", "sum_of_norms"):
+            optimizer = LARS(0.5, weight_decay=weight_decay, trust_coefficient=0.02,
+                             trust_ratio_denominator=denominator)
+            runs[weight_decay, denominator], _ = ref.run_keras(optimizer, weights, gradients)
+    assert_histories_close(runs[0.0, "norm_of_sum"], runs[0.0, "sum_of_norms"])
+    assert not np.allclose(runs[0.05, "norm_of_sum"][-1][2], runs[0.05, "sum_of_norms"][-1][2], rtol=1e-4)
+
+
+def test_sum_of_norms_zero_gradient_gives_ratio_one_as_mlperf():
+    """With ||g|| = 0 and wd > 0 the ratio is 1 (MLPerf), not 1/wd: the step is lr * wd * w."""
+    weights = [np.array([3.0, 4.0])]
+    history, _ = ref.run_keras(LARS(0.5, momentum=0.0, weight_decay=0.1, trust_ratio_denominator="sum_of_norms"),
+                               weights, [[np.zeros(2)]])
+    np.testing.assert_allclose(history[0][0], weights[0] - 0.5 * 0.1 * weights[0], rtol=1e-6)
 
 
 def test_versions_agree_without_momentum_and_weight_decay():
@@ -120,8 +146,12 @@ def test_config_round_trip_keeps_patterns_and_arguments():
         2.0, momentum=0.8, weight_decay=1e-4, trust_coefficient=0.002, epsilon=1e-9, nesterov=True,
         trust_ratio_on="momentum", trust_ratio_bounds=(0.1, 10.0),
         exclude_from_weight_decay=["bias"], exclude_from_layer_adaptation=["LayerNorm", "layer_norm"],
+        trust_ratio_denominator="norm_of_sum",
     )
     config = optimizer.get_config()
+    assert config["trust_ratio_denominator"] == "norm_of_sum"
+    assert LARS.from_config(dict(config, trust_ratio_denominator="sum_of_norms", trust_ratio_on="gradient")
+                            ).get_config()["trust_ratio_denominator"] == "sum_of_norms"
     assert config["exclude_from_weight_decay"] == ["bias"]
     assert config["exclude_from_layer_adaptation"] == ["LayerNorm", "layer_norm"]
     assert config["trust_ratio_bounds"] == [0.1, 10.0]
@@ -144,6 +174,8 @@ def test_config_round_trip_keeps_patterns_and_arguments():
         (dict(epsilon=-1e-3), "epsilon", "-0.001"),
         (dict(weight_decay=-1e-4), "weight_decay", "-0.0001"),
         (dict(exclude_from_layer_adaptation="bias"), "exclude_from_layer_adaptation", "bias"),
+        (dict(trust_ratio_denominator="l2"), "trust_ratio_denominator", "'l2'"),
+        (dict(trust_ratio_denominator="sum_of_norms", trust_ratio_on="momentum"), "trust_ratio_on", "'momentum'"),
     ],
 )
 def test_bad_hyperparameters_raise_naming_argument_and_value(kwargs, argument, value):

@@ -8,6 +8,7 @@ import reference_optimizers as ref
 from reference_optimizers import RTOL, ATOL, assert_histories_close  # noqa: F401
 from tf_largebatch.optimizers import (
     LAMB,
+    LARS,
     LayerwiseAdagrad,
     LayerwiseAdam,
     LayerwiseRMSprop,
@@ -86,13 +87,66 @@ def test_without_layer_adaptation_equals_the_keras_base_optimizer(ours, kwargs, 
     assert_histories_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_layerwise_adam_with_weight_decay_is_lamb():
-    """Limit of the Batch Size, Sec. 3: Adam + layer-wise + bound-ratio is a special case of LAMB."""
+@pytest.mark.parametrize("cls", [LayerwiseAdam, LAMB], ids=_id)
+def test_layerwise_adam_with_weight_decay_and_lamb_match_the_lamb_reference(cls):
+    """Limit of the Batch Size, Sec. 3: Adam + layer-wise + bound-ratio is a special case of LAMB
+    (each against the NumPy LAMB of You et al. 2020, Algorithm 2)."""
     weights, gradients = ref.random_problem(steps=4)
-    kwargs = dict(weight_decay=0.01, trust_ratio_bounds=(0.1, 3.0), epsilon=1e-6)
-    a, _ = ref.run_keras(LayerwiseAdam(0.05, **kwargs), weights, gradients)
-    b, _ = ref.run_keras(LAMB(0.05, **kwargs), weights, gradients)
-    assert_histories_close(a, b, rtol=0, atol=0)
+    kwargs = dict(weight_decay=0.01, epsilon=1e-6)
+    history, _ = ref.run_keras(cls(0.05, trust_ratio_bounds=(0.1, 3.0), **kwargs), weights, gradients)
+    expected = ref.run(ref.per_variable(ref.lamb_step), weights, gradients, 0.05, bounds=(0.1, 3.0), **kwargs)
+    assert_histories_close(history, expected)
+
+
+# ------------------------------------------------------- extreme gradient scales
+SCALE_FREE = [
+    (LARS, dict()),
+    (LayerwiseSGD, dict(momentum=0.9)),
+    (LayerwiseAdagrad, dict(initial_accumulator_value=0.0, epsilon=0.0)),
+    (LayerwiseRMSprop, dict(epsilon=0.0, centered=True, momentum=0.5)),
+    (LayerwiseAdam, dict(epsilon=0.0)),
+    (LAMB, dict(epsilon=0.0, trust_ratio_bounds=(0.1, 3.0))),
+]
+
+
+@pytest.mark.parametrize("cls, kwargs", SCALE_FREE, ids=_id)
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_scale_free_configurations_take_the_same_steps_from_1e_minus30_to_1e30(cls, kwargs, scale):
+    """Without epsilon every trust-ratio step is invariant to the gradients' scale; float32 squares
+    and norms of 1e30 overflow and of 1e-30 underflow, so norms and second moments are kept scaled."""
+    weights, gradients = ref.random_problem(steps=4)
+    # Not the zero-initialised bias: ratio 1 there, so LARS's step is lr * g (scale-dependent by design).
+    weights, gradients = weights[:4], [gs[:4] for gs in gradients]
+    reference, _ = ref.run_keras(cls(0.05, **kwargs), weights, gradients)
+    scaled, _ = ref.run_keras(cls(0.05, **kwargs), weights, [[scale * g for g in gs] for gs in gradients])
+    assert_histories_close(scaled, reference, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [LARS, LAMB, LayerwiseSGD, LayerwiseAdagrad, LayerwiseRMSprop, LayerwiseAdam],
+                         ids=_id)
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_default_configurations_take_a_finite_step_at_extreme_scales(cls, scale):
+    weights, gradients = ref.random_problem(steps=2)
+    weights, gradients = weights[:4], [gs[:4] for gs in gradients]
+    optimizer = cls(0.05, weight_decay=1e-4)
+    history, _ = ref.run_keras(optimizer, weights, [[scale * g for g in gs] for gs in gradients])
+    assert optimizer.skipped_updates == 0
+    for before, after in zip(weights, history[-1]):
+        assert np.all(np.isfinite(after))
+        assert np.any(after != before)
+
+
+@pytest.mark.parametrize("cls", [LayerwiseAdam, LAMB], ids=_id)
+def test_epsilon_zero_with_an_exactly_zero_gradient_element_stays_finite(cls):
+    """m = v = 0 for an element that never had a gradient: its Adam direction is 0, not 0/0."""
+    weights, gradients = ref.random_problem(steps=4)
+    weights, gradients = weights[:4], [[g.copy() for g in gs[:4]] for gs in gradients]
+    for gs in gradients:
+        gs[2][1, 2] = 0.0
+    history, _ = ref.run_keras(cls(0.05, epsilon=0.0, weight_decay=0.01), weights, gradients)
+    expected = ref.run(ref.per_variable(ref.lamb_step), weights, gradients, 0.05, epsilon=0.0, weight_decay=0.01)
+    assert_histories_close(history, expected)
+    assert all(np.all(np.isfinite(w)) for step in history for w in step)
 
 
 def test_all_layerwise_optimizers_share_one_trust_ratio_step():

@@ -42,9 +42,16 @@ def check_run(cfg, summary, tmp_path):
     assert all(np.isfinite(v) for v in summary["final_logs"].values()), summary["final_logs"]
     assert "val_loss" in summary["final_logs"]
     run = tmp_path / "run"
-    assert (run / "final.weights.h5").exists()
-    assert sorted(os.listdir(run / "checkpoints")) == ["loop-00001.weights.h5", "loop-00002.weights.h5"]
+    assert (run / "final.weights.h5").exists() and (run / "final.keras").exists()
+    assert sorted(os.listdir(run / "checkpoints")) == [
+        "best.weights.h5", "loop-00001.weights.h5", "loop-00002.weights.h5"
+    ]
     assert glob.glob(str(run / "logs" / "train" / "events.out.tfevents.*"))
+    assert not (run / "backup").exists()  # removed once the phase's final files are written
+    assert summary["optimizer_updates"] == 2
+    assert summary["measured_steps"] == 1 and summary["seconds_per_step"] > 0
+    assert summary["examples_per_second"] == pytest.approx(cfg.training.global_batch_size / summary["seconds_per_step"])
+    assert summary["device_count"] == summary["replicas"] and summary["device_kind"].startswith("CPU")
 
 
 # One ResNet-20/CIFAR-10 config per optimizer of the SNGM paper's Table 2; the

@@ -80,12 +80,12 @@ def _momentum_norms(optimizer, weights, gradient_steps):
 
 
 def test_momentum_norm_never_exceeds_one_over_one_minus_beta():
-    """Lemma 2: ||u_t|| <= 1/(1 - beta) whatever the gradients' scale (1e-8 ... 1e8)."""
+    """Lemma 2: ||u_t|| <= 1/(1 - beta) whatever the gradients' scale (1e-30 ... 1e30)."""
     rng = np.random.default_rng(0)
     weights, _ = ref.random_problem(steps=1)
     steps = []
     for _ in range(300):
-        scales = 10.0 ** rng.uniform(-8, 8, size=len(weights))
+        scales = 10.0 ** rng.uniform(-30, 30, size=len(weights))
         steps.append([s * rng.normal(size=w.shape) for s, w in zip(scales, weights)])
     beta = 0.9
     norms = _momentum_norms(SNGM(0.01, momentum=beta), weights, steps)
@@ -98,12 +98,25 @@ def test_momentum_norm_bound_is_attained_for_a_constant_direction():
     rng = np.random.default_rng(1)
     weights, _ = ref.random_problem(steps=1)
     direction = [rng.normal(size=w.shape) for w in weights]
-    scales = 10.0 ** rng.uniform(-8, 8, size=100)
+    scales = 10.0 ** rng.uniform(-30, 30, size=100)
     steps = [[scale * d for d in direction] for scale in scales]
     beta = 0.95
     norms = _momentum_norms(SNGM(0.01, momentum=beta), weights, steps)
     t = np.arange(1, 101)
     np.testing.assert_allclose(norms, (1 - beta**t) / (1 - beta), rtol=1e-5)
+
+
+@pytest.mark.parametrize("layerwise", [False, True])
+@pytest.mark.parametrize("scale", [1e-30, 1e-15, 1e15, 1e30])
+def test_steps_are_invariant_to_the_gradient_scale_from_1e_minus30_to_1e30(layerwise, scale):
+    """SNGM sees only g / ||g||: gradients times any c > 0 give the same weights (norms kept scaled,
+    since float32 squares of 1e30 overflow and of 1e-30 underflow)."""
+    weights, gradients = ref.random_problem(steps=5)
+    reference, _ = ref.run_keras(SNGM(0.1, layerwise=layerwise), weights, gradients)
+    scaled, _ = ref.run_keras(SNGM(0.1, layerwise=layerwise), weights, [[scale * g for g in gs] for gs in gradients])
+    assert_histories_close(scaled, reference, rtol=1e-5, atol=1e-7)
+    expected = ref.run(ref.sngm_step, weights, gradients, 0.1, layerwise=layerwise)
+    assert_histories_close(scaled, expected)
 
 
 # ------------------------------------------------------------ eq. (10)

@@ -24,6 +24,7 @@ registered with Keras as after ``import tf_largebatch``.
 
 import argparse
 import contextlib
+import importlib.util
 import logging
 import os
 import sys
@@ -112,7 +113,9 @@ def _add_train(subparsers):
         help="override a config value (YAML-typed); repeatable; phases.<i>.KEY for one phase",
     )
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny model, data and step counts: an end-to-end check on a CPU")
+                        help="tiny model, data and step counts: an end-to-end check on a CPU; synthetic data "
+                             "where the real data is not on this machine (unless --set chooses data.synthetic, "
+                             "data.train_files, data.eval_files, data.name or data.data_dir)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate and print the resolved config; no training (and no checks of this machine)")
     _add_verbose(parser, default=argparse.SUPPRESS)
@@ -123,12 +126,42 @@ def _load_train_configs(args, config_lib):
     """The checked phases of ``args``; raises ConfigError before anything is built."""
     path = config_lib.experiment_path(args.experiment) if args.experiment else args.config
     configs = config_lib.load_config(path, overrides=args.overrides, smoke=args.smoke)
-    if not args.dry_run:
-        config_lib.check_environment(configs, smoke=args.smoke)
+    if args.dry_run:
+        return configs
+    if args.smoke and not any(_chooses_data(text) for text in args.overrides):
+        from tf_largebatch.pipelines import synthetic
+
+        configs = synthetic.where_data_is_missing(configs)
+    config_lib.check_environment(configs, smoke=args.smoke)
     return configs
 
 
+def _missing_extra(command, extra, modules):
+    """A message if a module of ``extra`` is not installed, else ``None``."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        return (f"tf-largebatch {command} needs the {extra} extra, and {', '.join(missing)} is not installed: "
+                f"pip install \"tf_largebatch[{extra}]\"")
+    return None
+
+
+_DATA_CHOICES = ("synthetic", "train_files", "eval_files", "name", "data_dir")
+
+
+def _chooses_data(override):
+    """Whether a ``--set`` text chooses the data (``data.synthetic`` or where the
+    real data is), for every phase or one: then ``--smoke`` keeps that choice."""
+    key = override.partition("=")[0].strip().split(".")
+    if key[:1] == ["phases"]:
+        key = key[2:]
+    return len(key) == 2 and key[0] == "data" and key[1] in _DATA_CHOICES
+
+
 def _train(args):
+    missing = _missing_extra("train", "pipelines", ["yaml"])
+    if missing:
+        print(f"tf-largebatch: error: {missing}", file=sys.stderr)
+        return 2
     # Validating a config builds its optimizer, so TensorFlow starts (quietly) first.
     start_tensorflow(args.verbose)
     from tf_largebatch import config as config_lib
@@ -153,8 +186,8 @@ def _train(args):
         return 2
     for summary in summaries:
         phase = f" [{summary['phase']}]" if summary.get("phase") else ""
-        print(f"tf-largebatch: {summary['name']}{phase}: {summary['optimizer_steps']} optimizer steps, "
-              f"final {summary['final_logs']}")
+        print(f"tf-largebatch: {summary['name']}{phase}: final logs after {summary['optimizer_updates']} optimizer "
+              f"updates: {summary['final_logs']}")
     return 0
 
 

@@ -138,11 +138,27 @@ def _check_strategy(cfg):
 def _check_callbacks(cfg):
     c = cfg.callbacks
     _check_positive("callbacks.max_to_keep", c.max_to_keep)
+    _check_profile_batch(c)
     if c.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("callbacks.tensorboard", "needs the tensorboard package "
                           "(pip install tensorboard), or set it to false")
     if c.gsnr_monitor is not None:
         _check_gsnr_monitor(cfg)
+
+
+def _check_profile_batch(c, path="callbacks.profile_batch"):
+    """Keras's TensorBoard ``profile_batch``: a batch number, or ``"start,stop"``."""
+    value = c.profile_batch
+    if value is None:
+        return
+    if isinstance(value, int):
+        _check_positive(path, value, 0)
+    else:
+        parts = value.split(",")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or int(parts[0]) > int(parts[1]):
+            raise ConfigError(path, f"expected a batch number or 'start,stop' with start <= stop, got {value!r}")
+    if not c.tensorboard:
+        raise ConfigError(path, "needs callbacks.tensorboard: true (the profile is written with its logs)")
 
 
 def check_optimizer(cfg, path="optimizer"):

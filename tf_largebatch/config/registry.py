@@ -3,9 +3,10 @@
 In the style of Model Garden's factories (``task_factory``,
 ``exp_factory``): each task, model and optimizer family is registered once
 here, by name, and every other module looks it up here instead of comparing
-``cfg.task`` with string literals. Registering is cheap: modules are named by
-dotted path and imported only when a config is built, so ``--help`` and config
-checks do not import TensorFlow through the registry.
+``cfg.task`` with string literals. Registering is cheap: pipelines and model
+builders are named by dotted path and imported only when a config is checked
+or built, so importing the registry (``--help``) loads neither TensorFlow nor
+the pipelines.
 
 A task names its input pipeline (a module with ``make_datasets(cfg)``), the
 models that fit it, the data keys the runner hands to the model builder, and

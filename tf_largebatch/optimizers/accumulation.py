@@ -93,9 +93,9 @@ class AccumulationMixin:
             return
         steps = self.gradient_accumulation_steps
         if not steps:
-            self._reduce_and_update(self._local_statistics(grads), trainable_variables)
+            self._reduce_and_update(self._local_statistics(grads, trainable_variables), trainable_variables)
             return
-        statistics = self._local_statistics(grads)
+        statistics = self._local_statistics(grads, trainable_variables)
         indices = [keras_seam.variable_index(self, v) for v in trainable_variables]
         accumulators = [[accumulator[i] for i in indices] for accumulator in self._local_accumulators]
         for values, slots in zip(statistics, accumulators):
@@ -143,10 +143,10 @@ class AccumulationMixin:
     def _num_local_statistics(self):
         return 2 if self._records_statistics() else 1
 
-    def _local_statistics(self, grads):
+    def _local_statistics(self, grads, trainable_variables):
         """Per-replica statistics averaged over micro-batches, then all-reduced in one collective."""
         if self._records_statistics():
-            return [grads, [tf.square(tf.cast(g, tf.float32)) for g in grads]]
+            return self._local_moments(grads, trainable_variables)
         return [grads]
 
     def _reduce_and_update(self, local_statistics, trainable_variables):

@@ -30,14 +30,13 @@ hooks (:mod:`~tf_largebatch.optimizers.keras_seam`, the only module that
 touches them). This module keeps the Keras surface and the config.
 """
 
-import re
-
 import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
 from tf_largebatch.optimizers import keras_seam
 from tf_largebatch.optimizers.accumulation import NONFINITE_POLICIES, AccumulationMixin, check_nonfinite_policy
+from tf_largebatch.optimizers.selection import PathPatterns, VariableSelection  # noqa: F401
 from tf_largebatch.optimizers.replicas import (  # noqa: F401  (public names of this module)
     all_reduce_sum,
     apply_with_keras,
@@ -51,6 +50,7 @@ __all__ = [
     "NONFINITE_POLICIES",
     "LargeBatchOptimizer",
     "PathPatterns",
+    "VariableSelection",
     "all_reduce_sum",
     "apply_reduced_gradients",
     "check_float_variables",
@@ -61,25 +61,6 @@ __all__ = [
     "run_update_steps",
     "variable_path",
 ]
-
-
-class PathPatterns:
-    """Regular expressions matched (``re.search``) against ``variable.path``.
-
-    Keras's own ``exclude_from_weight_decay(var_names=...)`` matches the short
-    name only (``gamma``), so patterns such as ``"LayerNorm"`` or
-    ``"layer_normalization"`` silently match nothing there. Matching the full
-    path (``"encoder/layer_normalization/gamma"``) makes both kinds work.
-    """
-
-    def __init__(self, patterns):
-        self.patterns = list(patterns)
-        self._regex = re.compile("|".join(f"(?:{p})" for p in self.patterns)) if self.patterns else None
-
-    def matches(self, variable):
-        if self._regex is None:
-            return False
-        return self._regex.search(variable_path(variable)) is not None
 
 
 class LargeBatchOptimizer(AccumulationMixin, GradientStatisticsMixin, SlotsMixin,
@@ -127,10 +108,8 @@ class LargeBatchOptimizer(AccumulationMixin, GradientStatisticsMixin, SlotsMixin
         check_nonfinite_policy(nonfinite_gradients)
         validation.check_base_keywords({**kwargs, "weight_decay": weight_decay})
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
-        self._weight_decay_exclusions = validation.check_patterns(
-            "exclude_from_weight_decay", exclude_from_weight_decay
-        )
-        self._weight_decay_patterns = PathPatterns(self._weight_decay_exclusions)
+        self._variable_selection = VariableSelection(exclude_from_weight_decay)
+        self._weight_decay_exclusions = self._variable_selection.weight_decay_exclusions
         self.nonfinite_gradients = nonfinite_gradients
         self.record_gradient_statistics = validation.check_bool("record_gradient_statistics",
                                                                 record_gradient_statistics)
@@ -159,6 +138,7 @@ class LargeBatchOptimizer(AccumulationMixin, GradientStatisticsMixin, SlotsMixin
             super().build(variables)
         finally:
             self.gradient_accumulation_steps = steps
+        self._resolve_variable_selection(variables)
         self._build_accumulation(variables, steps)
         self._build_gradient_statistics(variables)
 
@@ -187,19 +167,27 @@ class LargeBatchOptimizer(AccumulationMixin, GradientStatisticsMixin, SlotsMixin
             return learning_rate(self.iterations)
         return super()._current_learning_rate()
 
+    def _resolve_variable_selection(self, variables):
+        """Per-variable decisions (weight decay? layer-wise rate?), once, at build."""
+        self._decays, self._adapts = self._variable_selection.resolve(
+            variables, also_decays=lambda variable: keras_seam.keras_uses_weight_decay(self, variable)
+        )
+
     def _use_weight_decay(self, variable):
-        """Weight decay applies unless excluded by path pattern or by Keras's own API."""
-        if self._weight_decay_patterns.matches(variable):
-            return False
-        return super()._use_weight_decay(variable)
+        """Weight decay applies unless excluded by path pattern or by Keras's own API
+        (see :mod:`~tf_largebatch.optimizers.selection`)."""
+        if self.built:
+            return self._decays[keras_seam.variable_index(self, variable)]
+        return self._variable_selection.decays(variable) and keras_seam.keras_uses_weight_decay(self, variable)
 
     # ------------------------------------------------------ extension points
     def _update_from_reduced_statistics(self, statistics, trainable_variables):
         """Update from all-reduced statistics: the global mean gradient (and, when
         recording, its per-sample second moment, summarised per variable)."""
+        grads = statistics[0]
         if self._records_statistics():
-            self._record_gradient_statistics(statistics, trainable_variables)
-        self._update_with_reduced_gradients(statistics[0], trainable_variables)
+            grads = self._record_gradient_statistics(statistics, trainable_variables)
+        self._update_with_reduced_gradients(grads, trainable_variables)
 
     def _transform_reduced_gradients(self, grads, trainable_variables):
         """Cross-variable step on the global mean gradient (default: none)."""

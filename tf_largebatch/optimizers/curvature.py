@@ -1,8 +1,7 @@
 """Curvature-based layer-wise learning rates: MCLR and PercentDelta.
 
 Gao and Zhong, "Study on the Large Batch Size Training of Neural Networks Based
-on the Second Order Gradient" (``shared/papers/second_order_curvature_lr.txt``,
-the "curvature paper", §4)
+on the Second Order Gradient" (the "curvature paper", §4)
 approximates the curvature radius of weight ``w_i`` near a minimum by
 ``R_i ~ |w_i / (dL/dw_i)|`` (eq. 17) and sets each layer's learning rate from a
 statistic of the ``R_i`` of that layer:
@@ -30,7 +29,7 @@ import tensorflow as tf
 
 from tf_largebatch import validation
 from tf_largebatch.optimizers import keras_seam, rules
-from tf_largebatch.optimizers.base import LargeBatchOptimizer, PathPatterns
+from tf_largebatch.optimizers.layerwise import LayerwiseOptimizer
 
 
 # --------------------------------------------------------------------- math
@@ -125,94 +124,32 @@ def percent_delta_rate(weight, direction, *, gamma, weight_floor=1e-3):
 
 
 # ---------------------------------------------------------------- optimizers
-class _LayerwiseRateOptimizer(LargeBatchOptimizer):
-    """Momentum SGD whose step for each variable is scaled by a layer-wise rate.
-
-    The update is LARS's (You et al. 2017, Algorithm 1) with the trust ratio
-    replaced by the subclass's :meth:`_layer_rate`::
-
-        d   = g + weight_decay * w                  (coupled weight decay)
-        v  <- momentum * v + learning_rate * eta_l * d
-        w  <- w - v
-
-    Subclasses implement ``_layer_rate(weight, gradient, weight_decay)``.
-    """
-
-    def __init__(
-        self,
-        learning_rate,
-        *,
-        momentum,
-        weight_decay,
-        exclude_from_weight_decay,
-        exclude_from_layer_adaptation,
-        **kwargs,
-    ):
-        super().__init__(
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            exclude_from_weight_decay=exclude_from_weight_decay,
-            **kwargs,
-        )
-        self.momentum = validation.check_probability("momentum", momentum)
-        self._layer_adaptation_exclusions = validation.check_patterns(
-            "exclude_from_layer_adaptation", exclude_from_layer_adaptation
-        )
-        self._layer_adaptation_patterns = PathPatterns(self._layer_adaptation_exclusions)
-
-    def build(self, var_list):
-        if self.built:
-            return
-        super().build(var_list)
-        self.momentums = self._add_slots(var_list, "momentum")
-        # update_step receives tf.Variables (no `.path`): decide per index now.
-        self._decays = [bool(self.weight_decay) and self._use_weight_decay(v) for v in var_list]
-        self._adapts = [not self._layer_adaptation_patterns.matches(v) for v in var_list]
-
-    def _layer_rate(self, weight, gradient, weight_decay):
-        raise NotImplementedError
-
-    def update_step(self, gradient, variable, learning_rate):
-        index = keras_seam.variable_index(self, variable)
-        weight = rules.as_float32(variable)
-        gradient = rules.as_float32(gradient)
-        weight_decay = self.weight_decay if self._decays[index] else 0.0
-        direction = rules.add_weight_decay(gradient, weight, weight_decay) if weight_decay else gradient
-        if self._adapts[index]:
-            rate = self._layer_rate(weight, gradient, weight_decay)
-        else:
-            rate = tf.constant(1.0)
-        step = tf.cast(learning_rate, tf.float32) * rate * direction
-        momentum = self.momentums[index]
-        self.assign(momentum, rules.heavy_ball(momentum, tf.cast(step, momentum.dtype), self.momentum))
-        self.assign_sub(variable, tf.cast(momentum, variable.dtype))
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "momentum": self.momentum,
-                "exclude_from_layer_adaptation": list(self._layer_adaptation_exclusions),
-            }
-        )
-        return config
-
-
 _COMMON_ARGS = """momentum: float in [0, 1), heavy-ball momentum on the scaled step
             (LARS's placement; the curvature paper does not say). ``0`` gives
             the paper's eq. (11) step.
         weight_decay: optional float >= 0, coupled L2 weight decay added to the
             gradient.
-        exclude_from_weight_decay: list of regular expressions searched in
+        exclude_from_weight_decay: ``None`` or regular expressions searched in
             ``variable.path``; matching variables get no weight decay.
-        exclude_from_layer_adaptation: list of regular expressions searched in
-            ``variable.path``; matching variables (e.g. ``["bias", "gamma",
-            "beta"]``) use rate 1, i.e. plain momentum SGD with
-            ``learning_rate``."""
+        exclude_from_layer_adaptation: ``None`` (the weight-decay list) or
+            regular expressions searched in ``variable.path``; matching
+            variables (e.g. ``["bias", "gamma", "beta"]``) use rate 1, i.e. plain
+            momentum SGD with ``learning_rate``. ``[]`` adapts every variable."""
+
+_SCALES = """The two scales. ``learning_rate`` is an SGD learning rate: variables
+    without a layer-wise rate (excluded ones, and the failure cases, e.g. a
+    zero-initialised bias) take the plain momentum-SGD step
+    ``learning_rate * g``, whose effective rate is
+    ``learning_rate / (1 - momentum)``. ``learning_rate * gamma`` is
+    dimensionless: the fraction of the layer's weights an adapted layer moves
+    per step (before momentum's ``1 / (1 - momentum)``). The defaults
+    (``learning_rate=0.1``, ``gamma=0.1``, ``momentum=0.9``) keep both in a
+    range that trains: with ``learning_rate=1`` the fallback variables take
+    SGD steps with an effective rate of 10 and diverge, whatever ``gamma``."""
 
 
 @keras.saving.register_keras_serializable(package="tf_largebatch")
-class MCLR(_LayerwiseRateOptimizer):
+class MCLR(LayerwiseOptimizer):
     """Median-curvature learning rate (MCLR; curvature paper eq. 20-22).
 
     Per variable (the paper's "group", a layer), with ``g`` the global mean
@@ -231,27 +168,34 @@ class MCLR(_LayerwiseRateOptimizer):
     gamma * R_m`` is the special case ``learning_rate = 1``. Failure cases
     (eq. 18-19): see :func:`median_curvature_rate`.
 
+    {{scales}} For MCLR the fraction is ``learning_rate * gamma`` of
+    ``median|w|`` at the element with the median gradient.
+
     The paper found MCLR on a par with LARS up to batch size ~8192 and does not
-    recommend it beyond (§4.2).
+    recommend it beyond (§4.2); it gives no value of ``gamma``.
 
     Args:
         learning_rate: float >= 0, a ``keras.optimizers.schedules`` schedule, or
-            a callable; the global rate multiplying ``eta_l``.
+            a callable; the global rate multiplying ``eta_l``, and the SGD rate
+            of variables without a layer-wise rate.
         gamma: float > 0, the paper's ``gamma`` (eq. 21): the fraction of the
-            median curvature radius taken per step.
+            median curvature radius taken per step (times ``learning_rate``).
         {{common_args}}
         {{base_optimizer_keyword_args}}
 
     References:
         Gao and Zhong, "Study on the Large Batch Size Training of Neural
-        Networks Based on the Second Order Gradient", eq. (11), (17)-(22), §4.2. You et al. 2017, "Large Batch Training of Convolutional
+            Networks Based on the Second Order Gradient", eq. (11), (17)-(22), §4.2.
+        You, Gitman, Ginsburg 2017, "Large Batch Training of Convolutional
         Networks" (LARS, Algorithm 1) for the momentum placement.
     """
 
+    momentum_placement = "step"
+
     def __init__(
         self,
-        learning_rate=1.0,
-        gamma=1e-3,
+        learning_rate=0.1,
+        gamma=0.1,
         momentum=0.9,
         weight_decay=None,
         exclude_from_weight_decay=None,
@@ -260,27 +204,27 @@ class MCLR(_LayerwiseRateOptimizer):
         **kwargs,
     ):
         super().__init__(
-            learning_rate=learning_rate,
-            momentum=momentum,
+            learning_rate,
             weight_decay=weight_decay,
             exclude_from_weight_decay=exclude_from_weight_decay,
             exclude_from_layer_adaptation=exclude_from_layer_adaptation,
             name=name,
             **kwargs,
         )
+        self.momentum = validation.check_probability("momentum", momentum)
         self.gamma = validation.check_number("gamma", gamma, low=0.0, low_inclusive=False)
 
-    def _layer_rate(self, weight, gradient, weight_decay):
-        return median_curvature_rate(weight, gradient, gamma=self.gamma, weight_decay=weight_decay)
+    def _layer_rate(self, variable, gradient, update, weight_decay):
+        return median_curvature_rate(variable, gradient, gamma=self.gamma, weight_decay=weight_decay)
 
     def get_config(self):
         config = super().get_config()
-        config["gamma"] = self.gamma
+        config.update({"gamma": self.gamma, "momentum": self.momentum})
         return config
 
 
 @keras.saving.register_keras_serializable(package="tf_largebatch")
-class PercentDelta(_LayerwiseRateOptimizer):
+class PercentDelta(LayerwiseOptimizer):
     """PercentDelta layer-wise learning rate (curvature paper eq. 24).
 
     Per variable, with ``d = g + weight_decay * w`` the step direction::
@@ -289,17 +233,21 @@ class PercentDelta(_LayerwiseRateOptimizer):
         v    <- momentum * v + learning_rate * eta_l * d
         w    <- w - v
 
-    With ``learning_rate = 1`` and no momentum each step changes the layer's
-    weights by the fraction ``gamma`` on average (``mean|dw_i / w_i| = gamma``).
+    Without momentum each step changes the layer's weights by the fraction
+    ``learning_rate * gamma`` on average (``mean|dw_i / w_i|``).
     The paper writes eq. (24) for the gradient alone; we use the whole direction
     (gradient plus weight decay) so that this stays true with weight decay.
     ``learning_rate`` (which may be a schedule) multiplies ``eta_l`` as in LARS.
     Failure cases (eq. 18-19): see :func:`percent_delta_rate`.
 
+    {{scales}}
+
     Args:
         learning_rate: float >= 0, a ``keras.optimizers.schedules`` schedule, or
-            a callable; the global rate multiplying ``eta_l``.
-        gamma: float > 0, target mean relative change of the weights per step.
+            a callable; the global rate multiplying ``eta_l``, and the SGD rate
+            of variables without a layer-wise rate.
+        gamma: float > 0, target mean relative change of the weights per step
+            (times ``learning_rate``).
         weight_floor: float >= 0, each ``|w_i|`` is floored at
             ``weight_floor * mean|w|`` in ``||d / w||_1`` (guards eq. 18 without
             an absolute epsilon); ``0`` leaves out exactly-zero weights only.
@@ -312,10 +260,12 @@ class PercentDelta(_LayerwiseRateOptimizer):
         for the momentum placement.
     """
 
+    momentum_placement = "step"
+
     def __init__(
         self,
-        learning_rate=1.0,
-        gamma=1e-3,
+        learning_rate=0.1,
+        gamma=0.1,
         momentum=0.9,
         weight_floor=1e-3,
         weight_decay=None,
@@ -325,29 +275,27 @@ class PercentDelta(_LayerwiseRateOptimizer):
         **kwargs,
     ):
         super().__init__(
-            learning_rate=learning_rate,
-            momentum=momentum,
+            learning_rate,
             weight_decay=weight_decay,
             exclude_from_weight_decay=exclude_from_weight_decay,
             exclude_from_layer_adaptation=exclude_from_layer_adaptation,
             name=name,
             **kwargs,
         )
+        self.momentum = validation.check_probability("momentum", momentum)
         self.gamma = validation.check_number("gamma", gamma, low=0.0, low_inclusive=False)
         self.weight_floor = validation.check_number("weight_floor", weight_floor, low=0.0)
 
-    def _layer_rate(self, weight, gradient, weight_decay):
-        direction = rules.add_weight_decay(gradient, weight, weight_decay) if weight_decay else gradient
-        return percent_delta_rate(weight, direction, gamma=self.gamma, weight_floor=self.weight_floor)
+    def _layer_rate(self, variable, gradient, update, weight_decay):
+        return percent_delta_rate(variable, update, gamma=self.gamma, weight_floor=self.weight_floor)
 
     def get_config(self):
         config = super().get_config()
-        config.update({"gamma": self.gamma, "weight_floor": self.weight_floor})
+        config.update({"gamma": self.gamma, "momentum": self.momentum, "weight_floor": self.weight_floor})
         return config
 
 
 for _cls in (MCLR, PercentDelta):
-    _cls.__doc__ = _cls.__doc__.replace("{{common_args}}", _COMMON_ARGS).replace(
-        "{{base_optimizer_keyword_args}}", keras_seam.BASE_OPTIMIZER_KEYWORD_ARGS
-    )
+    _cls.__doc__ = _cls.__doc__.replace("{{common_args}}", _COMMON_ARGS).replace("{{scales}}", _SCALES)
+    keras_seam.document_base_keyword_args(_cls)
 del _cls

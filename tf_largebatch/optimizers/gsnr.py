@@ -1,17 +1,31 @@
 """GSNR math of the VRGD paper, as small pure functions.
 
 Jiang et al., "Accelerating Large Batch Training via Gradient Signal to Noise
-Ratio (GSNR)" (``shared/papers/vrgd_gsnr_large_batch.txt``), Algorithm 1 (VR-SGD),
-3 (VR-Adam) and 5 (VR-LAMB), eq. (7)-(10).
+Ratio (GSNR)", Algorithm 1 (VR-SGD), 3 (VR-Adam) and 5 (VR-LAMB), eq. (7)-(10).
 
 For ``k`` gradient samples ``g_i`` of one variable (each the mean gradient of
 ``B/k`` examples; samples are replicas x accumulation micro-batches)::
 
     mean      gbar  = (1/k) sum_i g_i
-    variance  s2    = (1/k) sum_i g_i**2 - gbar**2       (clamped at 0)
-    GSNR      r     = gbar**2 / s2                       element-wise
-    normalise r     = r / mean_J(r)                      variable's mean is 1
-    clip      r     = clip(r, gamma, upper)              paper: upper = 1
+    variance  s2    = (1/k) sum_i (g_i - c)**2 - (gbar - c)**2     (clamped at 0)
+    GSNR      r     = gbar**2 / s2                                 element-wise
+    normalise r     = r / mean_J(r)                                variable's mean is 1
+    clip      r     = clip(r, gamma, upper)                        paper: upper = 1
+
+Moments about a shift ``c``. The variance is the same for every ``c``, but its
+float32 round-off is not: with ``c = 0`` (raw moments) the two terms are each
+about ``(1 + GSNR) s2`` and their difference loses ``log10(GSNR)`` digits, and
+the sums over ``k`` samples carry a relative error growing with ``k``. At
+``k = 2048`` an element with GSNR 1e3 was indistinguishable from a tie. So each
+replica accumulates the moments of ``g - c`` with ``c`` = the mean gradient
+of the previous *applied* update, which every replica holds identically (the
+one all-reduce still carries exactly two moments, and the subtraction is part
+of the pass that squares). The terms are then about ``s2 + (gbar - c)**2``:
+when the mean gradient moves little between updates compared with the
+per-sample noise, the cancellation is gone, whatever the GSNR. The first update
+of a run has no previous mean (``c = 0``, raw moments), so its GSNR resolution
+is the raw one (ties above about ``1 / (4 k eps)``, i.e. GSNR ~1e3 at
+``k = 4096``); every later update has the shifted one.
 
 Degenerate statistics (the paper is silent; these are our documented choices,
 all finite and all scale-free):
@@ -24,39 +38,73 @@ all finite and all scale-free):
   a variable whose gradient is exactly zero, or a single-element variable whose
   normalised GSNR is 1 by definition): the normalised GSNR is 1 for the
   elements with finite GSNR, i.e. the base optimizer's step.
-* ``s2`` below floating-point round-off of ``(1/k) sum g_i**2`` counts as 0.
-  The tolerance is relative (``4 k eps_float32``), so the result does not change
-  when every gradient is multiplied by any ``c`` (GSNR is scale-free).
+* ``s2`` below floating-point round-off of the second moment about ``c``
+  counts as 0. The tolerance is relative (``4 k eps_float32`` of
+  ``(1/k) sum (g_i - c)**2``), so the result does not change when every
+  gradient (and the shift with it) is multiplied by any ``c`` (GSNR is
+  scale-free), and it only catches ties: identical samples give exactly
+  ``s2 = 0`` up to that round-off.
+
+References:
+    Jiang et al., "Accelerating Large Batch Training via Gradient Signal to
+        Noise Ratio (GSNR)", Algorithms 1, 3, 5, eq. (7)-(10).
+    Chan, Golub and LeVeque, "Algorithms for Computing the Sample Variance:
+        Analysis and Recommendations", The American Statistician, 1983
+        (shifted data for the one-pass variance).
 """
 
 import numpy as np
 import tensorflow as tf
 
-#: Relative round-off tolerance per gradient sample for ``(1/k) sum g**2 - gbar**2``.
+from tf_largebatch.optimizers import rules
+
+#: Relative round-off tolerance per gradient sample for ``(1/k) sum (g - c)**2 - (gbar - c)**2``.
 VARIANCE_ROUNDOFF_PER_SAMPLE = 4.0 * float(np.finfo(np.float32).eps)
 
 #: Names of the per-variable statistics recorded for monitoring, in order.
 STATISTIC_NAMES = ("mean_square", "variance", "gsnr_mean", "fraction_at_lower", "fraction_at_upper")
 
 
-def moments_from_replica_sums(sum_of_means, sum_of_mean_squares, num_replicas):
-    """Sample mean and second moment from all-reduced per-replica sums.
+def shifted_local_moments(gradient, shift, num_replicas):
+    """One replica's two local moments about the shared shift: ``(d, d**2)``.
 
-    Inside a replica Keras hands the optimizer ``h = g / R`` (the loss is scaled
-    by ``1/R``). Each replica averages ``h`` and ``h**2`` over its ``A``
-    micro-batches; the all-reduce sums over the ``R`` replicas. With ``k = R A``
-    samples ``g = R h``::
-
-        gbar           = sum_d mean_a h          = sum_of_means
-        (1/k) sum g**2 = R * sum_d mean_a h**2   = R * sum_of_mean_squares
+    Inside a replica Keras hands the optimizer ``h = g / R``; the shift ``c``
+    is in units of ``g``, so ``d = h - c / R = (g - c) / R``. ``shift=None``
+    means ``c = 0``. Both are float32.
     """
-    mean = tf.cast(sum_of_means, tf.float32)
-    second_moment = float(num_replicas) * tf.cast(sum_of_mean_squares, tf.float32)
-    return mean, second_moment
+    d = tf.cast(gradient, tf.float32)
+    if shift is not None:
+        d = d - tf.cast(shift, tf.float32) * (1.0 / float(num_replicas))
+    return d, tf.square(d)
+
+
+def moments_from_replica_sums(sum_of_means, sum_of_mean_squares, num_replicas):
+    """Sample moments about the shift ``c`` from all-reduced per-replica sums.
+
+    Each replica averages ``d = h - c / R`` and ``d**2`` over its ``A``
+    micro-batches (:func:`shifted_local_moments`); the all-reduce sums over the
+    ``R`` replicas. With ``k = R A`` samples ``g = R h``::
+
+        gbar - c              = sum_d mean_a d         = sum_of_means
+        (1/k) sum (g - c)**2  = R * sum_d mean_a d**2  = R * sum_of_mean_squares
+
+    Returns ``(gbar - c, (1/k) sum (g - c)**2)`` for :func:`sample_variance`;
+    ``gbar`` itself is :func:`unshift` of the first. Without a shift (``c = 0``)
+    these are the raw mean and second moment.
+    """
+    shifted_mean = tf.cast(sum_of_means, tf.float32)
+    shifted_second_moment = float(num_replicas) * tf.cast(sum_of_mean_squares, tf.float32)
+    return shifted_mean, shifted_second_moment
+
+
+def unshift(shifted_mean, shift):
+    """``gbar = (gbar - c) + c``; ``shift=None`` means ``c = 0``."""
+    return shifted_mean if shift is None else shifted_mean + tf.cast(shift, tf.float32)
 
 
 def sample_variance(mean, second_moment, num_samples):
-    """``(1/k) sum g**2 - gbar**2``, clamped at 0, with round-off counted as 0."""
+    """``second_moment - mean**2`` (moments about any common shift), clamped at 0,
+    with round-off (``4 k eps`` of ``second_moment``) counted as 0."""
     variance = second_moment - tf.square(mean)
     tolerance = VARIANCE_ROUNDOFF_PER_SAMPLE * float(num_samples) * second_moment
     return tf.where(variance > tolerance, variance, tf.zeros_like(variance))
@@ -82,22 +130,59 @@ def normalized_gsnr(signal, variance):
     return raw * scale + offset, mean_gsnr, certain
 
 
-def gsnr_factor(mean, variance, lower, upper):
-    """The clipped, normalised GSNR ``r`` of eq. (9), plus monitoring statistics.
-
-    Returns ``(factor, statistics)`` where ``statistics`` is a float32 vector in
-    the order of :data:`STATISTIC_NAMES`.
-    """
-    signal = tf.square(mean)
-    normalized, mean_gsnr, certain = normalized_gsnr(signal, variance)
+def clipped_gsnr(mean, variance, lower, upper):
+    """The clipped, normalised GSNR ``r`` of eq. (9): ``(factor, mean_gsnr)``."""
+    normalized, mean_gsnr, certain = normalized_gsnr(tf.square(mean), variance)
     factor = tf.where(certain, tf.cast(upper, tf.float32), tf.clip_by_value(normalized, lower, upper))
-    statistics = tf.stack(
+    return factor, mean_gsnr
+
+
+def gsnr_statistics(mean, variance, factor, mean_gsnr, lower, upper):
+    """Per-variable monitoring statistics, a float32 vector in the order of
+    :data:`STATISTIC_NAMES`: ``sum gbar**2``, ``sum s2``, the mean raw GSNR, and
+    the fractions of elements clipped at ``lower`` and at ``upper``."""
+    return tf.stack(
         [
-            tf.reduce_sum(signal),
+            tf.reduce_sum(tf.square(mean)),
             tf.reduce_sum(variance),
             mean_gsnr,
             tf.reduce_mean(tf.cast(factor <= lower, tf.float32)),
             tf.reduce_mean(tf.cast(factor >= upper, tf.float32)),
         ]
     )
-    return factor, statistics
+
+
+def gsnr_factor(mean, variance, lower, upper):
+    """:func:`clipped_gsnr` plus :func:`gsnr_statistics`: ``(factor, statistics)``."""
+    factor, mean_gsnr = clipped_gsnr(mean, variance, lower, upper)
+    return factor, gsnr_statistics(mean, variance, factor, mean_gsnr, lower, upper)
+
+
+def adapted_gradient(sum_of_means, sum_of_mean_squares, shift, momentum, step, *, num_replicas, num_samples,
+                     lower, upper, decay, with_statistics):
+    """One variable's whole VR transform, from the all-reduced sums to ``g_hat``.
+
+    Moments (:func:`moments_from_replica_sums`, :func:`sample_variance`,
+    :func:`unshift`), the clipped normalised GSNR (:func:`clipped_gsnr`), and,
+    with a ``momentum`` (the previous ``p``), the GSNR momentum with its bias
+    correction at the 1-based applied update ``step``::
+
+        p_t   = decay * p_{t-1} + (1 - decay) * r
+        g_hat = p_t / (1 - decay**step) * gbar
+
+    Written as one function so that it can be compiled as one XLA cluster
+    (element-wise work fused into few passes) even where the model step is not.
+    ``shift``/``momentum`` may be ``None`` (no shift; no GSNR momentum).
+
+    Returns ``(g_hat, gbar, p_t or None, statistics or None)``; the statistics
+    (:func:`gsnr_statistics`) only ``with_statistics``.
+    """
+    shifted_mean, second_moment = moments_from_replica_sums(sum_of_means, sum_of_mean_squares, num_replicas)
+    variance = sample_variance(shifted_mean, second_moment, num_samples)
+    mean = unshift(shifted_mean, shift)
+    factor, mean_gsnr = clipped_gsnr(mean, variance, lower, upper)
+    statistics = gsnr_statistics(mean, variance, factor, mean_gsnr, lower, upper) if with_statistics else None
+    if momentum is not None:
+        momentum = rules.moving_average(tf.cast(momentum, tf.float32), factor, decay)
+        factor = rules.bias_correction(momentum, decay, step)
+    return factor * mean, mean, momentum, statistics

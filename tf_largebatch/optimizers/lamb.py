@@ -1,8 +1,8 @@
 """LAMB: layer-wise adaptive moments for batch training.
 
 You et al. 2020, "Large Batch Optimization for Deep Learning: Training BERT in
-76 minutes" (Algorithm 2), as quoted in the VRGD paper
-(``shared/papers/vrgd_gsnr_large_batch.txt``, Algorithm 6).
+76 minutes" (Algorithm 2), as quoted in Jiang et al., "Accelerating Large Batch
+Training via Gradient Signal to Noise Ratio (GSNR)" (the VRGD paper, Algorithm 6).
 """
 
 import keras
@@ -18,7 +18,8 @@ class LAMB(LayerwiseAdam):
     """LAMB (You et al. 2020, Algorithm 2), optionally with NVLAMB clipping.
 
     Per variable ``w`` with global mean gradient ``g`` at 1-based step
-    ``t = iterations + 1`` (real updates, also under gradient accumulation)::
+    ``t`` = applied updates + 1 (optimizer updates, also under gradient
+    accumulation; an update skipped for a non-finite gradient does not count)::
 
         m <- beta_1 * m + (1 - beta_1) * g
         v <- beta_2 * v + (1 - beta_2) * g**2
@@ -41,13 +42,14 @@ class LAMB(LayerwiseAdam):
         learning_rate: float >= 0, a schedule, or a callable.
         beta_1: float in [0, 1).
         beta_2: float in [0, 1).
-        epsilon: float >= 0 (1e-6 as the paper and NVIDIA).
+        epsilon: float >= 0 (1e-6 as the paper and NVIDIA); ``0`` is allowed
+            (an element whose gradient has always been 0 gets direction 0).
         weight_decay: optional float >= 0, the paper's lambda (0.01 for BERT).
         trust_ratio_bounds: ``None`` or ``(low, high)``, ``0 < low <= high``.
         exclude_from_weight_decay: regular expressions searched in
             ``variable.path`` (BERT: ``["bias", "LayerNorm", "layer_norm"]``).
         exclude_from_layer_adaptation: same, for the trust ratio; ``None`` means
-            the weight-decay list.
+            the weight-decay list, ``[]`` adapts every variable.
         clip_global_norm_before_moments: ``None`` or float > 0, NVLAMB's max
             global gradient norm (1.0 in NVIDIA's recipe).
         trust_coefficient: float > 0 multiplying the trust ratio (1 in the paper).
@@ -108,6 +110,4 @@ class LAMB(LayerwiseAdam):
         return config
 
 
-LAMB.__doc__ = LAMB.__doc__.replace(
-    "{{base_optimizer_keyword_args}}", keras_seam.BASE_OPTIMIZER_KEYWORD_ARGS
-)
+keras_seam.document_base_keyword_args(LAMB)

@@ -1,10 +1,10 @@
 """LARS: layer-wise adaptive rate scaling, in both published versions.
 
-The SNGM paper (``shared/papers/sngm_normalized_gradient_momentum.txt``,
-footnote 1 of Sec. 4.2) notes "two different versions of LARS. The first one
-[You et al. 2017] normalizes gradient and the other one [You et al. 2020]
-normalizes momentum. When beta = 0 and the weight decay is zero, the two
-versions are the same." Both are here, selected by ``trust_ratio_on``.
+The SNGM paper (Sec. 4.2, footnote 1) notes "two different versions of LARS.
+The first one [You et al. 2017] normalizes gradient and the other one [You et
+al. 2020] normalizes momentum. When beta = 0 and the weight decay is zero, the
+two versions are the same." Both are here, selected by ``trust_ratio_on``, on
+the package's layer-wise chassis (:mod:`~tf_largebatch.optimizers.layerwise`).
 """
 
 import keras
@@ -12,14 +12,14 @@ import tensorflow as tf
 
 from tf_largebatch import validation
 from tf_largebatch.optimizers import keras_seam, rules
-from tf_largebatch.optimizers.base import compute_dtype
-from tf_largebatch.optimizers.layerwise import LayerwiseOptimizer
+from tf_largebatch.optimizers.layerwise import TrustRatioOptimizer
 
 TRUST_RATIO_ON = ("gradient", "momentum")
+TRUST_RATIO_DENOMINATORS = ("norm_of_sum", "sum_of_norms")
 
 
 @keras.saving.register_keras_serializable(package="tf_largebatch")
-class LARS(LayerwiseOptimizer):
+class LARS(TrustRatioOptimizer):
     """Layer-wise adaptive rate scaling (You et al. 2017 and 2020).
 
     Per variable ``w`` with global mean gradient ``g``; ``u = g + weight_decay * w``
@@ -43,12 +43,21 @@ class LARS(LayerwiseOptimizer):
         d  = m                         (nesterov: momentum * m + (1 - momentum) * u)
         w <- w - learning_rate * ratio(d) * d
 
-    The 2017 ratio is ``eta * ||w|| / ||g + wd * w||``; MLPerf's reference and
-    the Limit-of-batch-size paper (eq. 2) write the denominator as
-    ``||g|| + wd * ||w||``, its triangle-inequality upper bound: the two agree when
-    ``g`` and ``w`` are parallel and otherwise this one is slightly larger. The
-    2020 paper has no ``trust_coefficient``; use ``trust_coefficient=1`` for its
-    exact form.
+    The denominator of the 2017 ratio (``trust_ratio_denominator``):
+
+    * ``"norm_of_sum"`` (default): ``||g + wd * w|| + epsilon``, the norm of the
+      update that is actually scaled (as TF Model Garden's and TF Addons' LAMB
+      write it);
+    * ``"sum_of_norms"``: ``||g|| + wd * ||w|| + epsilon``, as You, Gitman and
+      Ginsburg 2017 (Algorithm 1), "The Limit of the Batch Size" (eq. 2) and
+      MLPerf's ResNet-50 reference write it; the ratio is then 1 where ``||g||``
+      is 0. By the triangle inequality this denominator is the larger; the two
+      agree when ``g`` and ``w`` are parallel or without weight decay. Only for
+      ``trust_ratio_on="gradient"`` (the 2020 version averages ``g + wd * w``
+      in the momentum, whose norm is the denominator).
+
+    The 2020 paper has no ``trust_coefficient``; use ``trust_coefficient=1`` for
+    its exact form.
 
     Args:
         learning_rate: float >= 0, a schedule, or a callable (the global LR
@@ -57,22 +66,27 @@ class LARS(LayerwiseOptimizer):
         momentum: float in [0, 1).
         weight_decay: optional float >= 0, coupled, inside the trust ratio.
         trust_coefficient: float > 0, ``eta`` (0.001 as You et al. 2017 / MLPerf).
-        epsilon: float >= 0 added to the update norm in the trust ratio.
+        epsilon: float >= 0 added to the denominator of the trust ratio.
         nesterov: bool.
         trust_ratio_on: ``"gradient"`` (2017) or ``"momentum"`` (2020).
         trust_ratio_bounds: ``None`` or ``(low, high)``, ``0 < low <= high``: the
             SNGM paper's ``phi(z) = min(max(z, low), high)``.
-        exclude_from_weight_decay: regular expressions searched in
+        exclude_from_weight_decay: ``None`` or regular expressions searched in
             ``variable.path`` (ResNet: ``["bias", "batch_normalization"]``).
         exclude_from_layer_adaptation: same, for the trust ratio; ``None`` means
-            the weight-decay list (as TF Model Garden).
+            the weight-decay list (as TF Model Garden), ``[]`` adapts every
+            variable.
+        trust_ratio_denominator: ``"norm_of_sum"`` or ``"sum_of_norms"`` (above).
         {{base_optimizer_keyword_args}}
 
     References:
         You, Gitman, Ginsburg 2017, "Large Batch Training of Convolutional
             Networks", Algorithm 1.
-        You et al. 2020, "Large Batch Optimization for Deep Learning", Algorithm 1.
-        Zhao et al., SNGM, Sec. 4.2, footnote 1 and eq. (10).
+        You et al. 2020, "Large Batch Optimization for Deep Learning: Training
+            BERT in 76 minutes", Algorithm 1.
+        You et al. 2020, "The Limit of the Batch Size", eq. (2).
+        Zhao, Xie, Li, "Stochastic Normalized Gradient Descent with Momentum for
+            Large-Batch Training" (SNGM), Sec. 4.2, footnote 1 and eq. (10).
     """
 
     def __init__(
@@ -87,6 +101,7 @@ class LARS(LayerwiseOptimizer):
         trust_ratio_bounds=None,
         exclude_from_weight_decay=None,
         exclude_from_layer_adaptation=None,
+        trust_ratio_denominator="norm_of_sum",
         name="lars",
         **kwargs,
     ):
@@ -108,6 +123,18 @@ class LARS(LayerwiseOptimizer):
                 f"`trust_ratio_on` must be one of {TRUST_RATIO_ON}. Received: trust_ratio_on={trust_ratio_on!r}"
             )
         self.trust_ratio_on = trust_ratio_on
+        if trust_ratio_denominator not in TRUST_RATIO_DENOMINATORS:
+            raise ValueError(
+                f"`trust_ratio_denominator` must be one of {TRUST_RATIO_DENOMINATORS}. "
+                f"Received: trust_ratio_denominator={trust_ratio_denominator!r}"
+            )
+        if trust_ratio_denominator == "sum_of_norms" and trust_ratio_on != "gradient":
+            raise ValueError(
+                "`trust_ratio_denominator='sum_of_norms'` is the 2017 ratio and needs trust_ratio_on='gradient'. "
+                f"Received: trust_ratio_on={trust_ratio_on!r}"
+            )
+        self.trust_ratio_denominator = trust_ratio_denominator
+        self.momentum_placement = "step" if trust_ratio_on == "gradient" else "direction"
 
     @property
     def _trust_ratio_epsilon(self):
@@ -117,27 +144,30 @@ class LARS(LayerwiseOptimizer):
         if self.built:
             return
         super().build(var_list)
-        self.momentums = self._add_slots(var_list, "momentum")
+        if self.momentum_placement == "direction":
+            self.momentums = self._add_slots(var_list, "momentum")
 
-    def update_step(self, gradient, variable, learning_rate):
-        dtype = compute_dtype(variable)
-        learning_rate = tf.cast(learning_rate, dtype)
-        gradient = tf.cast(gradient, dtype)
-        momentum = self._slot(self.momentums, variable)
-        update = self._with_weight_decay(gradient, variable)
+    def _update(self, gradient, variable, weight_decay):
+        update = super()._update(gradient, variable, weight_decay)
         if self.trust_ratio_on == "gradient":
-            scaled = learning_rate * self._layer_adapted(update, variable)
-            self.assign(momentum, rules.heavy_ball(momentum, scaled, self.momentum))
-            step = rules.heavy_ball(momentum, scaled, self.momentum) if self.nesterov else momentum
-            self.assign_sub(variable, tf.convert_to_tensor(step))
-        else:
-            self.assign(momentum, rules.moving_average(momentum, update, self.momentum))
-            direction = (
-                rules.moving_average(momentum, update, self.momentum)
-                if self.nesterov
-                else tf.convert_to_tensor(momentum)
-            )
-            self.assign_sub(variable, learning_rate * self._layer_adapted(direction, variable))
+            return update
+        momentum = self._slot(self.momentums, variable)
+        self.assign(momentum, rules.moving_average(momentum, update, self.momentum))
+        if self.nesterov:
+            return rules.moving_average(momentum, update, self.momentum)
+        return tf.convert_to_tensor(momentum)
+
+    def _layer_rate(self, variable, gradient, update, weight_decay):
+        if self.trust_ratio_denominator == "norm_of_sum":
+            return super()._layer_rate(variable, gradient, update, weight_decay)
+        return rules.trust_ratio(
+            rules.l2_norm(variable),
+            rules.l2_norm(gradient),
+            trust_coefficient=self.trust_coefficient,
+            bounds=self.trust_ratio_bounds,
+            epsilon=self.epsilon,
+            weight_decay=weight_decay,
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -147,11 +177,10 @@ class LARS(LayerwiseOptimizer):
                 "epsilon": self.epsilon,
                 "nesterov": self.nesterov,
                 "trust_ratio_on": self.trust_ratio_on,
+                "trust_ratio_denominator": self.trust_ratio_denominator,
             }
         )
         return config
 
 
-LARS.__doc__ = LARS.__doc__.replace(
-    "{{base_optimizer_keyword_args}}", keras_seam.BASE_OPTIMIZER_KEYWORD_ARGS
-)
+keras_seam.document_base_keyword_args(LARS)

@@ -1,28 +1,32 @@
-"""Layer-wise adaptation: the trust-ratio step, and layer-wise SGD/AdaGrad/RMSprop/Adam.
+"""The layer-wise chassis: one update step with a pluggable per-variable rate.
 
-"The Limit of the Batch Size" (You et al. 2020, ``shared/papers/limit_of_batch_size.txt``,
-Sec. 3 and Table 3) takes LARS's key feature, the layer-wise trust ratio, and puts
-it on other optimizers: "+ layer-wise" multiplies each variable's update by
-``||w|| / ||update||``, and "+ layer-wise and bound-ratio" clips the weight norm
-in that ratio to ``[low, high]`` (like AdaBound; the SNGM paper's
-``phi(z) = min(max(z, low), high)``) because the plain ratio is "either too
-large or too small for Adam and RMSprop". Adam + layer-wise + bound-ratio is a
-special case of LAMB.
+Every layer-wise optimizer of the package is this chain, per variable ``w`` with
+global mean gradient ``g`` (``wd`` is 0 for variables excluded from weight
+decay, see :mod:`~tf_largebatch.optimizers.selection`)::
 
-This module holds the one piece all of them share:
+    u = direction(g) + wd * w          the base rule per unit learning rate
+    r = layer_rate(w, g, u)            1 for variables excluded from adaptation
+    s = learning_rate * r * u
+    momentum_placement == "step":      v <- momentum * v + s;  w <- w - v
+                                       (nesterov: w <- w - (momentum * v + s))
+    momentum_placement == "direction": w <- w - s   (any momentum is the base rule's,
+                                                      inside ``direction``)
 
-* :func:`scale_by_trust_ratio`, the step ``u -> ratio(||w||, ||u||) * u`` built on
-  :func:`tf_largebatch.optimizers.rules.trust_ratio` (the formula lives there only);
-* :class:`LayerwiseOptimizer`, a base class whose ``update_step`` is the chain
-  *base-rule direction -> + weight decay -> scale by trust ratio -> scale by -lr*,
-  with the exclusion lists, bounds and validation; subclasses only write the
-  direction;
-* the Table 3 optimizers :class:`LayerwiseSGD`, :class:`LayerwiseAdagrad`,
-  :class:`LayerwiseRMSprop`, :class:`LayerwiseAdam` (pass
-  ``trust_ratio_bounds=(low, high)`` for "+ bound-ratio").
+* :class:`TrustRatioOptimizer` fills ``layer_rate`` with the trust ratio
+  ``c * phi(||w||) / ||u||`` (the formula is
+  :func:`tf_largebatch.optimizers.rules.trust_ratio`, written once) and is the
+  base of LARS (``lars.py``), LAMB (``lamb.py``) and the Table 3 optimizers of
+  "The Limit of the Batch Size" below: :class:`LayerwiseSGD`,
+  :class:`LayerwiseAdagrad`, :class:`LayerwiseRMSprop`, :class:`LayerwiseAdam`
+  ("+ layer-wise"; pass ``trust_ratio_bounds=(low, high)`` for
+  "+ layer-wise and bound-ratio", ``phi = clip(., low, high)``).
+* MCLR and PercentDelta (``curvature.py``) fill it with the curvature paper's
+  median-curvature and PercentDelta rates.
 
-``LAMB`` (``lamb.py``) is :class:`LayerwiseAdam` with LAMB's defaults and NVLAMB
-clipping; ``LARS`` (``lars.py``) uses the same base and trust-ratio step.
+The momentum placement is explicit because the papers differ: LARS 2017
+(Algorithm 1) and the curvature optimizers put heavy-ball momentum on the scaled
+step (``"step"``); LARS 2020 averages the update before the trust ratio, and the
+Table 3 optimizers keep their base rule's own momentum (``"direction"``).
 """
 
 import keras
@@ -30,143 +34,131 @@ import tensorflow as tf
 
 from tf_largebatch import validation
 from tf_largebatch.optimizers import keras_seam, rules
-from tf_largebatch.optimizers.base import LargeBatchOptimizer, PathPatterns, compute_dtype
+from tf_largebatch.optimizers.base import LargeBatchOptimizer, compute_dtype
+from tf_largebatch.optimizers.selection import VariableSelection
 
-
-def scale_by_trust_ratio(update, variable, *, trust_coefficient=1.0, bounds=None, epsilon=0.0):
-    """``update * c * phi(||w||) / (||update|| + eps)``; unchanged where a norm is 0.
-
-    Args:
-        update: the variable's update direction (per unit learning rate).
-        variable: the variable (or its value) the update is for.
-        trust_coefficient: ``c`` (LARS's eta; 1 for LAMB and Table 3).
-        bounds: ``None`` (``phi`` = identity) or ``(low, high)`` (``phi`` = clip).
-        epsilon: added to ``||update||`` in the denominator.
-
-    References:
-        You et al. 2017 (LARS), eq. for the local LR; You et al. 2020 (LAMB),
-        Algorithms 1-2; SNGM paper Sec. 4.2 (phi); Limit of the Batch Size, Table 3.
-    """
-    ratio = rules.trust_ratio(
-        rules.l2_norm(variable),
-        rules.l2_norm(update),
-        trust_coefficient=trust_coefficient,
-        bounds=bounds,
-        epsilon=epsilon,
-    )
-    return update * tf.cast(ratio, update.dtype)
+#: Where momentum sits relative to the layer-wise rate (see the module docstring).
+MOMENTUM_PLACEMENTS = ("direction", "step")
 
 
 class LayerwiseOptimizer(LargeBatchOptimizer):
-    """Base of the trust-ratio optimizers: direction, weight decay, trust ratio, lr.
+    """The chassis: base direction, weight decay, layer-wise rate, learning rate, momentum.
 
-    Per variable ``w`` with gradient ``g`` (the global mean gradient)::
+    See the module docstring for the chain. Subclasses provide:
 
-        d = self._direction(g, w)          # the base rule's step per unit lr
-        u = d + weight_decay * w           # unless excluded from weight decay
-        u = c * phi(||w||)/||u|| * u       # unless excluded from layer adaptation
-        w = w - learning_rate * u
-
-    Weight decay sits inside the trust ratio, as in LAMB (You et al. 2020,
-    Algorithm 2) and LARS (You et al. 2017, local LR ``||w|| / ||g + wd * w||``).
-
-    Subclasses implement ``_direction`` (and create its slots in ``build``);
-    ``LARS`` overrides ``update_step`` and reuses :meth:`_with_weight_decay` and
-    :meth:`_layer_adapted`.
+    * ``_layer_rate(variable, gradient, update, weight_decay)``: the float32
+      scalar rate of an adapted variable;
+    * ``_direction(gradient, variable)`` when the base rule is not plain SGD
+      (default: ``gradient``), creating its slots in ``build``;
+    * ``momentum_placement`` (class or instance attribute), and ``momentum`` /
+      ``nesterov`` for the ``"step"`` placement.
 
     Args:
         learning_rate: float >= 0, a schedule, or a callable.
-        weight_decay: optional float >= 0, added to the direction before the trust
-            ratio.
-        trust_coefficient: float > 0, ``c``.
-        trust_ratio_bounds: ``None`` or ``(low, high)`` with ``0 < low <= high``:
-            ``phi(||w||) = clip(||w||, low, high)`` ("bound-ratio").
-        exclude_from_weight_decay: regular expressions searched in
+        weight_decay: optional float >= 0, coupled: added to the direction
+            before the rate (inside the trust ratio).
+        exclude_from_weight_decay: ``None`` or regular expressions searched in
             ``variable.path``; matching variables get no weight decay.
-        exclude_from_layer_adaptation: regular expressions searched in
-            ``variable.path``; matching variables get trust ratio 1. ``None``
-            means the weight-decay list (as TF Model Garden's LARS).
+        exclude_from_layer_adaptation: ``None`` (the weight-decay list) or
+            regular expressions searched in ``variable.path``; matching variables
+            get the rate 1. ``[]`` adapts every variable.
+        **kwargs: the base keyword arguments of every Keras optimizer.
     """
 
-    _trust_ratio_epsilon = 0.0
+    momentum_placement = "direction"
+    momentum = 0.0
+    nesterov = False
 
-    def __init__(
-        self,
-        learning_rate,
-        *,
-        weight_decay=None,
-        trust_coefficient=1.0,
-        trust_ratio_bounds=None,
-        exclude_from_weight_decay=None,
-        exclude_from_layer_adaptation=None,
-        **kwargs,
-    ):
+    def __init__(self, learning_rate, *, weight_decay=None, exclude_from_weight_decay=None,
+                 exclude_from_layer_adaptation=None, **kwargs):
         super().__init__(
             learning_rate=learning_rate,
             weight_decay=weight_decay,
             exclude_from_weight_decay=exclude_from_weight_decay,
             **kwargs,
         )
-        self.trust_coefficient = float(
-            validation.check_number("trust_coefficient", trust_coefficient, low=0.0, low_inclusive=False)
-        )
-        self.trust_ratio_bounds = validation.check_bounds("trust_ratio_bounds", trust_ratio_bounds)
-        if exclude_from_layer_adaptation is None:
-            self._layer_adaptation_exclusions = list(self._weight_decay_exclusions)
-        else:
-            self._layer_adaptation_exclusions = validation.check_patterns(
-                "exclude_from_layer_adaptation", exclude_from_layer_adaptation
-            )
-        self._layer_adaptation_patterns = PathPatterns(self._layer_adaptation_exclusions)
+        self._variable_selection = VariableSelection(exclude_from_weight_decay, exclude_from_layer_adaptation)
+        self._layer_adaptation_exclusions = self._variable_selection.layer_adaptation_exclusions
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        if self.momentum_placement == "step":
+            self.momentums = self._add_slots(var_list, "momentum")
 
     # ------------------------------------------------------------- the chain
-    def _keras_variable(self, variable):
-        """The ``keras.Variable`` (with its ``path``) behind a backend variable."""
-        return keras_seam.built_variables(self)[keras_seam.variable_index(self, variable)]
-
-    def _use_layer_adaptation(self, variable):
-        return not self._layer_adaptation_patterns.matches(self._keras_variable(variable))
-
-    def _with_weight_decay(self, update, variable):
-        """``update + weight_decay * w`` unless ``variable`` is excluded."""
-        if self.weight_decay and self._use_weight_decay(self._keras_variable(variable)):
-            return rules.add_weight_decay(update, variable, self.weight_decay)
-        return update
-
-    def _layer_adapted(self, update, variable):
-        """``update`` scaled by the trust ratio unless ``variable`` is excluded."""
-        if not self._use_layer_adaptation(variable):
-            return update
-        return scale_by_trust_ratio(
-            update,
-            variable,
-            trust_coefficient=self.trust_coefficient,
-            bounds=self.trust_ratio_bounds,
-            epsilon=self._trust_ratio_epsilon,
-        )
-
     def _direction(self, gradient, variable):
         """The base rule's update per unit learning rate; updates its slots."""
+        return gradient
+
+    def _update(self, gradient, variable, weight_decay):
+        """``u``, the update per unit learning rate before the layer-wise rate."""
+        update = self._direction(gradient, variable)
+        return rules.add_weight_decay(update, variable, weight_decay) if weight_decay else update
+
+    def _layer_rate(self, variable, gradient, update, weight_decay):
+        """The rate of an adapted variable (float32 scalar)."""
         raise NotImplementedError
 
     def update_step(self, gradient, variable, learning_rate):
         dtype = compute_dtype(variable)
         learning_rate = tf.cast(learning_rate, dtype)
         gradient = tf.cast(gradient, dtype)
-        update = self._direction(gradient, variable)
-        update = self._with_weight_decay(update, variable)
-        update = self._layer_adapted(update, variable)
-        self.assign_sub(variable, learning_rate * update)
+        index = keras_seam.variable_index(self, variable)
+        weight_decay = self.weight_decay if (self.weight_decay and self._decays[index]) else 0.0
+        update = self._update(gradient, variable, weight_decay)
+        if self._adapts[index]:
+            update = update * tf.cast(self._layer_rate(variable, gradient, update, weight_decay), dtype)
+        step = learning_rate * update
+        if self.momentum_placement == "step":
+            velocity = self.momentums[index]
+            self.assign(velocity, rules.heavy_ball(velocity, step, self.momentum))
+            step = rules.heavy_ball(velocity, step, self.momentum) if self.nesterov else velocity
+        self.assign_sub(variable, tf.convert_to_tensor(step))
 
-    # ----------------------------------------------------------------- slots
     # ---------------------------------------------------------------- config
+    def get_config(self):
+        config = super().get_config()
+        config["exclude_from_layer_adaptation"] = list(self._layer_adaptation_exclusions)
+        return config
+
+
+class TrustRatioOptimizer(LayerwiseOptimizer):
+    """The chassis with the trust ratio ``c * phi(||w||) / (||u|| + eps)`` as the rate.
+
+    Args:
+        learning_rate: float >= 0, a schedule, or a callable.
+        trust_coefficient: float > 0, ``c``.
+        trust_ratio_bounds: ``None`` or ``(low, high)`` with ``0 < low <= high``:
+            ``phi(||w||) = clip(||w||, low, high)`` ("bound-ratio").
+        **kwargs: as :class:`LayerwiseOptimizer`.
+    """
+
+    _trust_ratio_epsilon = 0.0
+
+    def __init__(self, learning_rate, *, trust_coefficient=1.0, trust_ratio_bounds=None, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.trust_coefficient = float(
+            validation.check_number("trust_coefficient", trust_coefficient, low=0.0, low_inclusive=False)
+        )
+        self.trust_ratio_bounds = validation.check_bounds("trust_ratio_bounds", trust_ratio_bounds)
+
+    def _layer_rate(self, variable, gradient, update, weight_decay):
+        return rules.trust_ratio(
+            rules.l2_norm(variable),
+            rules.l2_norm(update),
+            trust_coefficient=self.trust_coefficient,
+            bounds=self.trust_ratio_bounds,
+            epsilon=self._trust_ratio_epsilon,
+        )
+
     def get_config(self):
         config = super().get_config()
         config.update(
             {
                 "trust_coefficient": self.trust_coefficient,
                 "trust_ratio_bounds": None if self.trust_ratio_bounds is None else list(self.trust_ratio_bounds),
-                "exclude_from_layer_adaptation": list(self._layer_adaptation_exclusions),
             }
         )
         return config
@@ -179,10 +171,10 @@ _LAYERWISE_ARGS = """
         trust_ratio_bounds: ``None`` for "+ layer-wise", or ``(low, high)`` with
             ``0 < low <= high`` for "+ layer-wise and bound-ratio":
             ``phi(||w||) = clip(||w||, low, high)``.
-        exclude_from_weight_decay: regular expressions searched in
+        exclude_from_weight_decay: ``None`` or regular expressions searched in
             ``variable.path`` (e.g. ``["bias", "layer_normalization"]``).
         exclude_from_layer_adaptation: same, for the trust ratio (ratio 1);
-            ``None`` means the weight-decay list.
+            ``None`` means the weight-decay list, ``[]`` adapts every variable.
         {{base_optimizer_keyword_args}}"""
 
 _TABLE3 = "You et al. 2020, \"The Limit of the Batch Size\", Sec. 3 and Table 3."
@@ -201,15 +193,18 @@ def _document(cls):
 
 @keras.saving.register_keras_serializable(package="tf_largebatch")
 @_document
-class LayerwiseSGD(LayerwiseOptimizer):
+class LayerwiseSGD(TrustRatioOptimizer):
     """SGD (with optional heavy-ball momentum) + layer-wise trust ratio.
 
     Direction ``d = m`` with ``m <- momentum * m + g`` (Nesterov:
     ``d = g + momentum * m``); ``momentum=0`` gives ``d = g``, and the trust ratio
     is the paper's "simplest form" ``||w|| / ||g||``. The learning rate multiplies
-    the scaled direction, outside the momentum. For adapted variables this equals
-    ``LARS(trust_ratio_on="momentum", trust_coefficient=1)``; for excluded ones the
-    momentum is heavy-ball (no ``1 - momentum`` factor), as Keras's ``SGD``.
+    the scaled direction, outside the momentum. Weight decay is added *after* the
+    momentum (``u = m + wd * w``), so only without weight decay does this equal
+    ``LARS(trust_ratio_on="momentum", trust_coefficient=1)`` on adapted variables
+    (LARS averages ``g + wd * w``; the trust ratio cancels its ``1 - momentum``
+    factor); for excluded variables the momentum is heavy-ball (no
+    ``1 - momentum`` factor), as Keras's ``SGD``.
 
     Args:
         learning_rate: float >= 0, a schedule, or a callable.
@@ -254,7 +249,7 @@ class LayerwiseSGD(LayerwiseOptimizer):
 
 @keras.saving.register_keras_serializable(package="tf_largebatch")
 @_document
-class LayerwiseAdagrad(LayerwiseOptimizer):
+class LayerwiseAdagrad(TrustRatioOptimizer):
     """AdaGrad + layer-wise trust ratio.
 
     Direction as Keras's ``Adagrad``: ``a <- a + g**2``, ``d = g / sqrt(a + eps)``.
@@ -286,13 +281,16 @@ class LayerwiseAdagrad(LayerwiseOptimizer):
         if self.built:
             return
         super().build(var_list)
-        initializer = keras.initializers.Constant(self.initial_accumulator_value)
-        self._accumulators = self._add_slots(var_list, "accumulator", initializer)
+        # The slots hold sqrt(a): float32 squares of gradients beyond ~1e19 overflow.
+        initializer = keras.initializers.Constant(self.initial_accumulator_value ** 0.5)
+        self._accumulator_roots = self._add_slots(var_list, "accumulator_root", initializer)
 
     def _direction(self, gradient, variable):
-        accumulator = self._slot(self._accumulators, variable)
-        self.assign_add(accumulator, tf.square(gradient))
-        return gradient / tf.sqrt(accumulator + tf.cast(self.epsilon, gradient.dtype))
+        root = self._slot(self._accumulator_roots, variable)
+        self.assign(root, rules.hypot(root, gradient))
+        denominator = rules.hypot(root, tf.sqrt(tf.cast(self.epsilon, gradient.dtype)))
+        # 0 (not NaN) where epsilon = 0 and the accumulator is still 0.
+        return tf.math.divide_no_nan(gradient, denominator)
 
     def get_config(self):
         config = super().get_config()
@@ -302,7 +300,7 @@ class LayerwiseAdagrad(LayerwiseOptimizer):
 
 @keras.saving.register_keras_serializable(package="tf_largebatch")
 @_document
-class LayerwiseRMSprop(LayerwiseOptimizer):
+class LayerwiseRMSprop(TrustRatioOptimizer):
     """RMSprop + layer-wise trust ratio.
 
     Direction as Keras's ``RMSprop`` per unit lr: ``v <- rho * v + (1 - rho) * g**2``,
@@ -339,19 +337,24 @@ class LayerwiseRMSprop(LayerwiseOptimizer):
         if self.built:
             return
         super().build(var_list)
-        self._velocities = self._add_slots(var_list, "velocity")
+        # sqrt(v), not v: float32 squares of gradients beyond ~1e19 overflow.
+        self._velocity_roots = self._add_slots(var_list, "velocity_root")
         self._average_gradients = self._add_slots(var_list, "average_gradient") if self.centered else []
         self._momentums = self._add_slots(var_list, "momentum") if self.momentum else []
 
     def _direction(self, gradient, variable):
-        velocity = self._slot(self._velocities, variable)
-        self.assign(velocity, rules.moving_average(velocity, tf.square(gradient), self.rho))
-        denominator = tf.convert_to_tensor(velocity)
+        root = self._slot(self._velocity_roots, variable)
+        self.assign(root, rules.root_moving_average(root, gradient, self.rho))
+        spread = tf.convert_to_tensor(root)
         if self.centered:
             average = self._slot(self._average_gradients, variable)
             self.assign(average, rules.moving_average(average, gradient, self.rho))
-            denominator = denominator - tf.square(average)
-        direction = gradient / tf.sqrt(denominator + tf.cast(self.epsilon, gradient.dtype))
+            # sqrt(v - mg**2) as sqrt(r - |mg|) * sqrt(r + |mg|), clamped at 0 against round-off.
+            average = tf.abs(tf.convert_to_tensor(average))
+            spread = tf.sqrt(tf.maximum(spread - average, 0.0)) * tf.sqrt(spread + average)
+        denominator = rules.hypot(spread, tf.sqrt(tf.cast(self.epsilon, gradient.dtype)))
+        # 0 (not NaN) where epsilon = 0 and the average is still 0.
+        direction = tf.math.divide_no_nan(gradient, denominator)
         if self.momentum:
             momentum = self._slot(self._momentums, variable)
             self.assign(momentum, rules.heavy_ball(momentum, direction, self.momentum))
@@ -368,12 +371,15 @@ class LayerwiseRMSprop(LayerwiseOptimizer):
 
 @keras.saving.register_keras_serializable(package="tf_largebatch")
 @_document
-class LayerwiseAdam(LayerwiseOptimizer):
+class LayerwiseAdam(TrustRatioOptimizer):
     """Adam + layer-wise trust ratio (with ``weight_decay``: LAMB).
 
     Direction in the papers' form: ``m``, ``v`` moving averages of ``g`` and
-    ``g**2``, bias-corrected with the 1-based step ``iterations + 1`` (which counts
-    real updates under gradient accumulation), ``d = m_hat / (sqrt(v_hat) + eps)``.
+    ``g**2``, bias-corrected with the 1-based step ``t`` = applied updates + 1
+    (optimizer updates, not micro-batches, under gradient accumulation; a skipped
+    non-finite update does not count), ``d = m_hat / (sqrt(v_hat) + eps)``;
+    ``epsilon=0`` is allowed (an element whose gradient has always been 0 then
+    gets ``d = 0``, not ``0/0``).
     (Keras's ``Adam`` puts ``eps`` outside the bias correction; for variables
     excluded from layer adaptation the two differ by ``eps * sqrt(1 - beta_2**t)``.)
 
@@ -406,17 +412,18 @@ class LayerwiseAdam(LayerwiseOptimizer):
             return
         super().build(var_list)
         self._momentums = self._add_slots(var_list, "momentum")
-        self._velocities = self._add_slots(var_list, "velocity")
+        # sqrt(v), not v: float32 squares of gradients beyond ~1e19 overflow.
+        self._velocity_roots = self._add_slots(var_list, "velocity_root")
 
     def _direction(self, gradient, variable):
-        step = self.iterations + 1
+        step = self.applied_updates + 1
         m = self._slot(self._momentums, variable)
-        v = self._slot(self._velocities, variable)
+        root = self._slot(self._velocity_roots, variable)
         self.assign(m, rules.moving_average(m, gradient, self.beta_1))
-        self.assign(v, rules.moving_average(v, tf.square(gradient), self.beta_2))
+        self.assign(root, rules.root_moving_average(root, gradient, self.beta_2))
         return rules.adam_direction(
             rules.bias_correction(tf.convert_to_tensor(m), self.beta_1, step),
-            rules.bias_correction(tf.convert_to_tensor(v), self.beta_2, step),
+            rules.root_bias_correction(tf.convert_to_tensor(root), self.beta_2, step),
             self.epsilon,
         )
 

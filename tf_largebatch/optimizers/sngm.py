@@ -1,7 +1,7 @@
 """SNGM: stochastic normalized gradient descent with momentum.
 
 Zhao, Xie and Li, "Stochastic Normalized Gradient Descent with Momentum for
-Large-Batch Training" (``shared/papers/sngm_normalized_gradient_momentum.txt``).
+Large-Batch Training".
 """
 
 import keras
@@ -25,7 +25,10 @@ class SNGM(LargeBatchOptimizer):
 
     The momentum is bounded, ``||u|| <= 1 / (1 - momentum)`` (Lemma 2), whatever
     the gradient's scale, which is what lets SNGM use a large learning rate with a
-    large batch. A zero gradient norm contributes a zero direction (``u`` decays).
+    large batch. The norms are computed scaled (:func:`~tf_largebatch.optimizers.rules.l2_norm`),
+    so the steps are the same for gradients of any scale float32 holds (tested
+    from 1e-30 to 1e30). A zero gradient norm contributes a zero direction
+    (``u`` decays).
     With ``layerwise=True`` each variable is normalised by its own norm: the
     block-wise variant of eq. (13)-(14), which the paper shows converges more
     slowly and keeps for comparison with LARS.
@@ -38,8 +41,8 @@ class SNGM(LargeBatchOptimizer):
             gradient before normalisation (the paper's experiments use 1e-4 to
             1e-3).
         layerwise: bool, normalise each variable's gradient separately (eq. 13).
-        exclude_from_weight_decay: list of regular expressions searched in
-            ``variable.path``; matching variables get no weight decay
+        exclude_from_weight_decay: ``None`` or a list of regular expressions
+            searched in ``variable.path``; matching variables get no weight decay
             (e.g. ``["bias", "gamma", "beta"]``).
         {{base_optimizer_keyword_args}}
 
@@ -98,6 +101,4 @@ class SNGM(LargeBatchOptimizer):
         return config
 
 
-SNGM.__doc__ = SNGM.__doc__.replace(
-    "{{base_optimizer_keyword_args}}", keras_seam.BASE_OPTIMIZER_KEYWORD_ARGS
-)
+keras_seam.document_base_keyword_args(SNGM)

@@ -137,9 +137,10 @@ def make_datasets(cfg):
 
     def records(pattern, training):
         path = "data.train_files" if training else "data.eval_files"
-        ds = datasets.tfrecord_dataset(pattern, path, shuffle=training, seed=seed)
+        parse = lambda r: parse_record(r, data.seq_length, data.max_predictions_per_seq)  # noqa: E731
+        ds = datasets.tfrecord_dataset(pattern, path, shuffle=training, seed=seed, check_record=parse)
         return datasets.finish(
-            ds, lambda r: parse_record(r, data.seq_length, data.max_predictions_per_seq), cfg.micro_batch_size,
+            ds, parse, cfg.micro_batch_size,
             training=training, shuffle_buffer=data.shuffle_buffer if training else 0, seed=seed, cache=data.cache,
         )
 

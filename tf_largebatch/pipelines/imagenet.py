@@ -96,8 +96,9 @@ def make_datasets(cfg, *, num_classes=NUM_CLASSES, train_fn=preprocess_train, ev
     def source(pattern, split, training):
         if pattern:
             path = "data.train_files" if training else "data.eval_files"
-            records = datasets.tfrecord_dataset(pattern, path, shuffle=training, seed=seed)
-            return records.map(lambda r: parse_tfrecord(r, data.label_offset), num_parallel_calls=tf.data.AUTOTUNE)
+            parse = lambda r: parse_tfrecord(r, data.label_offset)  # noqa: E731
+            records = datasets.tfrecord_dataset(pattern, path, shuffle=training, seed=seed, check_record=parse)
+            return records.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
         ds = datasets.load_tfds(data, split, shuffle_files=training)
         return ds.map(lambda ex: (ex["image"], ex["label"]))
 

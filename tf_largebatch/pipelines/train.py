@@ -6,14 +6,24 @@ loss and metrics inside the strategy's scope, and run ``fit`` in loops of
 ``training.steps_per_loop`` optimizer steps (one Keras epoch each: a log line,
 an evaluation, a checkpoint and a backup).
 
-Resuming: ``keras.callbacks.BackupAndRestore`` keeps the last finished loop in
-``<model_dir>/<phase>/backup``; the same command after a preemption continues
-from it. A finished phase leaves ``final.weights.h5`` and ``summary.json`` and
-is skipped on a rerun. A later phase starts from the previous phase's final
-weights with a new optimizer, so its schedule (and warm-up) starts at step 0.
+Resuming: :class:`~tf_largebatch.pipelines.backup.LoopBackup` keeps the last
+two finished loops in ``<model_dir>/<phase>/backup`` (written atomically); the
+same command after a preemption continues from the newest readable one. A
+finished phase leaves ``final.weights.h5``, ``final.keras`` and
+``summary.json`` and is skipped on a rerun. A later phase starts from the
+previous phase's final weights with a new optimizer, so its schedule (and
+warm-up) starts at step 0.
+
+Every optimizer follows the schedule in optimizer updates, Keras's own
+included (:mod:`~tf_largebatch.pipelines.schedule_in_updates`). Each phase's
+``summary.json`` records the updates run, the learning rate of the last one,
+and the throughput measured after the first loop
+(:mod:`~tf_largebatch.pipelines.throughput`). Progress is reported through
+the ``logging`` logger ``tf_largebatch.pipelines.train``.
 """
 
 import json
+import logging
 import math
 import os
 
@@ -21,12 +31,21 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import config as config_lib
+from tf_largebatch.config.building import build_model, optimizer_class
 from tf_largebatch import schedules, strategy as strategy_lib
-from tf_largebatch.optimizers import LossScaleOptimizer
-from tf_largebatch.pipelines import models, task_module
+from tf_largebatch.optimizers import LossScaleOptimizer, keras_seam
+from tf_largebatch.pipelines import synthetic, task_module, throughput
+from tf_largebatch.pipelines.backup import LoopBackup
+from tf_largebatch.pipelines.schedule_in_updates import counts_micro_steps, in_updates
 
 FINAL_WEIGHTS = "final.weights.h5"
+FINAL_MODEL = "final.keras"
 SUMMARY = "summary.json"
+BACKUP_DIR = "backup"
+CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT = "best.weights.h5"
+
+logger = logging.getLogger(__name__)
 
 
 def build_schedule(cfg):
@@ -83,14 +102,18 @@ def loss_and_metrics(cfg):
     return loss, metrics, None
 
 
-def build_model(cfg):
-    builder = models.BUILDERS[cfg.model.name]
-    args = dict(cfg.model.args)
-    if cfg.task == "bert_pretraining":
-        args.update(seq_length=cfg.data.seq_length, max_predictions_per_seq=cfg.data.max_predictions_per_seq)
-    else:
-        args.update(image_size=cfg.data.image_size)
-    return builder(**args)
+def make_datasets(cfg):
+    """``(train, eval or None)`` of ``cfg``: synthetic (``data.synthetic``) or the task's real input."""
+    if cfg.data.synthetic:
+        return synthetic.make_datasets(cfg)
+    return task_module(cfg.task).make_datasets(cfg)
+
+
+def build_optimizer(cfg):
+    """The optimizer of ``cfg`` with its schedule counted in optimizer updates."""
+    accumulation = cfg.training.gradient_accumulation_steps
+    learning_rate = in_updates(build_schedule(cfg), optimizer_class(cfg.optimizer), accumulation)
+    return config_lib.build_optimizer(cfg.optimizer, learning_rate, gradient_accumulation_steps=accumulation)
 
 
 def worker_dir(strategy, directory):
@@ -106,17 +129,68 @@ def worker_dir(strategy, directory):
     return os.path.join(directory, "workers", f"task-{task_id}")
 
 
-def build_callbacks(cfg, phase_dir, extra=()):
+class LoopCheckpoints(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` of every loop's weights that keeps only the newest ``max_to_keep``."""
+
+    def __init__(self, directory, max_to_keep):
+        super().__init__(os.path.join(directory, "loop-{epoch:05d}.weights.h5"), save_weights_only=True)
+        self.directory = directory
+        self.max_to_keep = max_to_keep
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        names = sorted(n for n in tf.io.gfile.listdir(self.directory) if n.startswith("loop-"))
+        for name in names[: max(0, len(names) - self.max_to_keep)]:
+            tf.io.gfile.remove(os.path.join(self.directory, name))
+
+
+def metric_names(cfg):
+    """The names ``fit`` logs for ``cfg``'s task (without the ``val_`` prefix)."""
+    if cfg.task == "bert_pretraining":
+        return ["loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy"]
+    return ["loss", "accuracy"] + (["top5_accuracy"] if cfg.task == "imagenet" else [])
+
+
+def check_callbacks(cfg):
+    """ConfigErrors of ``callbacks`` that need the task's metrics (before anything is built).
+
+    A ``val_`` best metric in a phase without evaluation keeps no best
+    checkpoint (the default, ``val_loss``, is not an error there).
+    """
+    c = cfg.callbacks
+    if c.max_to_keep < 1:
+        raise config_lib.ConfigError("callbacks.max_to_keep", f"expected an integer >= 1, got {c.max_to_keep!r}")
+    if c.best_metric is not None:
+        names = metric_names(cfg)
+        allowed = names + [f"val_{n}" for n in names]
+        if c.best_metric not in allowed:
+            raise config_lib.ConfigError(
+                "callbacks.best_metric", f"{c.best_metric!r} is not a metric of task {cfg.task!r}; expected one "
+                f"of {', '.join(allowed)}, or null for no best checkpoint"
+            )
+    if c.profile_batch is not None and not c.tensorboard:
+        raise config_lib.ConfigError("callbacks.profile_batch", "needs callbacks.tensorboard: true")
+
+
+def build_callbacks(cfg, phase_dir, extra=(), *, has_eval=True, use_ema=False):
+    """The phase's Keras callbacks (after ``extra``), except the backup."""
     callbacks = list(extra)
     c = cfg.callbacks
-    if c.backup_and_restore:
-        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(phase_dir, "backup"), save_freq="epoch"))
+    if use_ema and has_eval:
+        # Evaluate with the EMA weights (fit's final weights are the EMA ones too).
+        callbacks.append(keras.callbacks.SwapEMAWeights())
     if c.checkpoints:
-        callbacks.append(keras.callbacks.ModelCheckpoint(
-            os.path.join(phase_dir, "checkpoints", "loop-{epoch:05d}.weights.h5"), save_weights_only=True
-        ))
+        directory = os.path.join(phase_dir, CHECKPOINT_DIR)
+        callbacks.append(LoopCheckpoints(directory, c.max_to_keep))
+        if c.best_metric is not None and (has_eval or not c.best_metric.startswith("val_")):
+            callbacks.append(keras.callbacks.ModelCheckpoint(
+                os.path.join(directory, BEST_CHECKPOINT), monitor=c.best_metric, save_best_only=True,
+                save_weights_only=True,
+            ))
     if c.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(phase_dir, "logs"), update_freq="epoch"))
+        callbacks.append(keras.callbacks.TensorBoard(
+            os.path.join(phase_dir, "logs"), update_freq="epoch", profile_batch=c.profile_batch or 0
+        ))
     if c.gsnr_monitor is not None:
         try:
             from tf_largebatch.callbacks import GSNRMonitor
@@ -129,20 +203,44 @@ def build_callbacks(cfg, phase_dir, extra=()):
     return callbacks
 
 
-class _RunRecord(keras.callbacks.Callback):
-    """Records the first loop this invocation ran (after any restore)."""
-
-    def __init__(self):
-        super().__init__()
-        self.first_epoch = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self.first_epoch is None:
-            self.first_epoch = epoch
-
-
 def phase_dir(cfg):
     return os.path.join(cfg.training.model_dir, cfg.phase) if cfg.phase else cfg.training.model_dir
+
+
+def _inner(optimizer):
+    """The optimizer doing the updates (inside a loss-scale wrapper, if any)."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def last_update_learning_rate(optimizer):
+    """The learning rate the optimizer applied at its last update (``None`` before any).
+
+    Reads ``optimizer.learning_rate`` with the micro-step counter set back to
+    the last update's last micro-step (where the update was applied), through
+    the optimizer's own rule: Keras's evaluates a schedule at the micro-step
+    counter, this package's at ``iterations``.
+    """
+    counter = keras_seam.micro_step_counter(_inner(optimizer))
+    micro_steps = int(counter.numpy())
+    if micro_steps == 0:
+        return None
+    counter.assign(micro_steps - 1)
+    try:
+        return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    finally:
+        counter.assign(micro_steps)
+
+
+def _read_summary(path):
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def _write_json(path, value):
+    """Writes ``value`` to ``path`` atomically (a temporary file renamed into place)."""
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2)
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
 
 def run_phase(cfg, strategy, *, initial_weights=None, callbacks=(), data=None):
@@ -154,27 +252,26 @@ def run_phase(cfg, strategy, *, initial_weights=None, callbacks=(), data=None):
     tf.io.gfile.makedirs(directory)
     summary_path = os.path.join(directory, SUMMARY)
     if tf.io.gfile.exists(summary_path):
-        with tf.io.gfile.GFile(summary_path) as f:
-            summary = json.load(f)
+        summary = _read_summary(summary_path)
         summary["skipped"] = True
-        print(f"[tf-largebatch] {cfg.name} {cfg.phase or ''}: already finished ({summary_path}); skipping")
+        logger.info("%s %s: already finished (%s); skipping", cfg.name, cfg.phase or "", summary_path)
         return summary
 
     keras.utils.set_random_seed(cfg.training.seed)
     strategy_lib.set_precision(cfg.precision)
-    train_ds, eval_ds = data or task_module(cfg.task).make_datasets(cfg)
+    train_ds, eval_ds = data or make_datasets(cfg)
 
     accumulation = cfg.training.gradient_accumulation_steps
     total_steps = cfg.total_steps()
     steps_per_loop = min(cfg.training.steps_per_loop, total_steps)
     loops = math.ceil(total_steps / steps_per_loop)
+    own_dir = worker_dir(strategy, directory)
+    backup = LoopBackup(os.path.join(own_dir, BACKUP_DIR)) if cfg.callbacks.backup_and_restore else None
     with strategy.scope():
         model = build_model(cfg)
         if initial_weights:
             model.load_weights(initial_weights)
-        optimizer = config_lib.build_optimizer(
-            cfg.optimizer, build_schedule(cfg), gradient_accumulation_steps=accumulation
-        )
+        optimizer = build_optimizer(cfg)
         if cfg.precision == "mixed_float16":
             # compile() would wrap it in Keras's LossScaleOptimizer, which decides
             # overflow from replica 0 only; ours agrees across replicas.
@@ -184,25 +281,35 @@ def run_phase(cfg, strategy, *, initial_weights=None, callbacks=(), data=None):
             optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics,
             steps_per_execution=cfg.training.steps_per_execution, jit_compile=cfg.training.jit_compile,
         )
-    record = _RunRecord()
+        first_loop = backup.restore(model) if backup else 0
+    timer = throughput.LoopTimer(steps_per_loop, cfg.training.global_batch_size)
+    has_eval = eval_ds is not None
+    phase_callbacks = build_callbacks(
+        cfg, own_dir, [timer, *callbacks], has_eval=has_eval, use_ema=bool(_inner(optimizer).use_ema)
+    )
     history = model.fit(
         train_ds,
+        initial_epoch=first_loop,
         epochs=loops,
         steps_per_epoch=steps_per_loop * accumulation,
         validation_data=eval_ds,
-        validation_steps=cfg.training.eval_steps if eval_ds is not None else None,
-        callbacks=build_callbacks(cfg, worker_dir(strategy, directory), [record, *callbacks]),
+        validation_steps=cfg.training.eval_steps if has_eval else None,
+        callbacks=phase_callbacks + ([backup] if backup else []),
         verbose=cfg.training.verbose,
     )
-    optimizer = model.optimizer
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):  # mixed_float16
-        optimizer = optimizer.inner_optimizer
+    updates = int(_inner(model.optimizer).iterations.numpy())
     summary = {
         "name": cfg.name,
         "phase": cfg.phase,
-        "optimizer_steps": int(optimizer.iterations.numpy()),
+        "optimizer_steps": updates,
+        "optimizer_updates": updates,
         "planned_optimizer_steps": loops * steps_per_loop,
-        "started_at_loop": record.first_epoch,
+        "final_learning_rate": last_update_learning_rate(model.optimizer),
+        **timer.rates(),
+        "global_batch_size": cfg.training.global_batch_size,
+        **throughput.device_description(strategy),
+        "synthetic_data": cfg.data.synthetic,
+        "started_at_loop": first_loop,
         "loops": loops,
         "final_logs": {k: float(v[-1]) for k, v in history.history.items() if v},
         "replicas": strategy.num_replicas_in_sync,
@@ -214,11 +321,30 @@ def run_phase(cfg, strategy, *, initial_weights=None, callbacks=(), data=None):
     }
     if strategy.extended.should_checkpoint:  # the chief only, under MultiWorkerMirroredStrategy
         model.save_weights(os.path.join(directory, FINAL_WEIGHTS))
-        with tf.io.gfile.GFile(summary_path, "w") as f:
-            json.dump(summary, f, indent=2)
+        model.save(os.path.join(directory, FINAL_MODEL))
+        _write_json(summary_path, summary)
+    if backup:
+        backup.discard()
+    logger.info("%s", format_summary(summary))
     # A barrier: every worker waits for the chief's files (the next phase reads them).
     strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
     return summary
+
+
+def format_summary(summary):
+    """One line: the phase, its updates, the final learning rate and the throughput."""
+    phase = f" [{summary['phase']}]" if summary.get("phase") else ""
+    line = f"{summary['name']}{phase}: {summary['optimizer_updates']} optimizer updates"
+    if summary.get("final_learning_rate") is not None:
+        line += f", final learning rate {summary['final_learning_rate']:.6g}"
+    if summary.get("examples_per_second"):
+        data = "synthetic data" if summary.get("synthetic_data") else "real data"
+        line += (f", {summary['examples_per_second']:.1f} examples/s ({summary['seconds_per_step'] * 1000:.1f} "
+                 f"ms/step over {summary['measured_steps']} steps after the first loop; {summary['device_count']} x "
+                 f"{summary['device_kind']}; {data})")
+    else:
+        line += ", throughput not measured (it needs at least two loops: the first includes compilation)"
+    return line
 
 
 def run(configs, *, callbacks=()):
@@ -239,11 +365,31 @@ def run(configs, *, callbacks=()):
         keras.mixed_precision.set_global_policy(policy)  # the caller's policy, as found
 
 
+def check_keras_accumulation(cfg, strategy):
+    """A ConfigError for a Keras optimizer with gradient accumulation over several
+    ``MirroredStrategy`` replicas: Keras 3 all-reduces inside a ``tf.cond`` there,
+    which fails at the first step ("merge_call called while defining a new graph").
+    This package's optimizers accumulate differently and are not affected."""
+    accumulation = cfg.training.gradient_accumulation_steps
+    cls = optimizer_class(cfg.optimizer)
+    mirrored = isinstance(strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy))
+    if accumulation > 1 and counts_micro_steps(cls) and mirrored and strategy.num_replicas_in_sync > 1:
+        raise config_lib.ConfigError(
+            "training.gradient_accumulation_steps",
+            f"Keras's {cls.__name__} cannot accumulate gradients over {strategy.num_replicas_in_sync} "
+            f"MirroredStrategy replicas (Keras all-reduces inside a tf.cond, which fails at the first step); use "
+            f"1, one replica, or an optimizer of this package; got {accumulation}",
+        )
+
+
 def _run(configs, callbacks):
     strategy = strategy_lib.build_strategy(configs[0].strategy)
+    for cfg in configs:
+        check_callbacks(cfg)
+        check_keras_accumulation(cfg, strategy)
     # Every phase's input is checked (files found, datasets loadable) before
     # the first step of the first phase.
-    data = [task_module(cfg.task).make_datasets(cfg) for cfg in configs]
+    data = [make_datasets(cfg) for cfg in configs]
     summaries = []
     previous = configs[0].training.initial_weights
     for cfg, datasets in zip(configs, data):
