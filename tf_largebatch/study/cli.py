@@ -110,7 +110,7 @@ def _check_output_dir(text):
 
 
 def config_from_args(args):
-    """``(StudyConfig keyword arguments, task options, output path)``; UsageError names a bad flag."""
+    """``(StudyConfig keyword arguments, output path)`` from parsed flags; UsageError names a bad flag."""
     quick = args.quick
     optimizers = _list("--optimizers", args.optimizers, str) if args.optimizers else list(
         QUICK_OPTIMIZERS if quick else recipes.DEFAULT_OPTIMIZERS)
