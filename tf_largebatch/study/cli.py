@@ -219,7 +219,8 @@ def run(args, verbose=False):
 
 
 def build_parser(prog="tf-largebatch demo"):
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0].split(": ", 1)[-1])
+    description = __doc__.split("\n\n")[0].split(": ", 1)[-1]
+    parser = argparse.ArgumentParser(prog=prog, description=description[0].upper() + description[1:])
     return add_arguments(parser)
 
 
