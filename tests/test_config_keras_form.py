@@ -53,7 +53,7 @@ ORIGINALS = {
 def test_serialized_optimizer_round_trips(tmp_path, name):
     original = ORIGINALS[name]()
     cfg = load(tmp_path, raw_with(keras.optimizers.serialize(original)))
-    assert cfg.optimizer.keras_form and cfg.optimizer.class_label == name
+    assert cfg.optimizer.keras_form and cfg.optimizer.name == cfg.optimizer.class_name == name  # name always names the class
     built = config.build_optimizer(cfg.optimizer, learning_rate=0.1)
     assert type(built) is type(original)
     assert built.get_config() == original.get_config()
