@@ -2,9 +2,10 @@
 through the real TFDS loading code (``tfds.testing.mock_data``) and real
 ``Model.fit`` under a real tf.distribute strategy.
 
-Every file in tpu_configs/ is validated in test_config.py; here one file per
-(model, optimizer) pair trains (the BERT family in test_pipelines_bert.py), to
-stay within the test-time budget.
+Every file in tpu_configs/ is validated in test_config.py and smoke-runs on
+synthetic data in test_pipelines_synthetic.py; here one file per (model,
+optimizer) pair trains on mocked real data (the BERT family in
+test_pipelines_bert.py).
 """
 
 import glob
