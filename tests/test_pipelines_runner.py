@@ -200,13 +200,12 @@ def test_runner_config_errors_name_the_key(tmp_path):
     (cfg,) = smoke_configs(SNGM, tmp_path, "callbacks.best_metric=val_top5_accuracy")
     with pytest.raises(config.ConfigError, match=r"^callbacks.best_metric: 'val_top5_accuracy' is not a metric"):
         train.run([cfg])
-    (cfg,) = smoke_configs(SNGM, tmp_path, "callbacks.profile_batch=2", "callbacks.tensorboard=false")
+    assert not (tmp_path / "run").exists()
+    # The other new callbacks keys are checked when the config is loaded.
     with pytest.raises(config.ConfigError, match=r"^callbacks.profile_batch: needs callbacks.tensorboard: true"):
-        train.run([cfg])
-    (cfg,) = smoke_configs(SNGM, tmp_path, "callbacks.max_to_keep=0")
-    with pytest.raises(config.ConfigError, match=r"^callbacks.max_to_keep: expected an integer >= 1, got 0"):
-        train.run([cfg])
-    assert not (tmp_path / "run" / "summary.json").exists()
+        smoke_configs(SNGM, tmp_path, "callbacks.profile_batch=2", "callbacks.tensorboard=false")
+    with pytest.raises(config.ConfigError, match=r"^callbacks.max_to_keep: "):
+        smoke_configs(SNGM, tmp_path, "callbacks.max_to_keep=0")
 
 
 # --------------------------------------------------------------- ResNet-50

@@ -152,24 +152,20 @@ def metric_names(cfg):
 
 
 def check_callbacks(cfg):
-    """ConfigErrors of ``callbacks`` that need the task's metrics (before anything is built).
+    """A ConfigError for a ``callbacks.best_metric`` the task does not log (before anything is built).
 
     A ``val_`` best metric in a phase without evaluation keeps no best
     checkpoint (the default, ``val_loss``, is not an error there).
     """
-    c = cfg.callbacks
-    if c.max_to_keep < 1:
-        raise config_lib.ConfigError("callbacks.max_to_keep", f"expected an integer >= 1, got {c.max_to_keep!r}")
-    if c.best_metric is not None:
+    best = cfg.callbacks.best_metric
+    if best is not None:
         names = metric_names(cfg)
         allowed = names + [f"val_{n}" for n in names]
-        if c.best_metric not in allowed:
+        if best not in allowed:
             raise config_lib.ConfigError(
-                "callbacks.best_metric", f"{c.best_metric!r} is not a metric of task {cfg.task!r}; expected one "
+                "callbacks.best_metric", f"{best!r} is not a metric of task {cfg.task!r}; expected one "
                 f"of {', '.join(allowed)}, or null for no best checkpoint"
             )
-    if c.profile_batch is not None and not c.tensorboard:
-        raise config_lib.ConfigError("callbacks.profile_batch", "needs callbacks.tensorboard: true")
 
 
 def build_callbacks(cfg, phase_dir, extra=(), *, has_eval=True, use_ema=False):
