@@ -99,8 +99,9 @@ _ENTRIES = [
     ZooEntry("LayerwiseAdagrad", "LayerwiseAdagrad", dict(learning_rate=0.05)),
     ZooEntry("LayerwiseRMSprop", "LayerwiseRMSprop", dict(learning_rate=0.01, momentum=0.5, centered=True)),
     ZooEntry("LayerwiseAdam", "LayerwiseAdam", dict(learning_rate=0.01)),
+    # exclude_from_layer_adaptation=[]: adapt the biases too (None would mean the weight-decay list).
     ZooEntry("MCLR", "MCLR", dict(learning_rate=1.0, gamma=1e-2, weight_decay=1e-3,
-                                   exclude_from_weight_decay=["bias"])),
+                                   exclude_from_weight_decay=["bias"], exclude_from_layer_adaptation=[])),
     ZooEntry("PercentDelta", "PercentDelta", dict(learning_rate=1.0, gamma=1e-2)),
     ZooEntry("VR-SGD-wrapper", "VR", dict(gamma=0.1), min_samples=2,
              inner=("SGD", dict(learning_rate=0.05, momentum=0.9))),

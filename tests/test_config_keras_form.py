@@ -53,7 +53,7 @@ ORIGINALS = {
 def test_serialized_optimizer_round_trips(tmp_path, name):
     original = ORIGINALS[name]()
     cfg = load(tmp_path, raw_with(keras.optimizers.serialize(original)))
-    assert cfg.optimizer.keras_form and cfg.optimizer.class_label == name
+    assert cfg.optimizer.keras_form and cfg.optimizer.name == cfg.optimizer.class_name == name  # name always names the class
     built = config.build_optimizer(cfg.optimizer, learning_rate=0.1)
     assert type(built) is type(original)
     assert built.get_config() == original.get_config()
@@ -105,6 +105,7 @@ def test_learning_rate_and_accumulation_must_agree_with_the_runners(tmp_path):
     assert message.startswith("optimizer.config.learning_rate: the runner builds the learning rate from 'schedule'")
 
 
+@pytest.mark.slow
 def test_keras_form_trains_through_the_cli(tmp_path, capsys):
     """A real ``fit`` of two steps from a config whose optimizer is a pasted ``get_config()``."""
     # get_config() holds learning_rate 0.1; --smoke sets the rate, so it is dropped there.

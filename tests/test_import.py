@@ -180,3 +180,18 @@ def test_the_package_metadata_allows_exactly_the_keras_versions_the_seam_accepts
     low, high = re.search(r'"keras>=(\d+\.\d+),<(\d+\.\d+)"', text).groups()
     assert tuple(map(int, low.split("."))) == keras_seam.SUPPORTED_KERAS_MIN
     assert tuple(map(int, high.split("."))) == keras_seam.SUPPORTED_KERAS_MAX_EXCLUSIVE
+
+
+def test_the_core_install_imports_without_any_extra(tmp_path):
+    """``pip install tf_largebatch`` brings tensorflow, keras and numpy only; the
+    package and every class it registers must import with nothing else."""
+    extras = ["yaml", "tensorflow_datasets", "matplotlib", "tqdm", "keras_hub", "tensorflow_text", "tensorboard"]
+    out = run_python(f"""
+        import sys
+        for name in {extras!r}:
+            sys.modules[name] = None               # as if not installed
+        import keras
+        import tf_largebatch
+        print(keras.saving.get_registered_object("tf_largebatch>VRLAMB").__name__)
+    """, tmp_path)
+    assert out.splitlines()[-1] == "VRLAMB"

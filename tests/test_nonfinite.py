@@ -185,6 +185,38 @@ def test_a_skipped_update_leaves_no_trace(entry, where):
     _assert_same_state(actual, expected)
 
 
+class _RecordsStep(tlb.optimizers.LargeBatchOptimizer):
+    """Plain SGD that records ``applied_updates + 1`` (the bias-correction step) at each update."""
+
+    def build(self, variables):
+        super().build(variables)
+        self.steps_seen = self.add_variable(shape=(8,), initializer="zeros", dtype="int64", name="steps_seen")
+
+    def update_step(self, gradient, variable, learning_rate):
+        step = self.applied_updates + 1
+        self.steps_seen.assign(tf.tensor_scatter_nd_update(self.steps_seen, [[step - 1]], [step]))
+        self.assign_sub(variable, tf.cast(learning_rate, variable.dtype) * gradient)
+
+
+@pytest.mark.parametrize("accumulation", [None, 2])
+def test_applied_updates_is_the_bias_correction_step_and_skips_do_not_count(accumulation):
+    variable = keras.Variable(np.ones(2, np.float32), name="kernel")
+    optimizer = _RecordsStep(learning_rate=0.1, gradient_accumulation_steps=accumulation)
+    optimizer.build([variable])
+    assert int(optimizer.applied_updates.numpy()) == 0
+    good, bad = tf.constant([1.0, 2.0]), tf.constant([np.nan, 1.0])
+    micro = accumulation or 1
+    for gradients in ([good] * micro, [bad] + [good] * (micro - 1), [good] * micro, [good] * micro):
+        for gradient in gradients:
+            optimizer.apply([gradient], [variable])
+    # Four updates, the second skipped: three applied, seen as steps 1, 2, 3.
+    assert optimizer.skipped_updates == 1
+    assert int(optimizer.iterations.numpy()) == 4
+    assert int(optimizer.applied_updates.numpy()) == 3
+    np.testing.assert_array_equal(optimizer.steps_seen.numpy(), [1, 2, 3, 0, 0, 0, 0, 0])
+    np.testing.assert_allclose(variable.numpy(), [1.0 - 0.3, 1.0 - 0.6], rtol=1e-6)
+
+
 @pytest.mark.parametrize("entry", [p for p in SKIP_ENTRIES if p.id in ("SNGM", "LARS", "VRSGD")])
 def test_a_skipped_update_leaves_no_trace_in_the_moving_average(entry):
     """``use_ema`` moves on applied updates only and starts at the first applied one."""

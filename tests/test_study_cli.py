@@ -233,7 +233,8 @@ def test_bad_output_dirs_exit_2_naming_the_flag(tmp_path, capsys):
 def test_cifar10_study_runs_on_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
         code = cli.main(["demo", "--dataset", "cifar10", "--optimizers", "SNGM", "--batch-sizes", "16,32",
-                         "--train-size", "64", "--test-size", "32", "--budget-examples", "64", "--min-steps", "2", "--max-steps", "4",
+                         "--train-size", "64", "--test-size", "32", "--budget-examples", "64", "--min-steps", "2",
+                         "--max-steps", "4",
                          "--evaluations", "2", "--learning-rates", "2", "--seeds", "1", "--target", "0.1",
                          "--no-progress", "--output-dir", str(tmp_path)])
     assert code == 0

@@ -17,29 +17,40 @@ from tf_largebatch.config.errors import ConfigError, describe
 def parameters_of(target):
     """Named parameters of ``target``: ``{name: inspect.Parameter}``.
 
-    For a class, the parameters of every ``__init__`` along its MRO (the first
-    definition of a name wins), so the base keyword arguments of a Keras
-    optimizer count; for a VR optimizer built around a fixed base class
-    (``VRAdam``), also the base class's. ``*args``/``**kwargs`` and ``self`` are
-    not parameters.
+    For a class, the parameters of its ``__init__``, then those with a default
+    of every ``__init__`` along its MRO (the first definition of a name wins),
+    so the base keyword arguments of a Keras optimizer count while a base
+    class's required plumbing (an inner optimizer, a dict of forwarded
+    arguments) does not; for a VR optimizer built around a fixed base class
+    (``VRAdam``), also the base class's, alike. ``*args``/``**kwargs`` and
+    ``self`` are not parameters.
     """
     if not isinstance(target, type):
-        functions = [target]
-    else:
-        classes = list(target.__mro__)
-        inner_class = getattr(target, "_inner_class", None)
-        if inner_class is not None:
-            try:
-                classes += list(inner_class().__mro__)
-            except NotImplementedError:  # the generic VR wrapper: its inner optimizer is an argument
-                pass
-        functions = [klass.__dict__["__init__"] for klass in classes if "__init__" in klass.__dict__]
+        return _named_parameters([(target, True)])
+    roots = [target]
+    inner_class = getattr(target, "_inner_class", None)
+    if inner_class is not None:
+        try:
+            roots.append(inner_class())
+        except NotImplementedError:  # the generic VR wrapper: its inner optimizer is an argument
+            pass
+    functions = []
+    for root in roots:
+        functions += [(klass.__dict__["__init__"], klass is root) for klass in root.__mro__
+                      if "__init__" in klass.__dict__]
+    return _named_parameters(functions)
+
+
+def _named_parameters(functions):
+    """``{name: Parameter}`` of ``(function, own)`` pairs, first definition
+    first; from a function that is not ``own``, only parameters with a default."""
     parameters = {}
-    for function in functions:
+    for function, own in functions:
         for param in inspect.signature(function).parameters.values():
             if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL) or param.name == "self":
                 continue
-            parameters.setdefault(param.name, param)
+            if own or param.default is not param.empty:
+                parameters.setdefault(param.name, param)
     return parameters
 
 

@@ -57,7 +57,7 @@ def _check_required(cfg):
     for key in REQUIRED:
         if value_at(cfg, key) in ("", 0, None):
             raise ConfigError(key, "required")
-    if not cfg.optimizer.name and not cfg.optimizer.keras_form:
+    if not cfg.optimizer.name:
         raise ConfigError("optimizer.name", "required (or Keras's form: optimizer.class_name and optimizer.config)")
     registry.TASKS.get(cfg.task, "task")
 
@@ -165,12 +165,6 @@ def check_optimizer(cfg, path="optimizer"):
     """The optimizer section: its class, its arguments against the constructor,
     then one construction (the class's own checks) in a throw-away graph."""
     opt = cfg.optimizer
-    if opt.keras_form:
-        if opt.name or opt.args:
-            raise ConfigError(path, "expected either this package's form (name, args) or Keras's "
-                              "(class_name, config), not both")
-        if not opt.class_name:
-            raise ConfigError(f"{path}.class_name", "required with optimizer.config")
     cls = optimizer_class(opt, path)
     arguments_path = f"{path}.{opt.arguments_key}"
     arguments = opt.arguments
@@ -180,7 +174,7 @@ def check_optimizer(cfg, path="optimizer"):
         set_elsewhere = {}
         arguments = {k: v for k, v in arguments.items() if k not in RUNNER_OPTIMIZER_ARGS}
     also = ("exclude_from_weight_decay",) if uses_keras_weight_decay_exclusions(cls) else ()
-    check_arguments(arguments, cls, arguments_path, opt.class_label, set_elsewhere=set_elsewhere,
+    check_arguments(arguments, cls, arguments_path, opt.name, set_elsewhere=set_elsewhere,
                     also_accepted=also)
     exclusions = arguments.get("exclude_from_weight_decay")
     if also and exclusions is not None and not (
@@ -196,9 +190,9 @@ def check_optimizer(cfg, path="optimizer"):
         with tf.Graph().as_default():
             build_optimizer(opt, learning_rate=0.1, gradient_accumulation_steps=None)
     except TypeError as error:
-        raise ConfigError(arguments_path, f"not accepted by {opt.class_label}: {error}") from None
+        raise ConfigError(arguments_path, f"not accepted by {opt.name}: {error}") from None
     except ValueError as error:
-        raise ConfigError(arguments_path, f"rejected by {opt.class_label}: {error}") from None
+        raise ConfigError(arguments_path, f"rejected by {opt.name}: {error}") from None
 
 
 def _check_keras_form_runner_args(cfg, arguments, path):
@@ -226,7 +220,7 @@ def _check_gsnr_monitor(cfg, path="callbacks.gsnr_monitor"):
 
     if not issubclass(optimizer_class(cfg.optimizer), optimizers.VR):
         raise ConfigError(path, f"needs a VR optimizer (VR, VRSGD, VRMomentum, VRAdam, VRLAMB, VRLARS), "
-                          f"got {cfg.optimizer.class_label!r}")
+                          f"got {cfg.optimizer.name!r}")
     check_arguments(cfg.callbacks.gsnr_monitor, GSNRMonitor, path, "GSNRMonitor",
                     set_elsewhere={"global_batch_size": "training.global_batch_size"})
 

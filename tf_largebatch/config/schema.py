@@ -30,6 +30,8 @@ import dataclasses
 import math
 from typing import Literal, Optional, Union
 
+from tf_largebatch.config.errors import ConfigError
+
 
 @dataclasses.dataclass
 class StrategyConfig:
@@ -109,6 +111,8 @@ class OptimizerConfig:
     in as it is. There ``config.learning_rate`` and
     ``config.gradient_accumulation_steps`` may appear but must agree with
     ``schedule.learning_rate`` and ``training.gradient_accumulation_steps``.
+    In that form ``name`` is set to ``class_name``, so ``name`` always names
+    the class.
     """
 
     name: str = ""
@@ -118,15 +122,20 @@ class OptimizerConfig:
     module: Optional[str] = None
     registered_name: Optional[str] = None
 
+    def __post_init__(self):
+        if not self.keras_form:
+            return
+        if not self.class_name:
+            raise ConfigError("optimizer.class_name", "required with optimizer.config")
+        if self.args or self.name not in ("", self.class_name):
+            raise ConfigError("optimizer", "expected either this package's form (name, args) or Keras's "
+                              "(class_name, config), not both")
+        self.name = self.class_name
+
     @property
     def keras_form(self):
         """Whether the section is in Keras's ``{class_name, config}`` form."""
         return self.class_name is not None or self.config is not None
-
-    @property
-    def class_label(self):
-        """The optimizer's class name, in either form."""
-        return self.class_name if self.keras_form else self.name
 
     @property
     def arguments(self):

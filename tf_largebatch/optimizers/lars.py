@@ -46,8 +46,8 @@ class LARS(TrustRatioOptimizer):
     The denominator of the 2017 ratio (``trust_ratio_denominator``):
 
     * ``"norm_of_sum"`` (default): ``||g + wd * w|| + epsilon``, the norm of the
-      update that is actually scaled (as TF Model Garden's and TF Addons' LAMB
-      write it);
+      update that is actually scaled (TF Model Garden's LARS, which adds the
+      decay to the gradient first; the form of LAMB's Algorithm 2);
     * ``"sum_of_norms"``: ``||g|| + wd * ||w|| + epsilon``, as You, Gitman and
       Ginsburg 2017 (Algorithm 1), "The Limit of the Batch Size" (eq. 2) and
       MLPerf's ResNet-50 reference write it; the ratio is then 1 where ``||g||``

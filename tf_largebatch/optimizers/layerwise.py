@@ -83,6 +83,11 @@ class LayerwiseOptimizer(LargeBatchOptimizer):
     def build(self, var_list):
         if self.built:
             return
+        if self.momentum_placement not in MOMENTUM_PLACEMENTS:
+            raise ValueError(
+                f"{type(self).__name__}.momentum_placement must be one of {MOMENTUM_PLACEMENTS}. "
+                f"Received: {self.momentum_placement!r}"
+            )
         super().build(var_list)
         if self.momentum_placement == "step":
             self.momentums = self._add_slots(var_list, "momentum")

@@ -17,13 +17,16 @@ def as_float32(x):
 def l2_norm(x):
     """Euclidean norm of a whole tensor, in float32, free of overflow and underflow.
 
-    Computed as ``s * sqrt(sum((x / s)**2))`` with ``s = max|x|`` (the scaling of
-    LAPACK's ``nrm2``): squaring a float32 above ~1.8e19 overflows and below
-    ~1e-23 underflows to zero, so the plain ``sqrt(sum(x**2))`` gives ``inf`` for
-    gradients around 1e30 and ``0`` for gradients around 1e-30. The scaled form is
-    exact to float32 rounding from the smallest to the largest normal float32
-    (the result itself overflows only when the true norm exceeds float32's range).
-    A zero tensor has norm 0; a non-finite element gives a non-finite norm.
+    Squaring a float32 above ~1.8e19 overflows and below ~1e-19 underflows, so
+    the plain ``sqrt(sum(x**2))`` gives ``inf`` for gradients around 1e30 and
+    ``0`` for gradients around 1e-30. The plain sum is used when it is finite
+    and large enough that underflowed squares cannot matter (``>= size * 1e-30``,
+    so they are below 1e-7 of it); otherwise the norm is computed as
+    ``s * sqrt(sum((x / s)**2))`` with ``s = max|x|`` (the scaling of LAPACK's
+    ``nrm2``), exact to float32 rounding from the smallest to the largest normal
+    float32. Only one of the two runs (``tf.cond``). The result overflows only
+    when the true norm exceeds float32's range. A zero tensor has norm 0; a
+    non-finite element gives a non-finite norm.
 
     Args:
         x: a tensor of any shape and float dtype.
@@ -32,9 +35,17 @@ def l2_norm(x):
         A float32 scalar.
     """
     x = as_float32(x)
-    scale = tf.reduce_max(tf.abs(x))
-    safe = tf.where(scale > 0, scale, tf.ones_like(scale))
-    return safe * tf.sqrt(tf.reduce_sum(tf.square(x / safe)))
+    sum_of_squares = tf.reduce_sum(tf.square(x))
+    size = x.shape.num_elements()
+    size = tf.cast(tf.size(x), tf.float32) if size is None else float(size)
+    representable = tf.math.is_finite(sum_of_squares) & (sum_of_squares >= size * 1e-30)
+
+    def scaled():
+        scale = tf.reduce_max(tf.abs(x))
+        safe = tf.where(scale > 0, scale, tf.ones_like(scale))
+        return safe * tf.sqrt(tf.reduce_sum(tf.square(x / safe)))
+
+    return tf.cond(representable, lambda: tf.sqrt(sum_of_squares), scaled)
 
 
 def global_norm(tensors):

@@ -5,11 +5,12 @@
 """
 
 import dataclasses
+import math
 import pathlib
 import sys
 
 from tf_largebatch.study import recipes
-from tf_largebatch.study.grid import GridRunner, StudyConfig
+from tf_largebatch.study.grid import GridRunner, StudyConfig, build_model
 from tf_largebatch.study.store import RunStore, write_text_atomically
 from tf_largebatch.study.tasks import make_task
 
@@ -95,6 +96,7 @@ def run_task(task, config, output_dir, progress=True, stream=None):
     largest = config.batch_sizes[-1]
     if largest > len(task.train):
         raise ValueError(f"`batch_sizes`: {largest} is larger than the training set ({len(task.train)} examples).")
+    build_model(task.model_fn)  # a bad model_fn fails here, before the output directory exists
     store = RunStore(output_dir, config.fingerprint(task))
     steps_by_batch = {b: config.steps(b) for b in config.batch_sizes}
     header = {
@@ -127,7 +129,7 @@ def run_task(task, config, output_dir, progress=True, stream=None):
                             store.extras.get("noise_scale"))
     paths = report.write_outputs(output_dir, header, runs, result)
     table = report.tables(result, list(config.optimizers), list(config.batch_sizes), steps_by_batch)
-    if task.bayes_test_accuracy == task.bayes_test_accuracy:  # not NaN
+    if not math.isnan(task.bayes_test_accuracy):
         table += f"\n(the teacher itself scores {100 * task.bayes_test_accuracy:.2f}% test accuracy)"
     paths["table.txt"] = output_dir / "table.txt"
     write_text_atomically(paths["table.txt"], table + "\n")
@@ -153,13 +155,14 @@ def run(model_fn, train, test, target, output_dir, optimizers=recipes.DEFAULT_OP
 
     Example::
 
-        import keras, tf_largebatch as tlb
+        import keras
+        import tf_largebatch.study
 
         def model_fn():
             return keras.Sequential([keras.Input((20,)), keras.layers.Dense(64, activation="relu"),
                                      keras.layers.Dense(3)])
 
-        outcome = tlb.study.run(model_fn, (x_train, y_train), (x_test, y_test), target=0.9,
+        outcome = tf_largebatch.study.run(model_fn, (x_train, y_train), (x_test, y_test), target=0.9,
                                 output_dir="my_study", batch_sizes=(32, 128, 512, 2048))
         print(outcome.table)
 

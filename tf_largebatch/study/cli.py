@@ -110,7 +110,7 @@ def _check_output_dir(text):
 
 
 def config_from_args(args):
-    """``(StudyConfig keyword arguments, task options, output path)``; UsageError names a bad flag."""
+    """``(StudyConfig keyword arguments, output path)`` from parsed flags; UsageError names a bad flag."""
     quick = args.quick
     optimizers = _list("--optimizers", args.optimizers, str) if args.optimizers else list(
         QUICK_OPTIMIZERS if quick else recipes.DEFAULT_OPTIMIZERS)
@@ -219,7 +219,8 @@ def run(args, verbose=False):
 
 
 def build_parser(prog="tf-largebatch demo"):
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0].split(": ", 1)[-1])
+    description = __doc__.split("\n\n")[0].split(": ", 1)[-1]
+    parser = argparse.ArgumentParser(prog=prog, description=description[0].upper() + description[1:])
     return add_arguments(parser)
 
 

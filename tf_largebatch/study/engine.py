@@ -21,7 +21,6 @@ VR family) get them from ``gradient_accumulation_steps=k`` micro-batches, which 
 package makes equal to ``k`` replicas.
 """
 
-import math
 
 import keras
 import numpy as np

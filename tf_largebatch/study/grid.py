@@ -32,7 +32,7 @@ import numpy as np
 
 from tf_largebatch import validation
 from tf_largebatch.study import analysis, recipes
-from tf_largebatch.study.store import RunStore, finite_or_none, run_key
+from tf_largebatch.study.store import finite_or_none, run_key
 
 NOISE_OPTIMIZER = "SNGM"
 
@@ -337,7 +337,8 @@ class GridRunner:
         config = self.config
         target = self.task.target
         cache = {}
-        group = [self._run(recipe, batch_size, lr, 0, cache) for lr in config.initial_learning_rates(recipe, batch_size)]
+        rates = config.initial_learning_rates(recipe, batch_size)
+        group = [self._run(recipe, batch_size, lr, 0, cache) for lr in rates]
         widened = {1: 0, -1: 0}
         while True:
             direction = analysis.widening_direction(group, target)
@@ -346,7 +347,8 @@ class GridRunner:
             widened[direction] += 1
             self.planned += 1
             rates = [run["learning_rate"] for run in group]
-            edge = max(rates) * config.learning_rate_factor if direction > 0 else min(rates) / config.learning_rate_factor
+            factor = config.learning_rate_factor
+            edge = max(rates) * factor if direction > 0 else min(rates) / factor
             group.append(self._run(recipe, batch_size, edge, 0, cache))
         if batch_size == config.batch_sizes[-1]:
             for _ in range(config.sensitivity_steps):

@@ -15,7 +15,8 @@ class's own default learning rate at the base batch and the square-root rule.
 import dataclasses
 import inspect
 
-from tf_largebatch.scaling import scale_learning_rate  # not `from tf_largebatch import`: keeps --help free of TensorFlow
+# Not `from tf_largebatch import scaling`: that would load the whole package, and --help must not.
+from tf_largebatch.scaling import scale_learning_rate
 
 BASE_BATCH_SIZE = 128
 

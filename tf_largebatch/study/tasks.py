@@ -257,7 +257,7 @@ def _as_split(name, data):
             raise ValueError(f"`{name}` must yield (x, y) pairs. Received element_spec={spec!r}")
         if data.cardinality() == tf.data.INFINITE_CARDINALITY:
             raise ValueError(f"`{name}` is an infinite tf.data.Dataset; the study needs a finite one.")
-        batched = len(spec[1].shape) >= 1 and spec[1].shape[0] is None
+        batched = len(spec[1].shape) >= 1  # a label per example is a scalar class index
         parts = list(data.as_numpy_iterator()) if batched else list(data.batch(4096).as_numpy_iterator())
         x = np.concatenate([p[0] for p in parts])
         y = np.concatenate([p[1] for p in parts])
