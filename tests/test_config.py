@@ -49,7 +49,7 @@ def test_every_config_states_its_source_and_batch_in_its_name():
         assert cfg.training.global_batch_size == expected, path
 
 
-# VRGD paper (shared/papers/vrgd_gsnr_large_batch.txt), Table 9, typed from the paper:
+# Jiang et al., "Accelerating Large Batch Training via Gradient Signal to Noise Ratio (GSNR)", Table 9, typed from the paper:
 # batch, steps, warm-up, phase-1 LR, phase-1 k, phase-2 warm-up, phase-2 LR, phase-2 k.
 TABLE_9 = {
     "16k": (16384, 16384, 31250, 2800, 0.0035, 8, 280, 0.0035, 32),

@@ -50,9 +50,6 @@ def test_readme_example_runs_as_written_on_one_device(tmp_path):
     assert final_accuracy > 0.5, result.stdout   # the toy task is learned (chance is 0.1)
 
 
-# Files whose owners are rewriting them now; their citations are fixed with that work.
-# Remove an entry once its files cite papers by title.
-CITATIONS_PENDING = ("tf_largebatch/tpu_configs/", "tests/test_config.py", "tests/test_properties.py")
 OUTSIDE_FILE = re.compile(r"shared/papers|DESIGN\.md|[a-z_]+_batch[a-z_]*\.txt|second_order_curvature_lr")
 
 
@@ -62,7 +59,7 @@ def test_no_page_module_config_or_test_cites_files_outside_the_repository():
     offenders = {}
     for path in paths:
         name = path.relative_to(ROOT).as_posix()
-        if name == "tests/test_docs.py" or name.startswith(CITATIONS_PENDING):
+        if name == "tests/test_docs.py":
             continue
         found = OUTSIDE_FILE.findall(path.read_text(encoding="utf-8"))
         if found:

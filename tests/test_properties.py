@@ -5,7 +5,8 @@ variables:
 
 * GSNR is scale-free: the clipped normalised factor of ``c * g`` equals that of
   ``g``, and a VR-SGD step taken on ``c * g`` is ``c`` times the step on ``g``
-  (DESIGN.md, "GSNR and the VR update"); the factor lies in ``[gamma, 1]``;
+  (docs/vr.md; Jiang et al., "Accelerating Large Batch Training via
+  Gradient Signal to Noise Ratio (GSNR)"); the factor lies in ``[gamma, 1]``;
 * the trust ratio (``rules.trust_ratio``) with bounds ``(low, high)`` lies in
   ``[c low / ||u||, c high / ||u||]``, is ``c ||w|| / ||u||`` without bounds,
   and is 1 when either norm is 0;
