@@ -4,7 +4,7 @@ The model and input code live in ``tf_largebatch.pipelines``; this script only
 picks a default shipped experiment (``tf-largebatch train --experiment NAME``, so it
 also works from a pip install). Every argument is passed on::
 
-    python examples/train_resnet20_cifar10.py --smoke   # a CPU check in seconds (the data must be reachable)
+    python examples/train_resnet20_cifar10.py --smoke   # a CPU check in seconds (synthetic data where the real data is not on this machine)
     python examples/train_resnet20_cifar10.py --experiment <name> \\
         --set strategy.tpu=<tpu-name> --set training.model_dir=gs://<bucket>/run
 """
