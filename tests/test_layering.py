@@ -25,6 +25,7 @@ LAYERS = {
     "tf_largebatch.optimizers.gsnr": MATH,
     # The optimizer core: the Keras seam and the base class, split by job.
     "tf_largebatch.optimizers.keras_seam": CORE,
+    "tf_largebatch.optimizers.selection": CORE,
     "tf_largebatch.optimizers.slots": CORE,
     "tf_largebatch.optimizers.replicas": CORE,
     "tf_largebatch.optimizers.accumulation": CORE,
