@@ -554,6 +554,9 @@ class VRLARS(_FixedInnerVR):
             ``variable.path``.
         exclude_from_layer_adaptation: same, for the trust ratio (see
             :class:`~tf_largebatch.optimizers.LARS` for ``None``).
+        trust_ratio_denominator: ``"norm_of_sum"`` (``||g + wd w||``) or
+            ``"sum_of_norms"`` (``||g|| + wd ||w||``, MLPerf's), see
+            :class:`~tf_largebatch.optimizers.LARS`.
         gamma: float in (0, 1], lower clip bound of the normalised GSNR (0.1).
         gsnr_momentum: float in [0, 1), the paper's beta_3 (0 here).
         gsnr_upper_bound: float >= gamma, upper clip bound (paper: 1).
@@ -574,13 +577,14 @@ class VRLARS(_FixedInnerVR):
 
     def __init__(self, learning_rate=1.0, momentum=0.9, weight_decay=None, trust_coefficient=0.001, epsilon=0.0,
                  nesterov=False, trust_ratio_on="gradient", trust_ratio_bounds=None, exclude_from_weight_decay=None,
-                 exclude_from_layer_adaptation=None, gamma=0.1, gsnr_momentum=0.0, gsnr_upper_bound=1.0,
-                 name="vrlars", **kwargs):
+                 exclude_from_layer_adaptation=None, trust_ratio_denominator="norm_of_sum", gamma=0.1,
+                 gsnr_momentum=0.0, gsnr_upper_bound=1.0, name="vrlars", **kwargs):
         super().__init__(
             dict(learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
                  trust_coefficient=trust_coefficient, epsilon=epsilon, nesterov=nesterov,
                  trust_ratio_on=trust_ratio_on, trust_ratio_bounds=trust_ratio_bounds,
                  exclude_from_weight_decay=exclude_from_weight_decay,
-                 exclude_from_layer_adaptation=exclude_from_layer_adaptation),
+                 exclude_from_layer_adaptation=exclude_from_layer_adaptation,
+                 trust_ratio_denominator=trust_ratio_denominator),
             gamma=gamma, gsnr_momentum=gsnr_momentum, gsnr_upper_bound=gsnr_upper_bound, name=name, kwargs=kwargs,
         )
