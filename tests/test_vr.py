@@ -635,10 +635,16 @@ def test_the_compiled_gsnr_step_outlives_an_optimizer_and_runs_under_keras_xla()
     assert all(np.isfinite(w.numpy()).all() for w in model.trainable_weights)
 
 
-def test_a_large_variable_takes_the_compiled_path_and_matches_numpy():
-    """Variables of >= COMPILE_MIN_ELEMENTS elements run the XLA-compiled GSNR step."""
+def test_a_large_variable_takes_the_compiled_path_and_matches_numpy(monkeypatch):
+    """Variables of >= COMPILE_MIN_ELEMENTS elements run the XLA-compiled GSNR step (on GPUs;
+    here forced on the CPU to check its numbers)."""
     from tf_largebatch.optimizers import vr
 
+    monkeypatch.setattr(vr, "COMPILE_ON_DEVICE_TYPES", ("GPU", "CPU"))
+    compiled = []
+    monkeypatch.setattr(vr, "_compiled_adapted_gradient",
+                        lambda *a, **k: compiled.append(1) or tf.function(vr.gsnr.adapted_gradient,
+                                                                          jit_compile=True)(*a, **k))
     shapes = [(256, 160), (7,)]
     assert np.prod(shapes[0]) >= vr.COMPILE_MIN_ELEMENTS > np.prod(shapes[1])
     rng = np.random.default_rng(14)
@@ -646,6 +652,7 @@ def test_a_large_variable_takes_the_compiled_path_and_matches_numpy():
     start = [v.numpy() for v in variables]
     samples = make_samples(rng, shapes, 3, 4)
     run_accumulated(tlb_opt.VRAdam(learning_rate=0.01, gradient_accumulation_steps=4), variables, samples)
+    assert len(compiled) == 3  # the large variable, once per update
     for v, e in zip(variables, numpy_trajectory("VRAdam", start, samples)):
         np.testing.assert_allclose(v.numpy(), e, rtol=1e-4, atol=1e-5)
 

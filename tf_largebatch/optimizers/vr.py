@@ -42,8 +42,8 @@ _WRAPPER_KEYWORDS_DOC = """\
         record_gradient_statistics: bool (default ``True``): also record the
             per-variable monitoring statistics of every update
             (:meth:`gradient_statistics`, read by ``GSNRMonitor``). ``False``
-            skips them (the GSNR itself is always computed): the update is
-            then cheaper, by about as much again as the GSNR chain costs.
+            skips them (the GSNR itself is always computed), which saves about
+            0.1-0.3 of a step of the base optimizer at 1e6-1e7 parameters.
         weight_decay, clipnorm, clipvalue, global_clipnorm: the base
             optimizer's own, acting on the GSNR-adapted gradient ``g_hat``."""
 
@@ -265,21 +265,27 @@ def _check_inner_optimizer(inner_optimizer):
 
 #: The per-variable VR transform as one XLA cluster. Keras compiles the model step
 #: with XLA only on one device (``jit_compile="auto"`` turns it off under a
-#: tf.distribute strategy and on CPU); compiled on its own, the dozen element-wise
-#: operations of the GSNR chain fuse into a few passes on every device, inside a
-#: Keras XLA step too (where it is simply inlined). It holds no variables (XLA
-#: under MirroredStrategy refuses resources of other devices); the caller reads
-#: and assigns the GSNR momentum.
+#: tf.distribute strategy and on CPU). Compiled on its own, the dozen element-wise
+#: operations of the GSNR chain fuse into a few passes; inside a Keras XLA step it
+#: is simply inlined. It holds no variables (XLA under MirroredStrategy refuses
+#: resources of other devices); the caller reads and assigns the GSNR momentum.
 _compiled_adapted_gradient = tf.function(gsnr.adapted_gradient, jit_compile=True)
 
-#: Variables from this many elements on run the compiled function; smaller ones
-#: run the same function inline (for them XLA's launch and per-shape compile
-#: cost more than the few passes it saves).
+#: Device types on which large variables use the compiled function. Not CPU:
+#: there the chain alone is ~3x cheaper compiled, but in a whole MirroredStrategy
+#: step the separately launched XLA executables (one per replica, on the same
+#: cores) did not pay in our measurements (docs/benchmarks.md).
+COMPILE_ON_DEVICE_TYPES = ("GPU",)
+
+#: Variables from this many elements on are compiled; for smaller ones XLA's
+#: launch and per-shape compile cost more than the passes it saves.
 COMPILE_MIN_ELEMENTS = 2**15
 
 
 def _adapted_gradient_function(variable):
-    if variable.shape.num_elements() >= COMPILE_MIN_ELEMENTS:
+    backend_variable = getattr(variable, "value", variable)  # keras.Variable -> its tf.Variable
+    device = tf.DeviceSpec.from_string(getattr(backend_variable, "device", "") or "").device_type
+    if device in COMPILE_ON_DEVICE_TYPES and variable.shape.num_elements() >= COMPILE_MIN_ELEMENTS:
         return _compiled_adapted_gradient
     return gsnr.adapted_gradient
 
@@ -548,8 +554,9 @@ class VRLARS(_FixedInnerVR):
             ``variable.path``.
         exclude_from_layer_adaptation: same, for the trust ratio (see
             :class:`~tf_largebatch.optimizers.LARS` for ``None``).
-        trust_ratio_denominator: ``"norm_of_sum"`` or ``"sum_of_norms"`` (see
-            :class:`~tf_largebatch.optimizers.LARS`).
+        trust_ratio_denominator: ``"norm_of_sum"`` (``||g + wd w||``) or
+            ``"sum_of_norms"`` (``||g|| + wd ||w||``, MLPerf's), see
+            :class:`~tf_largebatch.optimizers.LARS`.
         gamma: float in (0, 1], lower clip bound of the normalised GSNR (0.1).
         gsnr_momentum: float in [0, 1), the paper's beta_3 (0 here).
         gsnr_upper_bound: float >= gamma, upper clip bound (paper: 1).
