@@ -74,3 +74,20 @@ def test_relative_links_resolve():
             if not (path.parent / target).exists():
                 broken.append(f"{path.relative_to(ROOT)} -> {target}")
     assert broken == []
+
+
+def test_every_test_a_page_cites_exists():
+    # "tests/test_x.py::test_name"; "::test_other" is a test of the file named last.
+    cited = re.compile(r"(tests/test_\w+\.py)(?:::(test_\w+))?|::(test_\w+)")
+    missing = []
+    for path in [ROOT / "README.md", *PAGES]:
+        current = None
+        for file, name, continued in cited.findall(path.read_text(encoding="utf-8")):
+            current = file or current
+            name = name or continued
+            if not name or current is None:
+                continue
+            source = (ROOT / current).read_text(encoding="utf-8") if (ROOT / current).exists() else ""
+            if not re.search(rf"^\s*def {name}\(", source, flags=re.M):
+                missing.append(f"{path.relative_to(ROOT).as_posix()}: {current}::{name}")
+    assert missing == []
