@@ -81,16 +81,12 @@ BASE_KEYWORD_ROWS = [
     ("gradient_accumulation_steps", 1), ("gradient_accumulation_steps", 2.5), ("gradient_accumulation_steps", 0),
     ("weight_decay", -1e-4), ("weight_decay", "0.01"), ("weight_decay", float("nan")),
 ]
-#: Keywords a VR optimizer hands to its inner optimizer (the VR classes check those).
-_INNER_KEYWORDS = {"clipnorm", "global_clipnorm", "clipvalue", "weight_decay"}
-
-
 def _base_keyword_cases():
+    # The VR classes hand clipnorm, global_clipnorm, clipvalue and weight_decay to
+    # their inner optimizer; the same check covers them there.
     for param in ZOO:
         entry = param.values[0]
         for argument, value in BASE_KEYWORD_ROWS:
-            if entry.min_samples > 1 and argument in _INNER_KEYWORDS:
-                continue
             if argument == "weight_decay" and not entry.accepts("weight_decay"):
                 continue
             yield pytest.param(entry, argument, value, id=f"{entry.id}-{argument}={value!r}")

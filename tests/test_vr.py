@@ -779,3 +779,13 @@ def test_shifted_moments_keep_one_collective_and_restore_exactly(mirrored, monke
     expected = numpy_trajectory("VRAdam", start, samples)
     for a, e in zip(straight_vars, expected):
         np.testing.assert_allclose(a.numpy(), e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("argument,value", [("clipnorm", -1.0), ("global_clipnorm", float("nan")),
+                                            ("clipvalue", -1.0), ("loss_scale_factor", -2.0),
+                                            ("use_ema", "yes")])
+def test_a_keras_inner_optimizer_with_a_bad_base_keyword_is_refused(argument, value):
+    # Keras's own optimizers accept these and then clip nothing, ascend, or average.
+    inner = keras.optimizers.SGD(0.1, **{argument: value})
+    with pytest.raises(ValueError, match=rf"`{argument}`"):
+        tlb_opt.VR(inner, gradient_accumulation_steps=2)

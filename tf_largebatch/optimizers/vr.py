@@ -141,6 +141,10 @@ class VR(LargeBatchOptimizer):
         super().__init__(learning_rate=0.0, name=name, record_gradient_statistics=record_gradient_statistics,
                          **kwargs)
         _check_inner_optimizer(inner_optimizer)
+        # Keras's own optimizers accept clipnorm=-1, loss_scale_factor=-2, use_ema="yes", ...
+        # (Keras keeps a list argument in a tracking wrapper; name it as the user wrote it.)
+        validation.check_base_keywords({key: list(value) if isinstance(value, (list, tuple)) else value
+                                        for key, value in inner_optimizer.get_config().items()})
         self.inner_optimizer = inner_optimizer
         self.gamma = validation.check_number("gamma", gamma, low=0.0, high=1.0, low_inclusive=False)
         self.gsnr_momentum = validation.check_probability("gsnr_momentum", gsnr_momentum)
@@ -313,7 +317,7 @@ class _FixedInnerVR(VR):
         wrapper_kwargs = {key: kwargs.pop(key) for key in WRAPPER_ARGUMENTS if key in kwargs}
         inner_arguments = {**inner_arguments, **kwargs}
         validation.check_learning_rate(inner_arguments.get("learning_rate"))
-        validation.check_number("weight_decay", inner_arguments.get("weight_decay"), low=0.0, allow_none=True)
+        validation.check_base_keywords(inner_arguments)
         inner = self.inner_optimizer_class()(**inner_arguments)
         super().__init__(
             inner, gamma=gamma, gsnr_momentum=gsnr_momentum, gsnr_upper_bound=gsnr_upper_bound, name=name,
