@@ -80,7 +80,9 @@ def test_resnet50_vrlars_config_trains_in_smoke_mode(tmp_path, mock_tfds):
     # ResNet-50 itself (25 M parameters) at 64 pixels; VR-LARS with k = 2
     # accumulation micro-batches on one device. The LARS and SNGM ResNet-50
     # configs use the same model and data code (validated in test_config.py).
-    cfg, summary = smoke("resnet50_vrlars_32k_v3-512", tmp_path)
+    # The real TFDS code on mock data; a local data_dir instead of the shipped
+    # gs:// placeholder, which the pipeline would try to reach over the network.
+    cfg, summary = smoke("resnet50_vrlars_32k_v3-512", tmp_path, f"data.data_dir={tmp_path}/tensorflow_datasets")
     check_run(cfg, summary, tmp_path)
     assert cfg.training.gradient_accumulation_steps == 2
 

@@ -35,6 +35,12 @@ SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=N
 
 shapes = st.lists(st.integers(1, 5), min_size=1, max_size=3).map(tuple)
 log_scales = st.floats(-6.0, 6.0)
+# Powers of two from about 1e-6 to 1e6: scaling by them is exact in float32, so the
+# factor must be *equal*; a decimal scale rounds every sample, and at k = 2 the
+# raw-moment variance of an element with GSNR ~1e4 amplifies that rounding enough
+# to move the normalising mean by ~0.3 % (a float32 conditioning limit, not a
+# scale dependence of the method; moments are shifted only from k >= 64).
+scale_exponents = st.integers(-20, 20)
 seeds = st.integers(0, 2**32 - 1)
 
 
@@ -56,10 +62,11 @@ def _factor(samples, gamma):
 
 
 @SETTINGS
-@given(shape=shapes, k=st.integers(2, 6), log_scale=log_scales, seed=seeds, gamma=st.sampled_from([0.1, 0.5, 1.0]))
-def test_gsnr_factor_is_scale_free_and_clipped(shape, k, log_scale, seed, gamma):
+@given(shape=shapes, k=st.integers(2, 6), exponent=scale_exponents, seed=seeds,
+       gamma=st.sampled_from([0.1, 0.5, 1.0]))
+def test_gsnr_factor_is_scale_free_and_clipped(shape, k, exponent, seed, gamma):
     samples = _samples(seed, shape, k)
-    scale = np.float32(10.0**log_scale)
+    scale = np.float32(2.0**exponent)
     factor = _factor(samples, gamma)
     scaled = _factor(samples * scale, gamma)
     assert np.all(np.isfinite(factor)) and np.all(np.isfinite(scaled))
