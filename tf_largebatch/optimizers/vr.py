@@ -142,9 +142,12 @@ class VR(LargeBatchOptimizer):
                          **kwargs)
         _check_inner_optimizer(inner_optimizer)
         # Keras's own optimizers accept clipnorm=-1, loss_scale_factor=-2, use_ema="yes", ...
-        # (Keras keeps a list argument in a tracking wrapper; name it as the user wrote it.)
+        # Read as attributes (get_config needs eager execution); Keras keeps a list
+        # argument in a tracking wrapper, so name it as the user wrote it.
+        inner_keywords = {key: getattr(inner_optimizer, key) for key in validation.BASE_KEYWORDS
+                          if hasattr(inner_optimizer, key)}
         validation.check_base_keywords({key: list(value) if isinstance(value, (list, tuple)) else value
-                                        for key, value in inner_optimizer.get_config().items()})
+                                        for key, value in inner_keywords.items()})
         self.inner_optimizer = inner_optimizer
         self.gamma = validation.check_number("gamma", gamma, low=0.0, high=1.0, low_inclusive=False)
         self.gsnr_momentum = validation.check_probability("gsnr_momentum", gsnr_momentum)
