@@ -329,8 +329,9 @@ def test_replicas_equal_single_device_on_the_same_samples(name, replicas, accumu
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
 
 
-def test_one_all_reduce_per_step_carries_both_moments(mirrored, monkeypatch):
-    """Exactly one all-reduce call per replica per update, carrying 2 x (number of variables) tensors."""
+def count_all_reduces(monkeypatch):
+    """Counts ``ReplicaContext.all_reduce`` calls: a list that gets, per call, the number
+    of tensors it carried."""
     calls = []
     original = tf.distribute.ReplicaContext.all_reduce
 
@@ -339,6 +340,12 @@ def test_one_all_reduce_per_step_carries_both_moments(mirrored, monkeypatch):
         return original(self, reduce_op, value, options)
 
     monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", counting_all_reduce)
+    return calls
+
+
+def test_one_all_reduce_per_step_carries_both_moments(mirrored, monkeypatch):
+    """Exactly one all-reduce call per replica per update, carrying 2 x (number of variables) tensors."""
+    calls = count_all_reduces(monkeypatch)
     rng = np.random.default_rng(0)
     start = [rng.normal(size=s).astype("float32") for s in SHAPES]
     run_replicated(mirrored(2), lambda: tlb_opt.VRLAMB(learning_rate=0.01), start,
@@ -728,14 +735,7 @@ def test_identical_samples_still_give_the_upper_bound_with_shifted_moments():
 def test_shifted_moments_keep_one_collective_and_restore_exactly(mirrored, monkeypatch, tmp_path):
     """2 replicas x 32 micro-batches (k = 64, shifted): one all-reduce of 2 x variables per
     update; a checkpoint mid-accumulation resumes to the uninterrupted trajectory."""
-    calls = []
-    original = tf.distribute.ReplicaContext.all_reduce
-
-    def counting_all_reduce(self, reduce_op, value, options=None):
-        calls.append(len(tf.nest.flatten(value)))
-        return original(self, reduce_op, value, options)
-
-    monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", counting_all_reduce)
+    calls = count_all_reduces(monkeypatch)
     rng = np.random.default_rng(17)
     shapes = SHAPES[1:3]
     start = [rng.normal(size=s).astype("float32") for s in shapes]
