@@ -77,8 +77,8 @@ class ZooEntry:
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
             # **kwargs reach Keras's base optimizer (clipnorm, use_ema, gradient_accumulation_steps, ...)
             names |= set(keras_seam.base_optimizer_parameters())
-            if hasattr(self.cls, "_inner_class"):  # VRSGD, VRAdam, ...: every argument of the base class
-                names |= set(inspect.signature(self.cls._inner_class().__init__).parameters)
+            if hasattr(self.cls, "inner_optimizer_class"):  # VRSGD, VRAdam, ...: every argument of the base class
+                names |= set(inspect.signature(self.cls.inner_optimizer_class().__init__).parameters)
         return argument in names
 
 

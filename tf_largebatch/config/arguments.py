@@ -28,7 +28,7 @@ def parameters_of(target):
     if not isinstance(target, type):
         return _named_parameters([(target, True)])
     roots = [target]
-    inner_class = getattr(target, "_inner_class", None)
+    inner_class = getattr(target, "inner_optimizer_class", None)
     if inner_class is not None:
         try:
             roots.append(inner_class())

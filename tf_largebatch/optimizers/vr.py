@@ -312,10 +312,6 @@ class _FixedInnerVR(VR):
         """The base optimizer class this variant wraps."""
         raise NotImplementedError
 
-    @classmethod
-    def _inner_class(cls):  # name read by the config loader and the test zoo
-        return cls.inner_optimizer_class()
-
     def __init__(self, inner_arguments, *, gamma, gsnr_momentum, gsnr_upper_bound, name, kwargs):
         wrapper_kwargs = {key: kwargs.pop(key) for key in WRAPPER_ARGUMENTS if key in kwargs}
         inner_arguments = {**inner_arguments, **kwargs}
