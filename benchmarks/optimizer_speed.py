@@ -466,12 +466,18 @@ def main(argv=None):
     parser.add_argument("--sizes", default=None,
                         help="parameter counts for sections 3a, 4 and 5, e.g. 1e5,1e6 (default: 1e5,1e6,1e7; --quick: "
                              "1e5,1e6)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow intra- and inter-op threads (default 0: TensorFlow's choice); 1 makes CPU "
+                             "time count work alone, without thread-pool spinning, on a busy machine")
     args = parser.parse_args(argv)
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     sections = set(args.sections.split(","))
     rounds, steps = (3, 5) if args.quick else (5, 10)
     start = time.perf_counter()
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores, "
-          f"{'--quick' if args.quick else 'full'} run")
+          f"{'--quick' if args.quick else 'full'} run" + (f", {args.threads} TensorFlow thread(s)" if args.threads else ""))
     models = {"small CNN": small_cnn, "transformer": transformer_block}
     if "1" in sections:
         settings = [("1 device, XLA", 0, True, 2), (f"Mirrored x{MAX_REPLICAS}", MAX_REPLICAS, False, 1)]
