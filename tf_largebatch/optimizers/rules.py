@@ -221,11 +221,11 @@ def root_moving_average(root, value, decay, *, underflow_tolerance=0.0):
     result is ``inf``) or underflows (an absolute error below
     :func:`root_underflow_error`). So: when ``underflow_tolerance`` (an absolute
     error of the root the caller can accept, a Python float) is at least
-    :func:`root_underflow_error`, the plain form runs and its result is kept
-    unless its largest element is not finite, in which case the hypot form runs
-    instead (one ``tf.cond`` on one max over the result); otherwise the hypot
-    form always runs. Either way the result is within ``underflow_tolerance`` of
-    the exact root, and exact to rounding for roots above ~1e-19.
+    :func:`root_underflow_error`, the plain form runs unless it could overflow,
+    judged from the largest ``r`` and the largest ``|x|`` of the tensor (one
+    ``tf.cond``), and the hypot form then; otherwise the hypot form always
+    runs. Either way the result is within ``underflow_tolerance`` of the exact
+    root, and exact to rounding for roots above ~1e-19.
 
     Args:
         root: the current root, ``sqrt(v)``.
@@ -240,8 +240,13 @@ def root_moving_average(root, value, decay, *, underflow_tolerance=0.0):
     kept, added = tf.sqrt(tensor_decay) * root, tf.sqrt(1.0 - tensor_decay) * value
     if underflow_tolerance < root_underflow_error(decay):
         return hypot(kept, added)
-    plain = tf.square(kept) + tf.square(added)
-    return tf.cond(tf.math.is_finite(tf.reduce_max(plain)), lambda: tf.sqrt(plain), lambda: hypot(kept, added))
+    # The largest plain value is at most decay * max(r)**2 + (1 - decay) * max|x|**2: reductions of the
+    # inputs themselves, which XLA runs unfused and fast (a max over the element-wise result it does not).
+    largest_kept = tf.sqrt(tensor_decay) * tf.reduce_max(root)
+    largest_added = tf.sqrt(1.0 - tensor_decay) * tf.maximum(tf.reduce_max(value), -tf.reduce_min(value))
+    largest = tf.square(largest_kept) + tf.square(largest_added)
+    return tf.cond(tf.math.is_finite(largest), lambda: tf.sqrt(tf.square(kept) + tf.square(added)),
+                   lambda: hypot(kept, added))
 
 
 def adam_root_tolerance(epsilon, beta_2):
