@@ -76,10 +76,14 @@ OPTIMIZERS = {
     "LAMB (weight decay)": lambda **kw: tlb.LAMB(1e-3, weight_decay=0.01, **kw),
 }
 if "record_gradient_statistics" in inspect.signature(tlb.VR.__init__).parameters:
-    OPTIMIZERS["VRAdam (no statistics)"] = lambda **kw: tlb.VRAdam(1e-3, record_gradient_statistics=False, **kw)
-    OPTIMIZERS["VRMomentum (no statistics)"] = lambda **kw: tlb.VRMomentum(
-        0.01, record_gradient_statistics=False, **kw
-    )
+    # Explicit both ways, so that runs of older commits (whose VR default was True)
+    # give the same columns: False = no monitoring statistics unless requested.
+    for _name, _factory in [("VRAdam", lambda **kw: tlb.VRAdam(1e-3, **kw)),
+                            ("VRMomentum", lambda **kw: tlb.VRMomentum(0.01, **kw))]:
+        for _record in (False, True):
+            OPTIMIZERS[f"{_name} record={_record}"] = (
+                lambda factory=_factory, record=_record, **kw: factory(record_gradient_statistics=record, **kw)
+            )
 # package optimizer -> closest Keras built-in (or, for a VR variant, its base)
 PAIRS = {
     "SNGM": "SGD+momentum",
@@ -92,14 +96,14 @@ PAIRS = {
     "VRLARS": "LARS",
 }
 VR_NAMES = [name for name in PAIRS if name.startswith("VR")]
-# The VR overhead grid (section 4): each VR variant, with and without monitoring statistics, over its base.
-# (Code from before record_gradient_statistics existed on VR runs the columns it has.)
+# The VR overhead grid (section 4): each VR variant, with record_gradient_statistics False
+# and True, over its base. (Code from before that argument existed runs the columns it has.)
 VR_OVERHEAD_PAIRS = {
     name: base
-    for name, base in [("VRMomentum", "SGD+momentum"), ("VRMomentum (no statistics)", "SGD+momentum"),
-                       ("VRAdam", "Adam"), ("VRAdam (no statistics)", "Adam")]
+    for name, base in [("VRMomentum record=False", "SGD+momentum"), ("VRMomentum record=True", "SGD+momentum"),
+                       ("VRAdam record=False", "Adam"), ("VRAdam record=True", "Adam")]
     if name in OPTIMIZERS
-}
+} or {"VRMomentum": "SGD+momentum", "VRAdam": "Adam"}
 
 
 # Section 5: the optimizer step alone (package optimizer -> Keras counterpart).
@@ -365,16 +369,20 @@ def replica_scaling_section(replica_counts, size, steps, rounds, batch_size):
     print("    2 and 4 replicas: MirroredStrategy reducing through one device, no CPU collectives)")
 
 
-def vr_overhead_section(sizes, steps, rounds, batch_size):
+#: Settings of the VR overhead grid: name -> (label, replicas (0: one device, no
+#: strategy), jit_compile, gradient accumulation of VR and base).
+VR_OVERHEAD_SETTINGS = {
+    "1": ("1 device", 0, False, 2),
+    "1xla": ("1 device XLA", 0, True, 2),
+    "2": ("Mirrored x2", 2, False, 1),
+    str(MAX_REPLICAS): (f"Mirrored x{MAX_REPLICAS}", MAX_REPLICAS, False, 1),
+}
+
+
+def vr_overhead_section(sizes, steps, rounds, batch_size, setting_names=tuple(VR_OVERHEAD_SETTINGS)):
     """VR / base CPU-time ratio over parameters x {1 device (no XLA, XLA), MirroredStrategy x2, x4}."""
     print(f"\n== 4. VR overhead grid: CPU-time ratio to the base (MLP, batch {batch_size}) ==")
-    settings = [
-        # (label, replicas (0: one device, no strategy), jit_compile, accumulation of VR and base)
-        ("1 device", 0, False, 2),
-        ("1 device XLA", 0, True, 2),
-        ("Mirrored x2", 2, False, 1),
-        (f"Mirrored x{MAX_REPLICAS}", MAX_REPLICAS, False, 1),
-    ]
+    settings = [VR_OVERHEAD_SETTINGS[name] for name in setting_names]
     names = list(VR_OVERHEAD_PAIRS)
     print(f"{'parameters':>11}  {'setting':<14}{'base ms':>9}" + "".join(f"{n:>28}" for n in names))
     for size in sizes:
@@ -469,10 +477,17 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=0,
                         help="TensorFlow intra- and inter-op threads (default 0: TensorFlow's choice); 1 makes CPU "
                              "time count work alone, without thread-pool spinning, on a busy machine")
+    parser.add_argument("--settings", default=",".join(VR_OVERHEAD_SETTINGS),
+                        help="section 4's settings, from %(default)s (1xla: one device under XLA; 2, 4: "
+                             "MirroredStrategy replicas)")
     args = parser.parse_args(argv)
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    setting_names = tuple(args.settings.split(","))
+    unknown = [name for name in setting_names if name not in VR_OVERHEAD_SETTINGS]
+    if unknown:
+        parser.error(f"--settings: unknown {unknown}; choose from {list(VR_OVERHEAD_SETTINGS)}")
     sections = set(args.sections.split(","))
     rounds, steps = (3, 5) if args.quick else (5, 10)
     start = time.perf_counter()
@@ -492,7 +507,7 @@ def main(argv=None):
     if sections & {"3", "3b"}:
         replica_scaling_section((1, 2, 4), 1e6, steps, rounds, batch_size=64)
     if "4" in sections:
-        vr_overhead_section(sizes, steps, rounds, batch_size=64)
+        vr_overhead_section(sizes, steps, rounds, batch_size=64, setting_names=setting_names)
     if "5" in sections:
         names = None if args.optimizers is None else args.optimizers.split(",")
         step_alone_section(sizes, steps, rounds, names)
