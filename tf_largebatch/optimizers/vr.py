@@ -272,17 +272,17 @@ def _check_inner_optimizer(inner_optimizer):
 
 #: The per-variable VR transform as one XLA cluster. Keras compiles the model step
 #: with XLA only on one device (``jit_compile="auto"`` turns it off under a
-#: tf.distribute strategy and on CPU). Compiled on its own, the dozen element-wise
-#: operations of the GSNR chain fuse into a few passes; inside a Keras XLA step it
-#: is simply inlined. It holds no variables (XLA under MirroredStrategy refuses
-#: resources of other devices); the caller reads and assigns the GSNR momentum.
+#: tf.distribute strategy and on CPU). Compiled on its own, the GSNR chain's
+#: element-wise operations fuse into a few passes over memory; inside a Keras XLA
+#: step it is simply inlined. It holds no variables (XLA under MirroredStrategy
+#: refuses resources of other devices); the caller reads and assigns the GSNR momentum.
 _compiled_adapted_gradient = tf.function(gsnr.adapted_gradient, jit_compile=True)
 
-#: Device types on which large variables use the compiled function. Not CPU:
-#: there the chain alone is ~3x cheaper compiled, but in a whole MirroredStrategy
-#: step the separately launched XLA executables (one per replica, on the same
-#: cores) did not pay in our measurements (docs/benchmarks.md).
-COMPILE_ON_DEVICE_TYPES = ("GPU",)
+#: Device types on which large variables use the compiled function. On CPU it paid
+#: in whole MirroredStrategy x4 steps (VRAdam / Adam, benchmarks/vr_step_parts.py):
+#: 1.237 -> 1.201 at 1e6 parameters and 1.684 -> 1.523 at 1e7, where the
+#: un-fused chain is bound by memory traffic (docs/benchmarks.md).
+COMPILE_ON_DEVICE_TYPES = ("CPU", "GPU")
 
 #: Variables from this many elements on are compiled; for smaller ones XLA's
 #: launch and per-shape compile cost more than the passes it saves.
