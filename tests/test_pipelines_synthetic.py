@@ -193,7 +193,14 @@ def test_every_shipped_config_builds_in_smoke_form(path):
             assert np.all(np.isfinite(logits.numpy()))
 
 
-@pytest.mark.parametrize("path", TRAINED, ids=name_of)
+def family_param(path):
+    """The family's trained file; ResNet-50 and BERT (over 20 s each here) are marked slow."""
+    (cfg, *_) = config.load_config(path, smoke=True)
+    marks = [pytest.mark.slow] if cfg.model.name in ("resnet50", "bert") else []
+    return pytest.param(path, id=name_of(path), marks=marks)
+
+
+@pytest.mark.parametrize("path", [family_param(p) for p in TRAINED])
 def test_one_config_per_family_smoke_runs_offline(path, tmp_path, capsys):
     assert cli.main(["train", "--config", path, "--smoke", "--set", f"training.model_dir={tmp_path}/run",
                      "--set", "training.verbose=0", "--set", "callbacks.tensorboard=false"]) == 0
