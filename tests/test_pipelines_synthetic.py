@@ -157,10 +157,6 @@ def test_families_differ_only_in_numbers_and_cover_every_model_and_optimizer():
     assert smoke_signature(vr) == smoke_signature(os.path.join(CONFIG_DIR, "resnet56_vrlamb_256_v3-8.yaml"))
 
 
-def first_batch(dataset):
-    return next(iter(dataset))
-
-
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=name_of)
 def test_every_shipped_config_builds_in_smoke_form(path):
     for full in config.load_config(path):
@@ -185,7 +181,7 @@ def test_every_shipped_config_builds_in_smoke_form(path):
         assert int(optimizer.iterations.numpy()) == 0 and len(optimizer.variables) > 1
         train_ds, eval_ds = synthetic.make_datasets(cfg)
         assert eval_ds is not None and specs(eval_ds) == specs(train_ds)
-        x, y = first_batch(train_ds)[:2]
+        x, y = next(iter(train_ds))[:2]
         outputs = model(x, training=False)
         tf.nest.assert_same_structure(outputs, y)
         for logits, labels in zip(tf.nest.flatten(outputs), tf.nest.flatten(y)):
