@@ -245,6 +245,35 @@ def test_loss_scale_optimizer_is_unwrapped_and_update_freq_respected(tmp_path):
     assert not any(tag.startswith("gsnr_mean/") for tag in values)  # per_variable off
 
 
+class RecordedStepLog(keras.callbacks.Callback):
+    """After every batch: which update's statistics the optimizer holds."""
+
+    def __init__(self, optimizer):
+        super().__init__()
+        self.optimizer = optimizer
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append(self.optimizer.gradient_statistics_step)
+
+
+@pytest.mark.parametrize("every_update", [False, True], ids=["default", "record_every_update"])
+def test_vr_records_statistics_only_for_the_monitor_readings(every_update, mirrored, tmp_path):
+    """By default a VR optimizer records the statistics only on the updates the monitor
+    asks for (one per update_freq batches); with record_gradient_statistics=True on all."""
+    x, y = _data(96)
+    with mirrored(2).scope():
+        model = _model()
+        optimizer = VRSGD(learning_rate=0.05, record_gradient_statistics=every_update)
+        model.compile(optimizer=optimizer, loss="mse")
+    log = RecordedStepLog(optimizer)
+    monitor = GSNRMonitor(str(tmp_path), global_batch_size=16, update_freq=3, smoothing=0.0)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[monitor, log])
+    assert log.steps == ([1, 2, 3, 4, 5, 6] if every_update else [0, 0, 3, 3, 3, 6])
+    values, _ = read_events(str(tmp_path))
+    assert sorted(values["noise_scale/trace_covariance"]) == [3, 6]
+
+
 @pytest.mark.parametrize("make_optimizer", [keras.optimizers.SGD, lambda: tlb.SNGM(0.1)], ids=["keras", "SNGM"])
 def test_clear_error_when_the_optimizer_records_no_statistics(make_optimizer, tmp_path):
     x, y = _data(16)

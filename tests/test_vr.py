@@ -203,7 +203,8 @@ def test_identical_samples_give_the_upper_bound_factor():
     g = rng.normal(size=(4, 3)).astype("float32")
     for upper in (1.0, 2.0):
         variable = keras.Variable(np.zeros((4, 3), np.float32))
-        optimizer = tlb_opt.VRSGD(learning_rate=1.0, gsnr_upper_bound=upper, gradient_accumulation_steps=2)
+        optimizer = tlb_opt.VRSGD(learning_rate=1.0, gsnr_upper_bound=upper, gradient_accumulation_steps=2,
+                                  record_gradient_statistics=True)
         run_accumulated(optimizer, [variable], [[np.stack([g, g])]])
         np.testing.assert_allclose(variable.numpy(), -upper * g, rtol=1e-6)
         stats = optimizer.gradient_statistics()[variable.path]
@@ -228,7 +229,7 @@ def test_zero_gradients_and_single_element_variables_are_finite():
     rng = np.random.default_rng(8)
     zero = keras.Variable(np.ones((3, 2), np.float32))
     single = keras.Variable(np.zeros((1,), np.float32))
-    optimizer = tlb_opt.VRAdam(learning_rate=0.1, gradient_accumulation_steps=2)
+    optimizer = tlb_opt.VRAdam(learning_rate=0.1, gradient_accumulation_steps=2, record_gradient_statistics=True)
     single_samples = rng.normal(size=(2, 1))
     for _ in range(3):
         run_accumulated(optimizer, [zero, single], [[np.zeros((2, 3, 2)), single_samples]])
@@ -446,15 +447,25 @@ def test_serialization_round_trip_of_wrapper_and_variants():
     assert clone.inner_optimizer.weight_decay == 0.01
 
 
-def test_statistics_are_readable_and_match_the_samples():
+@pytest.mark.parametrize("every_update", [True, False], ids=["every_update", "requested"])
+def test_statistics_are_readable_and_match_the_samples(every_update):
+    """With record_gradient_statistics=True every update records; by default only the
+    update after request_gradient_statistics() does (here the second of three)."""
     rng = np.random.default_rng(9)
     variables = make_variables(rng, SHAPES[1:3])
-    samples = make_samples(rng, SHAPES[1:3], 1, 4)
-    optimizer = tlb_opt.VRSGD(learning_rate=0.1, gradient_accumulation_steps=4)
-    run_accumulated(optimizer, variables, samples)
+    samples = make_samples(rng, SHAPES[1:3], 3, 4)
+    optimizer = tlb_opt.VRSGD(learning_rate=0.1, gradient_accumulation_steps=4,
+                              record_gradient_statistics=every_update)
+    run_accumulated(optimizer, variables, samples[:1])
+    assert optimizer.gradient_statistics_step == (1 if every_update else 0)
+    optimizer.request_gradient_statistics()
+    run_accumulated(optimizer, variables, samples[1:2])
+    assert optimizer.gradient_statistics_step == 2
+    run_accumulated(optimizer, variables, samples[2:])
+    assert optimizer.gradient_statistics_step == (3 if every_update else 2)
     stats = optimizer.gradient_statistics()
     assert optimizer.num_gradient_samples == 4
-    for variable, s in zip(variables, samples[0]):
+    for variable, s in zip(variables, samples[2 if every_update else 1]):
         mean = s.mean(axis=0)
         variance = (s**2).mean(axis=0) - mean**2
         got = stats[variable.path]
@@ -592,7 +603,8 @@ def test_a_zero_size_variable_is_left_alone(name):
     variables = [empty] + make_variables(rng, SHAPES[1:3])
     start = [v.numpy() for v in variables[1:]]
     samples = make_samples(rng, SHAPES[1:3], 3, 2)
-    optimizer = getattr(tlb_opt, name)(gradient_accumulation_steps=2, **VARIANTS[name][0])
+    optimizer = getattr(tlb_opt, name)(gradient_accumulation_steps=2, record_gradient_statistics=True,
+                                       **VARIANTS[name][0])
     for step_samples in samples:
         for i in range(2):
             optimizer.apply([tf.zeros((0, 3))] + [tf.constant(s[i], tf.float32) for s in step_samples], variables)
@@ -607,17 +619,59 @@ def test_without_monitoring_statistics_the_update_is_the_same():
     start = [rng.normal(size=s).astype("float32") for s in SHAPES[1:3]]
     samples = make_samples(rng, SHAPES[1:3], 3, 2)
     results = []
+    for record, requested in ((True, False), (False, True), (False, False)):
+        variables = [keras.Variable(w) for w in start]
+        optimizer = tlb_opt.VRAdam(learning_rate=0.01, gradient_accumulation_steps=2,
+                                   record_gradient_statistics=record)
+        run_accumulated(optimizer, variables, samples[:1])
+        if requested:
+            optimizer.request_gradient_statistics()
+        run_accumulated(optimizer, variables, samples[1:])
+        results.append([v.numpy() for v in variables])
+        assert optimizer.get_config()["record_gradient_statistics"] is record
+        assert optimizer.gradient_statistics_step == (3 if record else 2 if requested else 0)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="record_gradient_statistics=False"):
+        optimizer.gradient_statistics()
+
+
+def test_statistics_are_recorded_on_request_only_and_off_by_default():
+    """The default records nothing; a request is kept through a skipped (non-finite)
+    update and fulfilled by the next applied one, whose statistics equal those of an
+    optimizer recording every update."""
+    assert tlb_opt.VRAdam().record_gradient_statistics is False
+    assert tlb_opt.VR(keras.optimizers.SGD(0.1)).record_gradient_statistics is False
+    rng = np.random.default_rng(13)
+    start = [rng.normal(size=s).astype("float32") for s in SHAPES[1:3]]
+    samples = make_samples(rng, SHAPES[1:3], 2, 2)
+    nan_step = [np.full_like(s, np.nan) for s in samples[0]]
+    recorded = {}
     for record in (True, False):
         variables = [keras.Variable(w) for w in start]
         optimizer = tlb_opt.VRAdam(learning_rate=0.01, gradient_accumulation_steps=2,
                                    record_gradient_statistics=record)
-        run_accumulated(optimizer, variables, samples)
-        results.append([v.numpy() for v in variables])
-        assert optimizer.get_config()["record_gradient_statistics"] is record
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="record_gradient_statistics=False"):
-        optimizer.gradient_statistics()
+        with pytest.raises(ValueError, match="before requesting"):
+            optimizer.request_gradient_statistics()
+        run_accumulated(optimizer, variables, samples[:1])
+        optimizer.request_gradient_statistics()
+        run_accumulated(optimizer, variables, [nan_step])
+        assert optimizer.skipped_updates == 1
+        assert optimizer.gradient_statistics_step == (1 if record else 0)
+        run_accumulated(optimizer, variables, samples[1:])
+        assert optimizer.gradient_statistics_step == 3
+        recorded[record] = [optimizer.gradient_statistics()[v.path] for v in variables]
+    assert recorded[True] == recorded[False]
+    mean = samples[1][0].mean(axis=0)
+    np.testing.assert_allclose(recorded[False][0]["mean_square"], np.sum(mean**2), rtol=1e-5)
+
+
+def test_optimizers_that_record_no_statistics_refuse_a_request():
+    optimizer = tlb_opt.SNGM(0.1)
+    optimizer.build([keras.Variable(np.zeros(3, np.float32))])
+    with pytest.raises(ValueError, match="record_gradient_statistics=True"):
+        optimizer.request_gradient_statistics()
 
 
 def test_the_compiled_gsnr_step_outlives_an_optimizer_and_runs_under_keras_xla():

@@ -3,7 +3,9 @@
 The VR optimizers (:mod:`tf_largebatch.optimizers.vr`) already compute, on every
 update, the mean and the variance of the ``k`` gradient samples of the step
 (``k`` = replicas x accumulation micro-batches), and record per-variable sums of
-them; every other optimizer of the package does the same when created with
+them on the updates a reader asks for (or on every update with
+``record_gradient_statistics=True``); every other optimizer of the package
+records them on every update when created with
 ``record_gradient_statistics=True`` (the squares travel in the step's one
 all-reduce; off by default). :class:`GSNRMonitor` turns those records into TensorBoard summaries,
 including McCandlish et al.'s simple gradient noise scale
@@ -33,7 +35,7 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import VR, LargeBatchOptimizer
+from tf_largebatch.optimizers import LargeBatchOptimizer
 
 
 # --------------------------------------------------------------------- math
@@ -128,14 +130,13 @@ def _require_tensorboard():
 
 
 def records_gradient_statistics(optimizer):
-    """Whether ``optimizer`` (not what it wraps) records per-step gradient statistics.
+    """Whether ``optimizer`` (not what it wraps) can record per-update gradient statistics.
 
-    The VR optimizers always do; every other optimizer of the package when created
-    with ``record_gradient_statistics=True``.
+    The VR optimizers always can (on the updates asked for, or on every one);
+    every other optimizer of the package when created with
+    ``record_gradient_statistics=True``.
     """
-    return isinstance(optimizer, VR) or (
-        isinstance(optimizer, LargeBatchOptimizer) and optimizer.record_gradient_statistics
-    )
+    return isinstance(optimizer, LargeBatchOptimizer) and optimizer.records_gradient_statistics
 
 
 def find_statistics_optimizer(optimizer):
@@ -151,7 +152,7 @@ def find_statistics_optimizer(optimizer):
         current = current.inner_optimizer if isinstance(current, keras.optimizers.LossScaleOptimizer) else None
     raise ValueError(
         "GSNRMonitor reads the per-step gradient statistics that the optimizers of tf_largebatch record: the "
-        "VR optimizers always, every other one when created with record_gradient_statistics=True (optionally "
+        "VR optimizers (on request), every other one when created with record_gradient_statistics=True (optionally "
         f"inside a keras LossScaleOptimizer). Received: optimizer={optimizer!r}, which records none. Pass "
         "record_gradient_statistics=True (e.g. tlb.optimizers.LAMB(..., record_gradient_statistics=True)), "
         "or use a VR optimizer."
@@ -166,12 +167,15 @@ class GSNRMonitor(keras.callbacks.Callback):
     ``LossScaleOptimizer``), which compute the statistics as part of their update
     from the ``k`` gradient samples of each step (``k`` = replicas x
     ``gradient_accumulation_steps``, at least 2):
-    the callback itself adds no backward pass and no collective, and reads the
-    optimizer's statistics variable only every ``update_freq`` batches. Not
-    attached, it costs nothing.
+    the callback itself adds no backward pass and no collective. The VR
+    optimizers compute the monitoring statistics only on the updates the
+    callback asks for (one per reading, via ``request_gradient_statistics``),
+    so attached it costs their reductions once every ``update_freq`` batches,
+    and not attached nothing.
 
-    Every ``update_freq`` batches (at a new optimizer update), with the step
-    being ``optimizer.iterations``, it writes:
+    Every ``update_freq`` batches, at the first optimizer update completed in
+    or after that batch, with the step being that update's
+    ``optimizer.iterations``, it writes:
 
     * ``noise_scale/trace_covariance`` and ``noise_scale/gradient_square_norm``:
       exponential moving averages (decay ``smoothing``, bias-corrected) of the
@@ -226,6 +230,7 @@ class GSNRMonitor(keras.callbacks.Callback):
         self._statistics_optimizer = None
         self._batches = 0
         self._last_step = None
+        self._reading_due = self._requested = False
 
     # Keras hooks ------------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -233,11 +238,23 @@ class GSNRMonitor(keras.callbacks.Callback):
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
         self._batches = 0
+        self._reading_due = self._requested = False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self._batches + 1) % self.update_freq == 0 and not self._reading_due:
+            self._reading_due, self._requested = True, False
+        self._request_statistics()
 
     def on_train_batch_end(self, batch, logs=None):
         self._batches += 1
-        if self._batches % self.update_freq == 0:
-            self.write_summaries()
+        self._request_statistics()  # an optimizer built only in the first step
+        if self._reading_due and self.write_summaries():
+            self._reading_due = False
+
+    def _request_statistics(self):
+        if self._reading_due and not self._requested and self._statistics_optimizer.built:
+            self._statistics_optimizer.request_gradient_statistics()
+            self._requested = True
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
@@ -245,15 +262,23 @@ class GSNRMonitor(keras.callbacks.Callback):
 
     # ----------------------------------------------------------------------
     def write_summaries(self):
-        """Reads the last update's statistics and writes them, once per update.
+        """Reads the newest recorded statistics and writes them, once per update.
 
-        Returns the dict of scalars written (empty if no new update happened
-        since the last reading, e.g. mid gradient accumulation).
+        A reading is due every ``update_freq`` batches; the optimizer is asked
+        for the statistics of its next update at the start of that batch
+        (:meth:`~tf_largebatch.optimizers.LargeBatchOptimizer.request_gradient_statistics`;
+        optimizers created with ``record_gradient_statistics=True`` record
+        every update anyway). The scalars are written at the step of the update
+        they were recorded on (``gradient_statistics_step``); mid gradient
+        accumulation, the reading waits for the update.
+
+        Returns the dict of scalars written (empty if no update was recorded
+        since the last reading).
         """
         optimizer = self._statistics_optimizer
         if optimizer is None or not optimizer.built:
             return {}
-        step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+        step = optimizer.gradient_statistics_step
         if step == 0 or step == self._last_step:
             return {}
         self._last_step = step

@@ -174,14 +174,24 @@ def adapted_gradient(sum_of_means, sum_of_mean_squares, shift, momentum, step, *
     (element-wise work fused into few passes) even where the model step is not.
     ``shift``/``momentum`` may be ``None`` (no shift; no GSNR momentum).
 
+    ``with_statistics``: ``True``, ``False``, or a boolean scalar tensor (the
+    statistics' reductions then run only when it is true).
+
     Returns ``(g_hat, gbar, p_t or None, statistics or None)``; the statistics
-    (:func:`gsnr_statistics`) only ``with_statistics``.
+    (:func:`gsnr_statistics`; zeros where a tensor ``with_statistics`` is
+    false) are ``None`` only for ``with_statistics=False``.
     """
     shifted_mean, second_moment = moments_from_replica_sums(sum_of_means, sum_of_mean_squares, num_replicas)
     variance = sample_variance(shifted_mean, second_moment, num_samples)
     mean = unshift(shifted_mean, shift)
     factor, mean_gsnr = clipped_gsnr(mean, variance, lower, upper)
-    statistics = gsnr_statistics(mean, variance, factor, mean_gsnr, lower, upper) if with_statistics else None
+    statistics = None
+    if with_statistics is not False:
+        def statistics_now():
+            return gsnr_statistics(mean, variance, factor, mean_gsnr, lower, upper)
+
+        statistics = statistics_now() if with_statistics is True else tf.cond(
+            with_statistics, statistics_now, lambda: tf.zeros([len(STATISTIC_NAMES)]))
     if momentum is not None:
         momentum = rules.moving_average(tf.cast(momentum, tf.float32), factor, decay)
         factor = rules.bias_correction(momentum, decay, step)

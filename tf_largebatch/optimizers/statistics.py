@@ -28,6 +28,22 @@ from tf_largebatch.optimizers.slots import tf_variable
 #: tie, so the shift would cost one slot per parameter and a pass for nothing.
 SHIFTED_MOMENTS_MIN_SAMPLES = 64
 
+#: Value of the request counter while a request for statistics is pending.
+REQUESTED = 1
+
+
+def _replica_local_counter(name):
+    """An int64 scalar each replica reads and writes on its own (an eager write
+    from outside the replicas sets every copy; a read there gives the first)."""
+    return tf.Variable(
+        0,
+        dtype=tf.int64,
+        trainable=False,
+        synchronization=tf.VariableSynchronization.ON_READ,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        name=name,
+    )
+
 
 class GradientStatisticsMixin:
     """Records the step's per-variable gradient statistics from the all-reduced moments."""
@@ -39,8 +55,10 @@ class GradientStatisticsMixin:
 
     @property
     def records_gradient_statistics(self):
-        """Whether this optimizer records :meth:`gradient_statistics` (``record_gradient_statistics``)."""
-        return bool(self.record_gradient_statistics)
+        """Whether this optimizer can record :meth:`gradient_statistics`: on every
+        update (``record_gradient_statistics=True``), or, for the VR optimizers,
+        on the updates asked for with :meth:`request_gradient_statistics`."""
+        return bool(self._records_statistics())
 
     def _records_statistics(self):
         """Whether the step's all-reduce carries both moments (the VR optimizers always need them)."""
@@ -88,6 +106,11 @@ class GradientStatisticsMixin:
                 synchronization="on_read",
                 name="gradient_statistics",
             )
+            # Bookkeeping of *when* the table was written, not training state:
+            # plain tf.Variables, outside `optimizer.variables` and checkpoints
+            # (build runs without automatic dependency tracking).
+            self._statistics_request = _replica_local_counter("gradient_statistics_request")
+            self._statistics_step = _replica_local_counter("gradient_statistics_step")
         keras_seam.track_variable(self, self._gradient_statistics)
 
     def _moment_shift(self, variable):
@@ -122,6 +145,21 @@ class GradientStatisticsMixin:
             mean = gsnr.unshift(shifted_mean, self._moment_shift(variable))
             yield keras_seam.variable_index(self, variable), mean, variance
 
+    def _records_every_update(self):
+        """Whether the statistics are recorded on every update (else only when requested)."""
+        return bool(self.record_gradient_statistics)
+
+    def _statistics_requested(self):
+        """A boolean tensor: record this update's statistics (a request is pending)."""
+        return tf.equal(self._statistics_request, REQUESTED)
+
+    def _store_statistics(self, rows):
+        """Writes the per-variable rows and the number of the update they belong to,
+        and clears a pending request (in the replica's own copies)."""
+        self._gradient_statistics.assign(tf.stack(rows))
+        self._statistics_step.assign(tf.cast(tf.convert_to_tensor(self.iterations), tf.int64) + 1)
+        self._statistics_request.assign(0)
+
     def _record_gradient_statistics(self, statistics, trainable_variables):
         """Stores, per variable, sum gbar**2, sum s2 and the mean raw GSNR of this step.
 
@@ -138,8 +176,40 @@ class GradientStatisticsMixin:
                 variable = trainable_variables[position]
                 self._remember_mean(variable, mean)
                 means[position] = tf.cast(mean, variable.dtype)
-        self._gradient_statistics.assign(tf.stack(rows))
+        self._store_statistics(rows)
         return means
+
+    def request_gradient_statistics(self):
+        """Asks for the statistics of the next applied update (call eagerly).
+
+        An optimizer created with ``record_gradient_statistics=True`` records
+        every update and needs no request. The VR optimizers compute the
+        GSNR on every update anyway, but the monitoring statistics (five
+        reductions per variable) only on the updates that follow a request:
+        :class:`~tf_largebatch.callbacks.GSNRMonitor` requests before each
+        reading. :attr:`gradient_statistics_step` says which update the
+        recorded statistics belong to.
+        """
+        if not self._records_statistics():
+            raise ValueError(
+                f"{type(self).__name__} records no gradient statistics: create it with "
+                "record_gradient_statistics=True (or use a VR optimizer)."
+            )
+        if not self.built:
+            raise ValueError(
+                f"Build {type(self).__name__} (e.g. its first step, or `optimizer.build(variables)`) before "
+                "requesting gradient statistics."
+            )
+        if not self._records_every_update():
+            self._statistics_request.assign(REQUESTED)
+
+    @property
+    def gradient_statistics_step(self):
+        """The optimizer update (``iterations`` after it, from 1) whose statistics
+        :meth:`gradient_statistics` returns; 0 before any was recorded."""
+        if not self._records_statistics() or not self.built:
+            return 0
+        return int(self._statistics_step.numpy())
 
     def gradient_statistics(self):
         """The last update's per-variable gradient statistics, by variable path.
@@ -161,6 +231,12 @@ class GradientStatisticsMixin:
             )
         if not self.built:
             raise ValueError(f"{type(self).__name__} has no statistics before its first step.")
+        if not self._records_every_update() and self.gradient_statistics_step == 0:
+            raise ValueError(
+                f"{type(self).__name__} was created with record_gradient_statistics=False and has recorded no "
+                "statistics yet: they are recorded on the updates after request_gradient_statistics() (which "
+                "GSNRMonitor calls), or on every update with record_gradient_statistics=True."
+            )
         values = self._gradient_statistics.numpy()
         return {
             variable.path: dict(zip(self._statistic_names(), map(float, row)))

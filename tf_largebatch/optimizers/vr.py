@@ -39,11 +39,13 @@ _WRAPPER_KEYWORDS_DOC = """\
             statistics are not finite changes no weight and no state, of the
             wrapper or of the inner optimizer, and later bias corrections count
             applied updates only) or ``"raise"``.
-        record_gradient_statistics: bool (default ``True``): also record the
-            per-variable monitoring statistics of every update
-            (:meth:`gradient_statistics`, read by ``GSNRMonitor``). ``False``
-            skips them (the GSNR itself is always computed), which saves about
-            0.1-0.3 of a step of the base optimizer at 1e6-1e7 parameters.
+        record_gradient_statistics: bool (default ``False``): record the
+            per-variable monitoring statistics (:meth:`gradient_statistics`)
+            of every update. By default they are recorded only on the updates
+            that follow :meth:`request_gradient_statistics`, which
+            ``GSNRMonitor`` calls before each of its readings: computing them
+            on every update cost about 0.1-0.3 of a step of the base optimizer
+            at 1e6-1e7 parameters. The GSNR itself is always computed.
         weight_decay, clipnorm, clipvalue, global_clipnorm: the base
             optimizer's own, acting on the GSNR-adapted gradient ``g_hat``."""
 
@@ -123,7 +125,7 @@ class VR(LargeBatchOptimizer):
     """
 
     def __init__(self, inner_optimizer, gamma=0.1, gsnr_momentum=0.0, gsnr_upper_bound=1.0,
-                 record_gradient_statistics=True, name="vr", **kwargs):
+                 record_gradient_statistics=False, name="vr", **kwargs):
         for argument in _INNER_ARGUMENTS:
             if kwargs.get(argument) is not None:
                 raise ValueError(
@@ -187,6 +189,7 @@ class VR(LargeBatchOptimizer):
     def _update_from_reduced_statistics(self, statistics, trainable_variables):
         step = self.applied_updates + 1
         num_replicas = keras_seam.distribution_strategy(self).num_replicas_in_sync
+        record = True if self._records_every_update() else self._statistics_requested()
         adapted = []
         rows = self._empty_statistic_rows()
         for sum_of_means, sum_of_squares, variable in zip(*statistics, trainable_variables):
@@ -197,24 +200,21 @@ class VR(LargeBatchOptimizer):
                 None if slot is None else tf.convert_to_tensor(slot.value), step,
                 num_replicas=num_replicas, num_samples=self.num_gradient_samples, lower=self.gamma,
                 upper=self.gsnr_upper_bound, decay=self.gsnr_momentum,
-                with_statistics=self.record_gradient_statistics,
+                with_statistics=record,
             )
             if slot is not None:
                 slot.assign(tf.cast(momentum, slot.dtype))
             self._remember_mean(variable, mean)
             adapted.append(tf.cast(gradient, variable.dtype))
-        if self.record_gradient_statistics:
-            self._gradient_statistics.assign(tf.stack(rows))
-        apply_reduced_gradients(self.inner_optimizer, adapted, trainable_variables)
+        if record is True:
+            self._store_statistics(rows)
+        else:
+            def store():
+                self._store_statistics(rows)
+                return tf.constant(True)
 
-    def gradient_statistics(self):
-        if not self.record_gradient_statistics:
-            raise ValueError(
-                f"{type(self).__name__} was created with record_gradient_statistics=False: it computes the GSNR "
-                "for its update but records no monitoring statistics. Create it with "
-                "record_gradient_statistics=True (the default) to read them."
-            )
-        return super().gradient_statistics()
+            tf.cond(record, store, lambda: tf.constant(False))
+        apply_reduced_gradients(self.inner_optimizer, adapted, trainable_variables)
 
     # ------------------------------------------------------------------ config
     def _wrapper_config(self):
