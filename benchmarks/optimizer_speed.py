@@ -13,7 +13,12 @@ Prints, in one run:
 2. optimizer memory: optimizer-state elements per model parameter, counted
    from ``optimizer.variables`` (scalars such as the iteration counter left out);
 3. how the VR variants' cost over their base grows with the number of
-   parameters (about 1e5 to 1e7) and with the number of replicas.
+   parameters (about 1e5 to 1e7) and with the number of replicas;
+4. the VR overhead grid (parameters x one device, XLA, MirroredStrategy);
+5. the optimizer step alone: ``optimizer.apply`` on fixed gradients in a
+   ``tf.function`` (no model, no ``fit``), for the layer-wise optimizers against
+   their Keras counterparts, so that the update rule's own cost is not diluted
+   by the model's forward and backward passes.
 
 Method: every contender gets its own copy of the model (same seed), compiled
 and warmed up with a short ``fit`` first; then the contenders are timed in
@@ -67,12 +72,18 @@ OPTIMIZERS = {
     "VRAdam": lambda **kw: tlb.VRAdam(1e-3, **kw),
     "VRLAMB": lambda **kw: tlb.VRLAMB(1e-3, **kw),
     "VRLARS": lambda **kw: tlb.VRLARS(1.0, **kw),
+    "LayerwiseAdam": lambda **kw: tlb.LayerwiseAdam(1e-3, **kw),
+    "LAMB (weight decay)": lambda **kw: tlb.LAMB(1e-3, weight_decay=0.01, **kw),
 }
 if "record_gradient_statistics" in inspect.signature(tlb.VR.__init__).parameters:
-    OPTIMIZERS["VRAdam (no statistics)"] = lambda **kw: tlb.VRAdam(1e-3, record_gradient_statistics=False, **kw)
-    OPTIMIZERS["VRMomentum (no statistics)"] = lambda **kw: tlb.VRMomentum(
-        0.01, record_gradient_statistics=False, **kw
-    )
+    # Explicit both ways, so that runs of older commits (whose VR default was True)
+    # give the same columns: False = no monitoring statistics unless requested.
+    for _name, _factory in [("VRAdam", lambda **kw: tlb.VRAdam(1e-3, **kw)),
+                            ("VRMomentum", lambda **kw: tlb.VRMomentum(0.01, **kw))]:
+        for _record in (False, True):
+            OPTIMIZERS[f"{_name} record={_record}"] = (
+                lambda factory=_factory, record=_record, **kw: factory(record_gradient_statistics=record, **kw)
+            )
 # package optimizer -> closest Keras built-in (or, for a VR variant, its base)
 PAIRS = {
     "SNGM": "SGD+momentum",
@@ -85,13 +96,23 @@ PAIRS = {
     "VRLARS": "LARS",
 }
 VR_NAMES = [name for name in PAIRS if name.startswith("VR")]
-# The VR overhead grid (section 4): each VR variant, with and without monitoring statistics, over its base.
-# (Code from before record_gradient_statistics existed on VR runs the columns it has.)
+# The VR overhead grid (section 4): each VR variant, with record_gradient_statistics False
+# and True, over its base. (Code from before that argument existed runs the columns it has.)
 VR_OVERHEAD_PAIRS = {
     name: base
-    for name, base in [("VRMomentum", "SGD+momentum"), ("VRMomentum (no statistics)", "SGD+momentum"),
-                       ("VRAdam", "Adam"), ("VRAdam (no statistics)", "Adam")]
+    for name, base in [("VRMomentum record=False", "SGD+momentum"), ("VRMomentum record=True", "SGD+momentum"),
+                       ("VRAdam record=False", "Adam"), ("VRAdam record=True", "Adam")]
     if name in OPTIMIZERS
+} or {"VRMomentum": "SGD+momentum", "VRAdam": "Adam"}
+
+
+# Section 5: the optimizer step alone (package optimizer -> Keras counterpart).
+STEP_ALONE_PAIRS = {
+    "SNGM": "SGD+momentum",
+    "LARS": "SGD+momentum",
+    "LAMB": "keras Lamb",
+    "LAMB (weight decay)": "keras Lamb",
+    "LayerwiseAdam": "keras Lamb",
 }
 
 
@@ -348,16 +369,20 @@ def replica_scaling_section(replica_counts, size, steps, rounds, batch_size):
     print("    2 and 4 replicas: MirroredStrategy reducing through one device, no CPU collectives)")
 
 
-def vr_overhead_section(sizes, steps, rounds, batch_size):
+#: Settings of the VR overhead grid: name -> (label, replicas (0: one device, no
+#: strategy), jit_compile, gradient accumulation of VR and base).
+VR_OVERHEAD_SETTINGS = {
+    "1": ("1 device", 0, False, 2),
+    "1xla": ("1 device XLA", 0, True, 2),
+    "2": ("Mirrored x2", 2, False, 1),
+    str(MAX_REPLICAS): (f"Mirrored x{MAX_REPLICAS}", MAX_REPLICAS, False, 1),
+}
+
+
+def vr_overhead_section(sizes, steps, rounds, batch_size, setting_names=tuple(VR_OVERHEAD_SETTINGS)):
     """VR / base CPU-time ratio over parameters x {1 device (no XLA, XLA), MirroredStrategy x2, x4}."""
     print(f"\n== 4. VR overhead grid: CPU-time ratio to the base (MLP, batch {batch_size}) ==")
-    settings = [
-        # (label, replicas (0: one device, no strategy), jit_compile, accumulation of VR and base)
-        ("1 device", 0, False, 2),
-        ("1 device XLA", 0, True, 2),
-        ("Mirrored x2", 2, False, 1),
-        (f"Mirrored x{MAX_REPLICAS}", MAX_REPLICAS, False, 1),
-    ]
+    settings = [VR_OVERHEAD_SETTINGS[name] for name in setting_names]
     names = list(VR_OVERHEAD_PAIRS)
     print(f"{'parameters':>11}  {'setting':<14}{'base ms':>9}" + "".join(f"{n:>28}" for n in names))
     for size in sizes:
@@ -389,22 +414,85 @@ def vr_overhead_section(sizes, steps, rounds, batch_size):
           "one device: VR and base both with gradient_accumulation_steps=2, a step is one micro-batch)")
 
 
+class StepAlone:
+    """One optimizer applying fixed gradients to its own copy of a model's variables (``tf.function``)."""
+
+    def __init__(self, name, build_model, jit_compile):
+        self.label = name
+        keras.utils.set_random_seed(0)
+        model = build_model()
+        self.variables = [keras.Variable(v.numpy(), name=v.name) for v in model.trainable_variables]
+        rng = np.random.default_rng(1)
+        self.gradients = [tf.constant(rng.normal(size=v.shape).astype("float32") * 1e-2) for v in self.variables]
+        self.optimizer = OPTIMIZERS[name]()
+        self.optimizer.build(self.variables)
+        self.apply = tf.function(lambda: self.optimizer.apply(self.gradients, self.variables), jit_compile=jit_compile)
+        self.wall = []
+        self.cpu = []
+
+    def run(self, steps):
+        for _ in range(steps):
+            self.apply()
+
+    timed = Contender.timed
+
+
+def step_alone_section(sizes, steps, rounds, names=None):
+    """CPU-time ratio of ``optimizer.apply`` alone, package optimizer / Keras counterpart."""
+    pairs = {a: b for a, b in STEP_ALONE_PAIRS.items() if names is None or a in names}
+    print(f"\n== 5. The optimizer step alone: CPU-time ratio of optimizer.apply to the Keras counterpart "
+          f"({rounds} interleaved rounds x {4 * steps} applies) ==")
+    settings = [("1 device", False), ("1 device XLA", True)]
+    print(f"{'parameters':>11}  {'setting':<14}{'base ms':>9}" + "".join(f"{f'{a}/{b}':>34}" for a, b in pairs.items()))
+    for size in sizes:
+        hidden = mlp_hidden_for(size)
+        for label, jit_compile in settings:
+            contenders = {}
+            for name in dict.fromkeys(list(pairs) + list(pairs.values())):
+                contenders[name] = StepAlone(name, lambda: mlp(hidden), jit_compile)
+            interleaved(list(contenders.values()), 4 * steps, rounds)
+            base = contenders[next(iter(pairs.values()))]
+            count = sum(int(np.prod(v.shape)) for v in base.variables)
+            print(f"{count:>11.2e}  {label:<14}{1000 * statistics.median(base.cpu):>9.2f}"
+                  + "".join(f"{paired_ratio(contenders[a], contenders[b], 'cpu'):>33.3f}x" for a, b in pairs.items()),
+                  flush=True)
+    print("   (CPU-time ratio, median over rounds of the paired ratio; base ms = the first Keras counterpart's "
+          "CPU ms per apply)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, steps and sizes (3 x 5 steps, no 1e7-parameter model)")
     parser.add_argument(
-        "--sections", default="1,2,3,4",
-        help="sections to run: 1, 2, 3 (= 3a and 3b), 4 (VR overhead grid) (default: %(default)s)",
+        "--sections", default="1,2,3,4,5",
+        help="sections to run: 1, 2, 3 (= 3a and 3b), 4 (VR overhead grid), 5 (the optimizer step alone) "
+             "(default: %(default)s)",
     )
+    parser.add_argument("--optimizers", default=None,
+                        help="section 5 only: package optimizers to time, comma-separated, e.g. LAMB,SNGM "
+                             f"(default: all of {', '.join(STEP_ALONE_PAIRS)})")
     parser.add_argument("--sizes", default=None,
-                        help="parameter counts for sections 3a and 4, e.g. 1e5,1e6 (default: 1e5,1e6,1e7; --quick: "
+                        help="parameter counts for sections 3a, 4 and 5, e.g. 1e5,1e6 (default: 1e5,1e6,1e7; --quick: "
                              "1e5,1e6)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow intra- and inter-op threads (default 0: TensorFlow's choice); 1 makes CPU "
+                             "time count work alone, without thread-pool spinning, on a busy machine")
+    parser.add_argument("--settings", default=",".join(VR_OVERHEAD_SETTINGS),
+                        help="section 4's settings, from %(default)s (1xla: one device under XLA; 2, 4: "
+                             "MirroredStrategy replicas)")
     args = parser.parse_args(argv)
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    setting_names = tuple(args.settings.split(","))
+    unknown = [name for name in setting_names if name not in VR_OVERHEAD_SETTINGS]
+    if unknown:
+        parser.error(f"--settings: unknown {unknown}; choose from {list(VR_OVERHEAD_SETTINGS)}")
     sections = set(args.sections.split(","))
     rounds, steps = (3, 5) if args.quick else (5, 10)
     start = time.perf_counter()
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores, "
-          f"{'--quick' if args.quick else 'full'} run")
+          f"{'--quick' if args.quick else 'full'} run" + (f", {args.threads} TensorFlow thread(s)" if args.threads else ""))
     models = {"small CNN": small_cnn, "transformer": transformer_block}
     if "1" in sections:
         settings = [("1 device, XLA", 0, True, 2), (f"Mirrored x{MAX_REPLICAS}", MAX_REPLICAS, False, 1)]
@@ -419,7 +507,10 @@ def main(argv=None):
     if sections & {"3", "3b"}:
         replica_scaling_section((1, 2, 4), 1e6, steps, rounds, batch_size=64)
     if "4" in sections:
-        vr_overhead_section(sizes, steps, rounds, batch_size=64)
+        vr_overhead_section(sizes, steps, rounds, batch_size=64, setting_names=setting_names)
+    if "5" in sections:
+        names = None if args.optimizers is None else args.optimizers.split(",")
+        step_alone_section(sizes, steps, rounds, names)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
 

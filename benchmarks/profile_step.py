@@ -95,6 +95,7 @@ def main(argv=None):
     parser.add_argument("--replicas", type=int, default=bench.MAX_REPLICAS, help="0 = one device, no strategy")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--top", type=int, default=15, help="optimizer op types to list, by difference")
     args = parser.parse_args(argv)
 
     build = MODELS[args.model]
@@ -120,7 +121,7 @@ def main(argv=None):
     print("\noptimizer ops by type (ms per step):")
     base_ops, ops = results[args.baseline][1], results[args.optimizer][1]
     print(f"{'op type':<32}{args.baseline:>14}{args.optimizer:>14}{'difference':>14}")
-    for op_type in sorted(set(ops) | set(base_ops), key=lambda t: base_ops[t] - ops[t])[:15]:
+    for op_type in sorted(set(ops) | set(base_ops), key=lambda t: base_ops[t] - ops[t])[:args.top]:
         print(f"{op_type:<32}{base_ops[op_type] / per_step:>14.2f}{ops[op_type] / per_step:>14.2f}"
               f"{(ops[op_type] - base_ops[op_type]) / per_step:>14.2f}")
     return 0

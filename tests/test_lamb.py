@@ -6,7 +6,7 @@ import pytest
 
 import reference_optimizers as ref
 from reference_optimizers import RTOL, ATOL, assert_histories_close  # noqa: F401
-from tf_largebatch.optimizers import LAMB
+from tf_largebatch.optimizers import LAMB, LayerwiseAdam
 
 
 LAMB_CASES = [
@@ -28,6 +28,29 @@ def test_lamb_matches_reference(case):
     expected = ref.run(ref.per_variable(ref.lamb_step), weights, gradients, lr, **kwargs)
     assert_histories_close(history, expected)
     assert all(np.all(np.isfinite(w)) for w in history[-1])
+
+
+# Per variable of the test problem, a gradient scale that puts its second-moment root on one path:
+# 1e-22 (gradients ~1e-25): the plain form, whose squares underflow (an error far below epsilon's
+# rounding); 2e19 (gradients ~4e20): the plain form at step 1, the hypot form from step 2 on, when
+# v = r**2 exceeds float32's range; 1: the plain form; 1e30: the hypot form on every step.
+MIXED_SCALES = [1e-22, 2e19, 1.0, 1e30]
+
+
+@pytest.mark.parametrize("cls", [LAMB, LayerwiseAdam], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_default_epsilon_matches_the_reference_with_each_variable_on_its_own_second_moment_path(cls, weight_decay):
+    weights, gradients = ref.random_problem(steps=5)
+    weights = weights[:4]
+    gradients = [[scale * g for scale, g in zip(MIXED_SCALES, gs[:4])] for gs in gradients]
+    v, largest = 0.0, []
+    for gs in gradients:
+        v = 0.999 * v + 0.001 * np.square(gs[1])
+        largest.append(np.max(v))
+    assert largest[0] < np.finfo(np.float32).max < largest[1]  # the second variable switches form at step 2
+    history, _ = ref.run_keras(cls(0.05, weight_decay=weight_decay), weights, gradients)
+    expected = ref.run(ref.per_variable(ref.lamb_step), weights, gradients, 0.05, weight_decay=weight_decay)
+    assert_histories_close(history, expected)
 
 
 def test_reference_problem_has_far_from_one_ratios():

@@ -163,6 +163,8 @@ class AccumulationMixin:
             update([[assert_finite(value, variable) for value, variable in zip(values, trainable_variables)]
                     for values in statistics])
         else:
-            finite = all_finite([value for values in statistics for value in values])
+            # With both moments, the squares' sums alone decide: the square of a NaN or
+            # Inf is not finite, and squares overflow before the values or their sums do.
+            finite = all_finite(statistics[-1])
             cond_with_collectives(finite, update, args=(statistics,),
                                   false_fn=lambda: self._skipped_updates.assign_add(1))

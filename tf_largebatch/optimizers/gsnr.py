@@ -105,45 +105,81 @@ def unshift(shifted_mean, shift):
 def sample_variance(mean, second_moment, num_samples):
     """``second_moment - mean**2`` (moments about any common shift), clamped at 0,
     with round-off (``4 k eps`` of ``second_moment``) counted as 0."""
-    variance = second_moment - tf.square(mean)
+    return variance_from_square(tf.square(mean), second_moment, num_samples)
+
+
+def variance_from_square(square_of_mean, second_moment, num_samples):
+    """:func:`sample_variance` from ``mean**2`` (which callers also need)."""
+    variance = second_moment - square_of_mean
     tolerance = VARIANCE_ROUNDOFF_PER_SAMPLE * float(num_samples) * second_moment
-    return tf.where(variance > tolerance, variance, tf.zeros_like(variance))
+    return tf.where(variance > tolerance, variance, 0.0)  # a scalar 0: no zero-filled pass
+
+
+def raw_gsnr(signal, variance):
+    """Element-wise GSNR ``signal / variance`` and its mean over the finite elements.
+
+    ``signal`` and ``variance`` are non-negative. Returns ``(raw, mean_gsnr)``:
+    ``raw`` is ``+inf`` exactly where ``variance == 0 < signal`` (every sample
+    agrees: infinite GSNR) and ``0`` where both are 0 (``xdivy``), so the
+    upper clip bound needs no mask of its own. ``mean_gsnr`` leaves the
+    infinite elements out; it costs one reduction, plus a second pass only when
+    some element is infinite.
+    """
+    raw = tf.math.xdivy(signal, variance)
+    total = tf.reduce_sum(raw)
+    size = tf.cast(tf.size(raw), raw.dtype)
+
+    def mean_of_finite():
+        finite = raw < np.inf
+        count = tf.reduce_sum(tf.cast(finite, raw.dtype))
+        return tf.reduce_sum(tf.where(finite, raw, tf.zeros_like(raw))) / tf.maximum(count, 1.0)
+
+    return raw, tf.cond(tf.math.is_finite(total), lambda: total / size, mean_of_finite)
+
+
+def normalize_raw_gsnr(raw, mean_gsnr):
+    """``raw / mean_gsnr`` (eq. 8's normalisation; infinite elements stay infinite).
+
+    With nothing to normalise against (``mean_gsnr == 0``: every finite
+    element is 0) the finite elements are 1, i.e. the base optimizer's step.
+    One element-wise pass either way.
+    """
+    return tf.cond(mean_gsnr > 0, lambda: raw / mean_gsnr, lambda: raw + 1.0)
 
 
 def normalized_gsnr(signal, variance):
     """Element-wise GSNR ``signal / variance`` divided by its mean (eq. 8).
 
-    Written for few full passes over the variable (this runs every step on every
-    replica): one division, one mask, three reductions and one multiply-add;
-    everything else is scalar. Returns ``(normalized, mean_gsnr, certain)``:
-    the normalised GSNR (meaningless where ``certain``, which callers overwrite),
-    the mean raw GSNR over the elements with finite GSNR, and the mask of
-    elements with zero variance but non-zero signal (infinite GSNR).
+    Returns ``(normalized, mean_gsnr, certain)``: the normalised GSNR
+    (``+inf`` where ``certain``), the mean raw GSNR over the elements with finite
+    GSNR, and the mask of elements with zero variance but non-zero signal
+    (infinite GSNR). See :func:`raw_gsnr` and :func:`normalize_raw_gsnr`.
     """
-    raw = tf.math.divide_no_nan(signal, variance)  # 0 where variance == 0
-    certain = tf.logical_and(tf.equal(variance, 0.0), signal > 0.0)
-    count = tf.cast(tf.size(raw), tf.float32) - tf.reduce_sum(tf.cast(certain, tf.float32))
-    mean_gsnr = tf.reduce_sum(raw) / tf.maximum(count, 1.0)
-    has_mean = mean_gsnr > 0
-    scale = tf.where(has_mean, 1.0 / tf.where(has_mean, mean_gsnr, 1.0), 0.0)
-    offset = tf.where(has_mean, 0.0, 1.0)  # nothing to normalise against: 1
-    return raw * scale + offset, mean_gsnr, certain
+    raw, mean_gsnr = raw_gsnr(signal, variance)
+    return normalize_raw_gsnr(raw, mean_gsnr), mean_gsnr, tf.math.is_inf(raw)
 
 
 def clipped_gsnr(mean, variance, lower, upper):
     """The clipped, normalised GSNR ``r`` of eq. (9): ``(factor, mean_gsnr)``."""
-    normalized, mean_gsnr, certain = normalized_gsnr(tf.square(mean), variance)
-    factor = tf.where(certain, tf.cast(upper, tf.float32), tf.clip_by_value(normalized, lower, upper))
-    return factor, mean_gsnr
+    return clipped_gsnr_of_signal(tf.square(mean), variance, lower, upper)
 
 
-def gsnr_statistics(mean, variance, factor, mean_gsnr, lower, upper):
+def clipped_gsnr_of_signal(signal, variance, lower, upper):
+    """:func:`clipped_gsnr` from the signal ``mean**2``. An infinite GSNR clips to
+    ``upper`` (the documented degenerate case)."""
+    raw, mean_gsnr = raw_gsnr(signal, variance)
+    normalized = normalize_raw_gsnr(raw, mean_gsnr)
+    return tf.clip_by_value(normalized, tf.cast(lower, normalized.dtype), tf.cast(upper, normalized.dtype)), mean_gsnr
+
+
+def gsnr_statistics(mean, variance, factor, mean_gsnr, lower, upper, signal=None):
     """Per-variable monitoring statistics, a float32 vector in the order of
     :data:`STATISTIC_NAMES`: ``sum gbar**2``, ``sum s2``, the mean raw GSNR, and
-    the fractions of elements clipped at ``lower`` and at ``upper``."""
+    the fractions of elements clipped at ``lower`` and at ``upper``. ``signal``:
+    ``mean**2`` if the caller has it."""
     return tf.stack(
         [
-            tf.reduce_sum(tf.square(mean)),
+            tf.reduce_sum(tf.square(mean) if signal is None else signal),
             tf.reduce_sum(variance),
             mean_gsnr,
             tf.reduce_mean(tf.cast(factor <= lower, tf.float32)),
@@ -182,13 +218,15 @@ def adapted_gradient(sum_of_means, sum_of_mean_squares, shift, momentum, step, *
     false) are ``None`` only for ``with_statistics=False``.
     """
     shifted_mean, second_moment = moments_from_replica_sums(sum_of_means, sum_of_mean_squares, num_replicas)
-    variance = sample_variance(shifted_mean, second_moment, num_samples)
+    square_of_shifted_mean = tf.square(shifted_mean)
+    variance = variance_from_square(square_of_shifted_mean, second_moment, num_samples)
     mean = unshift(shifted_mean, shift)
-    factor, mean_gsnr = clipped_gsnr(mean, variance, lower, upper)
+    signal = square_of_shifted_mean if shift is None else tf.square(mean)
+    factor, mean_gsnr = clipped_gsnr_of_signal(signal, variance, lower, upper)
     statistics = None
     if with_statistics is not False:
         def statistics_now():
-            return gsnr_statistics(mean, variance, factor, mean_gsnr, lower, upper)
+            return gsnr_statistics(mean, variance, factor, mean_gsnr, lower, upper, signal=signal)
 
         statistics = statistics_now() if with_statistics is True else tf.cond(
             with_statistics, statistics_now, lambda: tf.zeros([len(STATISTIC_NAMES)]))

@@ -114,8 +114,9 @@ class LayerwiseOptimizer(LargeBatchOptimizer):
         weight_decay = self.weight_decay if (self.weight_decay and self._decays[index]) else 0.0
         update = self._update(gradient, variable, weight_decay)
         if self._adapts[index]:
-            update = update * tf.cast(self._layer_rate(variable, gradient, update, weight_decay), dtype)
-        step = learning_rate * update
+            # Scalars first: one element-wise pass for learning rate times layer rate.
+            learning_rate = learning_rate * tf.cast(self._layer_rate(variable, gradient, update, weight_decay), dtype)
+        step = update * learning_rate
         if self.momentum_placement == "step":
             velocity = self.momentums[index]
             self.assign(velocity, rules.heavy_ball(velocity, step, self.momentum))
@@ -421,14 +422,15 @@ class LayerwiseAdam(TrustRatioOptimizer):
         self._velocity_roots = self._add_slots(var_list, "velocity_root")
 
     def _direction(self, gradient, variable):
-        step = self.applied_updates + 1
         m = self._slot(self._momentums, variable)
         root = self._slot(self._velocity_roots, variable)
         self.assign(m, rules.moving_average(m, gradient, self.beta_1))
-        self.assign(root, rules.root_moving_average(root, gradient, self.beta_2))
-        return rules.adam_direction(
-            rules.bias_correction(tf.convert_to_tensor(m), self.beta_1, step),
-            rules.root_bias_correction(tf.convert_to_tensor(root), self.beta_2, step),
+        # The plain (cheaper) root update wherever its underflow cannot change the direction:
+        # epsilon large enough, and no overflow (checked per variable).
+        tolerance = rules.adam_root_tolerance(self.epsilon, self.beta_2)
+        self.assign(root, rules.root_moving_average(root, gradient, self.beta_2, underflow_tolerance=tolerance))
+        return rules.bias_corrected_adam_direction(
+            tf.convert_to_tensor(m), tf.convert_to_tensor(root), self.beta_1, self.beta_2, self.applied_updates + 1,
             self.epsilon,
         )
 

@@ -6,6 +6,8 @@ decay -> moments -> trust ratio -> scale by -lr. Nothing here branches in Python
 on tensor values, so everything compiles under XLA.
 """
 
+import math
+
 import tensorflow as tf
 
 
@@ -14,19 +16,57 @@ def as_float32(x):
     return tf.cast(x, tf.float32)
 
 
+#: float32's smallest normal number; TensorFlow flushes smaller results to 0 on CPU.
+FLOAT32_TINY = 1.1754944e-38
+
+
+def sum_of_squares(x):
+    """``sum(x**2)`` of a whole tensor in float32, in one pass over ``x``.
+
+    ``tf.nn.l2_loss`` (which is ``sum(x**2) / 2``) squares and sums in one
+    kernel, where ``reduce_sum(square(x))`` reads and writes a squared copy
+    first; the accumulation is the same. Overflows to ``inf`` above ~1.8e19 per
+    element and flushes squares below ~1e-19 to 0, like the plain form; see
+    :func:`l2_norm` for the overflow-free norm.
+    """
+    return 2.0 * tf.nn.l2_loss(as_float32(x))
+
+
+def _num_elements(x):
+    size = x.shape.num_elements()
+    return tf.cast(tf.size(x), tf.float32) if size is None else float(size)
+
+
+def squares_representable(sum_of_squares_, size):
+    """Whether ``sqrt(sum_of_squares_)`` is the norm to float32 rounding.
+
+    It is when the sum is finite and so large that squares flushed to 0 (each
+    below :data:`FLOAT32_TINY`, ``size`` of them at most) are below 1e-7 of it.
+    """
+    return tf.math.is_finite(sum_of_squares_) & (sum_of_squares_ >= size * 1e-30)
+
+
+def _scaled_l2_norm(x):
+    """``s * sqrt(sum((x / s)**2))`` with ``s = max|x|`` (LAPACK ``nrm2``'s scaling); 0 for a zero tensor."""
+    scale = tf.reduce_max(tf.abs(x))
+    safe = tf.where(scale > 0, scale, tf.ones_like(scale))
+    return safe * tf.sqrt(tf.reduce_sum(tf.square(x / safe)))
+
+
 def l2_norm(x):
     """Euclidean norm of a whole tensor, in float32, free of overflow and underflow.
 
     Squaring a float32 above ~1.8e19 overflows and below ~1e-19 underflows, so
     the plain ``sqrt(sum(x**2))`` gives ``inf`` for gradients around 1e30 and
-    ``0`` for gradients around 1e-30. The plain sum is used when it is finite
-    and large enough that underflowed squares cannot matter (``>= size * 1e-30``,
-    so they are below 1e-7 of it); otherwise the norm is computed as
-    ``s * sqrt(sum((x / s)**2))`` with ``s = max|x|`` (the scaling of LAPACK's
-    ``nrm2``), exact to float32 rounding from the smallest to the largest normal
-    float32. Only one of the two runs (``tf.cond``). The result overflows only
-    when the true norm exceeds float32's range. A zero tensor has norm 0; a
-    non-finite element gives a non-finite norm.
+    ``0`` for gradients around 1e-30. The plain sum (:func:`sum_of_squares`, one
+    pass) is used when it is finite and large enough that underflowed squares
+    cannot matter (``>= size * 1e-30``, so they are below 1e-7 of it); otherwise
+    the norm is computed as ``s * sqrt(sum((x / s)**2))`` with ``s = max|x|``
+    (the scaling of LAPACK's ``nrm2``), exact to float32 rounding from the
+    smallest to the largest normal float32. Only one of the two runs
+    (``tf.cond``). The result overflows only when the true norm exceeds
+    float32's range. A zero tensor has norm 0; a non-finite element gives a
+    non-finite norm.
 
     Args:
         x: a tensor of any shape and float dtype.
@@ -35,24 +75,19 @@ def l2_norm(x):
         A float32 scalar.
     """
     x = as_float32(x)
-    sum_of_squares = tf.reduce_sum(tf.square(x))
-    size = x.shape.num_elements()
-    size = tf.cast(tf.size(x), tf.float32) if size is None else float(size)
-    representable = tf.math.is_finite(sum_of_squares) & (sum_of_squares >= size * 1e-30)
-
-    def scaled():
-        scale = tf.reduce_max(tf.abs(x))
-        safe = tf.where(scale > 0, scale, tf.ones_like(scale))
-        return safe * tf.sqrt(tf.reduce_sum(tf.square(x / safe)))
-
-    return tf.cond(representable, lambda: tf.sqrt(sum_of_squares), scaled)
+    plain = sum_of_squares(x)
+    return tf.cond(squares_representable(plain, _num_elements(x)), lambda: tf.sqrt(plain),
+                   lambda: _scaled_l2_norm(x))
 
 
 def global_norm(tensors):
     """Euclidean norm of the concatenation of ``tensors`` (float32, overflow-free).
 
-    The norm of the vector of per-tensor :func:`l2_norm` values, so each level
-    is scaled and nothing overflows or underflows before the final result.
+    The plain form sums every tensor's :func:`sum_of_squares` and takes one
+    square root; when that total is not representable (the test of
+    :func:`l2_norm`, on the total), the norm is that of the vector of the
+    per-tensor scaled norms, so nothing overflows or underflows before the
+    final result. One ``tf.cond`` for all the tensors.
 
     Args:
         tensors: a non-empty list of tensors.
@@ -60,14 +95,22 @@ def global_norm(tensors):
     Returns:
         A float32 scalar.
     """
-    return l2_norm(tf.stack([l2_norm(t) for t in tensors]))
+    tensors = [as_float32(t) for t in tensors]
+    plain = tf.add_n([sum_of_squares(t) for t in tensors])
+    size = sum(_num_elements(t) for t in tensors)
+    return tf.cond(squares_representable(plain, size), lambda: tf.sqrt(plain),
+                   lambda: l2_norm(tf.stack([_scaled_l2_norm(t) for t in tensors])))
 
 
 def normalize(x, norm):
-    """``x / norm``, and zeros where ``norm == 0`` (a zero gradient has no direction)."""
+    """``x / norm``, and zeros where ``norm == 0`` (a zero gradient has no direction).
+
+    One element-wise pass: a zero norm divides by ``inf`` instead (``x`` is then
+    zero, or made of values flushed to zero). A NaN norm also divides by ``inf``,
+    so NaN elements stay NaN.
+    """
     norm = tf.cast(norm, x.dtype)
-    safe = tf.where(norm > 0, norm, tf.ones_like(norm))
-    return tf.where(norm > 0, x / safe, tf.zeros_like(x))
+    return x / tf.where(norm > 0, norm, tf.constant(float("inf"), x.dtype))
 
 
 def add_weight_decay(gradient, variable, weight_decay):
@@ -149,28 +192,87 @@ def hypot(a, b):
     return large * tf.sqrt(1.0 + tf.square(small / safe))
 
 
-def root_moving_average(root, value, decay):
+def root_underflow_error(decay):
+    """Bound on the absolute error of the plain form of :func:`root_moving_average`.
+
+    The plain form squares ``sqrt(decay) * r`` and ``sqrt(1 - decay) * x``; each
+    square below :data:`FLOAT32_TINY` is flushed to 0, which loses less than
+    ``2 * tiny`` of ``v = r**2`` per update. Those losses decay with ``decay``,
+    so over any number of updates ``v`` is low by less than
+    ``2 * tiny / (1 - decay)`` and the root by less than
+    ``sqrt(2 * tiny / (1 - decay))`` (about 4.8e-18 for ``decay = 0.999``).
+    Beyond that, both forms round alike.
+    """
+    return math.sqrt(2.0 * FLOAT32_TINY / (1.0 - decay))
+
+
+def root_moving_average(root, value, decay, *, underflow_tolerance=0.0):
     """``sqrt(decay * r**2 + (1 - decay) * x**2)``: a moving average of ``x**2`` kept as its root.
 
     The second moments of Adam and RMSprop hold squared gradients, which float32
     cannot represent for gradients beyond ~1.8e19 (overflow to inf) or below
     ~1e-19 (underflow to 0); their square roots have the gradients' own range.
     ``root`` is ``sqrt(v)`` of the plain moving average ``v``.
+
+    Two forms compute it. The hypot form (:func:`hypot`) is exact to rounding
+    wherever the result is a normal float32, at about twice the element-wise
+    passes of the plain form ``sqrt((sqrt(decay) * r)**2 + (sqrt(1 - decay) * x)**2)``.
+    The plain form is exact unless a square overflows (then an element of the
+    result is ``inf``) or underflows (an absolute error below
+    :func:`root_underflow_error`). So: when ``underflow_tolerance`` (an absolute
+    error of the root the caller can accept, a Python float) is at least
+    :func:`root_underflow_error`, the plain form runs unless it could overflow,
+    judged from the largest ``r`` and the largest ``|x|`` of the tensor (one
+    ``tf.cond``), and the hypot form then; otherwise the hypot form always
+    runs. Either way the result is within ``underflow_tolerance`` of the exact
+    root, and exact to rounding for roots above ~1e-19.
+
+    Args:
+        root: the current root, ``sqrt(v)``.
+        value: the new value ``x`` (a gradient), same shape.
+        decay: a float in [0, 1).
+        underflow_tolerance: float >= 0 (default 0: always the hypot form).
+
+    Returns:
+        The new root, shape and dtype of ``value``.
     """
-    decay = tf.cast(decay, value.dtype)
-    return hypot(tf.sqrt(decay) * root, tf.sqrt(1.0 - decay) * value)
+    tensor_decay = tf.cast(decay, value.dtype)
+    kept, added = tf.sqrt(tensor_decay) * root, tf.sqrt(1.0 - tensor_decay) * value
+    if underflow_tolerance < root_underflow_error(decay):
+        return hypot(kept, added)
+    # The largest plain value is at most decay * max(r)**2 + (1 - decay) * max|x|**2: reductions of the
+    # inputs themselves, which XLA runs unfused and fast (a max over the element-wise result it does not).
+    largest_kept = tf.sqrt(tensor_decay) * tf.reduce_max(root)
+    largest_added = tf.sqrt(1.0 - tensor_decay) * tf.maximum(tf.reduce_max(value), -tf.reduce_min(value))
+    largest = tf.square(largest_kept) + tf.square(largest_added)
+    return tf.cond(tf.math.is_finite(largest), lambda: tf.sqrt(tf.square(kept) + tf.square(added)),
+                   lambda: hypot(kept, added))
 
 
-def root_bias_correction(root, decay, step):
-    """``r / sqrt(1 - decay**step)``: :func:`bias_correction` of ``r**2``, as its root."""
-    step = tf.cast(step, root.dtype)
-    return root / tf.sqrt(1.0 - tf.pow(tf.cast(decay, root.dtype), step))
+def adam_root_tolerance(epsilon, beta_2):
+    """The error of ``sqrt(v)`` below which Adam's direction ``m_hat / (sqrt(v_hat) + eps)`` does not change.
+
+    ``sqrt(v_hat) = sqrt(v) / sqrt(1 - beta_2**t)`` multiplies an error of the
+    root by at most ``1 / sqrt(1 - beta_2)``; after that it must stay below
+    float32 rounding of ``eps`` (a relative 2**-24). For :func:`root_moving_average`'s
+    ``underflow_tolerance``: with ``beta_2 = 0.999`` the plain form qualifies
+    for ``epsilon`` from about 2.6e-9 (so for the defaults 1e-6 of LAMB and
+    1e-7 of Keras's Adam), and never for ``epsilon = 0``.
+    """
+    return epsilon * math.sqrt(1.0 - beta_2) * 2.0 ** -24
 
 
-def adam_direction(first_moment, second_moment_root, epsilon):
-    """``m / (sqrt(v) + eps)`` from ``sqrt(v)`` (moments already bias-corrected); 0 where it is ``0 / 0``.
+def bias_corrected_adam_direction(first_moment, second_moment_root, beta_1, beta_2, step, epsilon):
+    """``m_hat / (sqrt(v_hat) + eps)`` from the raw ``m`` and ``sqrt(v)`` at the 1-based ``step``; 0 where ``0 / 0``.
 
+    With ``a = 1 - beta_1**t`` and ``b = sqrt(1 - beta_2**t)`` it is
+    ``(m / a) / (r / b + eps) = (b / a) * m / (r + b * eps)``: the bias
+    corrections become one scalar, three element-wise passes instead of five.
     With ``epsilon=0`` an element whose gradient has always been exactly 0 has
     ``m = v = 0``: its direction is 0 (it has no gradient to follow), not NaN.
     """
-    return tf.math.divide_no_nan(first_moment, second_moment_root + tf.cast(epsilon, first_moment.dtype))
+    dtype = first_moment.dtype
+    step = tf.cast(step, dtype)
+    a = 1.0 - tf.pow(tf.cast(beta_1, dtype), step)
+    b = tf.sqrt(1.0 - tf.pow(tf.cast(beta_2, dtype), step))
+    return tf.math.divide_no_nan(first_moment, second_moment_root + b * tf.cast(epsilon, dtype)) * (b / a)

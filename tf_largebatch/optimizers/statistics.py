@@ -170,7 +170,7 @@ class GradientStatisticsMixin:
         means = list(statistics[0])
         for position, (index, mean, variance) in enumerate(self._sample_moments(statistics, trainable_variables)):
             signal = tf.square(mean)
-            _, mean_gsnr, _ = gsnr.normalized_gsnr(signal, variance)
+            _, mean_gsnr = gsnr.raw_gsnr(signal, variance)
             rows[index] = tf.stack([tf.reduce_sum(signal), tf.reduce_sum(variance), mean_gsnr])
             if self._moment_shifts is not None:
                 variable = trainable_variables[position]
