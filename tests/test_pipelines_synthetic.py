@@ -1,6 +1,7 @@
 """Synthetic input: the real pipelines' structure, shapes and dtypes, deterministic
-from the seed, no file or network; and every shipped config smoke-runs offline
-on it (what ``tf-largebatch train --smoke`` does without the datasets)."""
+from the seed, no file or network; every shipped config builds in its smoke form,
+and one config per family (files equal up to numbers) smoke-runs offline on it
+(what ``tf-largebatch train --smoke`` does without the datasets)."""
 
 import glob
 import json
