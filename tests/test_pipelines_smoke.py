@@ -2,10 +2,10 @@
 through the real TFDS loading code (``tfds.testing.mock_data``) and real
 ``Model.fit`` under a real tf.distribute strategy.
 
-Every file in tpu_configs/ is validated in test_config.py and smoke-runs on
-synthetic data in test_pipelines_synthetic.py; here one file per (model,
-optimizer) pair trains on mocked real data (the BERT family in
-test_pipelines_bert.py).
+Every file in tpu_configs/ is validated in test_config.py and built in its
+smoke form in test_pipelines_synthetic.py, where one file per family also
+smoke-runs on synthetic data; here one file per (model, optimizer) pair trains
+on mocked real data (the BERT family in test_pipelines_bert.py).
 """
 
 import glob

@@ -1,6 +1,7 @@
 """Synthetic input: the real pipelines' structure, shapes and dtypes, deterministic
-from the seed, no file or network; and every shipped config smoke-runs offline
-on it (what ``tf-largebatch train --smoke`` does without the datasets)."""
+from the seed, no file or network; every shipped config builds in its smoke form,
+and one config per family (files equal up to numbers) smoke-runs offline on it
+(what ``tf-largebatch train --smoke`` does without the datasets)."""
 
 import glob
 import json
@@ -11,7 +12,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_largebatch import cli, config
+from tf_largebatch import cli, config, strategy as strategy_lib
 from tf_largebatch.pipelines import bert, cifar, synthetic, train
 
 from test_pipelines_bert import pretraining_records
@@ -88,24 +89,116 @@ def test_smoke_with_synthetic_false_insists_on_real_data(tmp_path, capsys):
     assert "config error: data.name: 'cifar10' is not prepared in" in capsys.readouterr().err
 
 
-# Every shipped file, from the CLI's smoke path. A representative per model and
-# optimizer family runs in the fast suite; the rest (same code, other numbers)
-# and the big models (ResNet-50 compiles for about a minute here) are marked slow.
+# Every shipped file is parsed, validated and built in its smoke form (model,
+# optimizer on the model's variables, schedule, synthetic input, one forward
+# pass), and its full form's optimizer and schedule are built with the file's
+# own numbers; the numbers themselves are checked against the papers' tables in
+# test_config.py and test_pipelines_vrgd_cifar_configs.py. Training through the
+# CLI's smoke path then runs once per family: files whose smoke configs are
+# equal up to numbers (the batch, learning rate and warm-up of a table row)
+# run the same code with other numbers, so one run of the family covers them.
 CONFIG_FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
-# (SNGM, LARS and MSGD on ResNet-20 also run in test_pipelines_smoke.py on mocked TFDS data.)
-FAST = {"resnet56_momentum_4096_v3-8", "resnet56_vrmomentum_4096_v3-8", "resnet56_adam_4096_v3-8",
-        "resnet56_vradam_4096_v3-8", "resnet56_lamb_4096_v3-8", "resnet56_vrlamb_4096_v3-8",
-        "resnet56_vrlars_4096_v3-8"}
+# (SNGM, LARS and MSGD on ResNet-20 and VR-LARS on ResNet-50 also train in
+# test_pipelines_smoke.py on mocked TFDS data, BERT in test_pipelines_bert.py.)
 
 
-def config_param(path):
-    name = os.path.basename(path)[: -len(".yaml")]
-    marks = [] if name in FAST else [pytest.mark.slow]
-    return pytest.param(path, id=name, marks=marks)
+def name_of(path):
+    return os.path.basename(path)[: -len(".yaml")]
 
 
-@pytest.mark.parametrize("path", [config_param(p) for p in CONFIG_FILES])
-def test_every_shipped_config_smoke_runs_offline(path, tmp_path, capsys):
+def without_numbers(value):
+    """``value`` with every number replaced by its type's name (booleans, strings and None kept)."""
+    if isinstance(value, dict):
+        return {key: without_numbers(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_numbers(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return type(value).__name__
+    return value
+
+
+def smoke_signature(path):
+    """What a smoke run of ``path`` exercises: every phase's smoke config without its
+    numbers, its name, its source and its output directory."""
+    phases = []
+    for cfg in config.load_config(path, smoke=True):
+        values = config.to_dict(cfg)
+        del values["name"], values["source"], values["training"]["model_dir"]
+        phases.append(without_numbers(values))
+    return json.dumps(phases, sort_keys=True)
+
+
+def families(paths):
+    """``{signature: [paths]}``: the files whose smoke runs differ only in numbers."""
+    grouped = {}
+    for path in paths:
+        grouped.setdefault(smoke_signature(path), []).append(path)
+    return grouped
+
+
+FAMILIES = families(CONFIG_FILES)
+TRAINED = sorted(paths[0] for paths in FAMILIES.values())
+
+
+def test_families_differ_only_in_numbers_and_cover_every_model_and_optimizer():
+    # The grouping is not vacuous: the files of a family share model,
+    # optimizer (with the names of its arguments), phases and GSNR monitoring,
+    # and the trained files cover every such combination shipped.
+    def kind(path):
+        configs = config.load_config(path, smoke=True)
+        return tuple((c.model.name, c.optimizer.name, tuple(sorted(c.optimizer.args)), c.phase,
+                      c.callbacks.gsnr_monitor is not None) for c in configs)
+
+    assert {kind(p) for p in TRAINED} == {kind(p) for p in CONFIG_FILES}
+    for paths in FAMILIES.values():
+        assert len({kind(p) for p in paths}) == 1, [name_of(p) for p in paths]
+    # Files that differ in more than numbers are in different families.
+    vr, plain = (os.path.join(CONFIG_DIR, f"resnet56_{o}_4096_v3-8.yaml") for o in ("vrlamb", "lamb"))
+    assert smoke_signature(vr) != smoke_signature(plain)
+    assert smoke_signature(vr) == smoke_signature(os.path.join(CONFIG_DIR, "resnet56_vrlamb_256_v3-8.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=name_of)
+def test_every_shipped_config_builds_in_smoke_form(path):
+    for full in config.load_config(path):
+        # The file's own numbers go into its schedule and optimizer.
+        schedule = train.build_schedule(full)
+        optimizer = train.build_optimizer(full)
+        assert type(optimizer).__name__ == full.optimizer.name
+        peak = full.schedule.learning_rate
+        warmup = full.warmup_steps()
+        assert float(schedule(warmup)) == pytest.approx(peak, rel=1e-6)
+        if warmup:
+            assert float(schedule(0)) == pytest.approx(full.schedule.initial_learning_rate, abs=1e-12)
+    configs = config.load_config(path, smoke=True)
+    strategy = strategy_lib.build_strategy(configs[0].strategy)  # as the runner does: VR needs its k replicas
+    for cfg in configs:
+        train.check_callbacks(cfg)
+        train.check_keras_accumulation(cfg, strategy)
+        with strategy.scope():
+            model = config.build_model(cfg)
+            optimizer = train.build_optimizer(cfg)
+            optimizer.build(model.trainable_variables)
+        assert int(optimizer.iterations.numpy()) == 0 and len(optimizer.variables) > 1
+        train_ds, eval_ds = synthetic.make_datasets(cfg)
+        assert eval_ds is not None and specs(eval_ds) == specs(train_ds)
+        x, y = next(iter(train_ds))[:2]
+        outputs = model(x, training=False)
+        tf.nest.assert_same_structure(outputs, y)
+        for logits, labels in zip(tf.nest.flatten(outputs), tf.nest.flatten(y)):
+            assert labels.shape in (logits.shape, logits.shape[:-1])  # one-hot or sparse labels
+            assert np.all(np.isfinite(logits.numpy()))
+
+
+def family_param(path):
+    """The family's trained file; ResNet-50 and BERT (over 20 s each here) are marked slow."""
+    (cfg, *_) = config.load_config(path, smoke=True)
+    marks = [pytest.mark.slow] if cfg.model.name in ("resnet50", "bert") else []
+    return pytest.param(path, id=name_of(path), marks=marks)
+
+
+@pytest.mark.parametrize("path", [family_param(p) for p in TRAINED])
+def test_one_config_per_family_smoke_runs_offline(path, tmp_path, capsys):
     assert cli.main(["train", "--config", path, "--smoke", "--set", f"training.model_dir={tmp_path}/run",
                      "--set", "training.verbose=0", "--set", "callbacks.tensorboard=false"]) == 0
     out = capsys.readouterr().out
