@@ -99,7 +99,9 @@ class LargeBatchOptimizer(AccumulationMixin, GradientStatisticsMixin, SlotsMixin
     also carry each replica's squared gradient in the step's one all-reduce and
     record, per variable, the mean and variance of the step's k >= 2 gradient
     samples (:meth:`gradient_statistics`, read by
-    :class:`tf_largebatch.callbacks.GSNRMonitor`). The VR optimizers always do.
+    :class:`tf_largebatch.callbacks.GSNRMonitor`). The VR optimizers always carry
+    the squares (their GSNR needs them) and record the statistics on every update
+    with ``True``, or else on the updates after :meth:`request_gradient_statistics`.
     """
 
     def __init__(self, learning_rate, *, weight_decay=None, exclude_from_weight_decay=None,

@@ -212,10 +212,12 @@ class GradientStatisticsMixin:
         return int(self._statistics_step.numpy())
 
     def gradient_statistics(self):
-        """The last update's per-variable gradient statistics, by variable path.
+        """The last recorded update's per-variable gradient statistics, by variable path.
 
-        Recorded when ``record_gradient_statistics=True`` (the VR optimizers
-        always record): ``{path: {"mean_square": sum gbar**2, "variance":
+        Recorded on every update with ``record_gradient_statistics=True``, and
+        by the VR optimizers otherwise on the updates after
+        :meth:`request_gradient_statistics` (:attr:`gradient_statistics_step`
+        says which): ``{path: {"mean_square": sum gbar**2, "variance":
         sum s2, "gsnr_mean": mean raw GSNR over the elements with finite GSNR}}``
         (sums over the variable's elements; ``gbar`` and ``s2`` are the mean and
         variance of the step's k gradient samples, see
