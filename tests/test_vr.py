@@ -283,26 +283,31 @@ def test_inner_arguments_belong_to_the_inner_optimizer():
 # ------------------------------------------------------------ replicas
 
 
-def run_replicated(strategy, make_optimizer, start, samples, accumulation):
-    """Each replica d feeds h = g_d / R (Keras's convention) for micro-batch a."""
+def feed_micro_steps(strategy, optimizer, variables, samples, schedule, accumulation):
+    """One traced micro-step per ``(t, a)`` of ``schedule``: replica d feeds
+    h = g_d / R (Keras's convention) of sample ``d * accumulation + a`` of step ``t``."""
     num_replicas = strategy.num_replicas_in_sync
-    with strategy.scope():
-        variables = [keras.Variable(w) for w in start]
-        optimizer = make_optimizer()
-        optimizer.build(variables)
 
     @tf.function
     def micro_step(per_replica):
         strategy.run(lambda grads: optimizer.apply(grads, variables), args=(per_replica,))
 
-    for step_samples in samples:
-        for a in range(accumulation):
-            def value_fn(context, a=a):
-                d = context.replica_id_in_sync_group
-                sample = d * accumulation + a
-                return [tf.constant(s[sample] / num_replicas, tf.float32) for s in step_samples]
+    for t, a in schedule:
+        def value_fn(context, t=t, a=a):
+            sample = context.replica_id_in_sync_group * accumulation + a
+            return [tf.constant(s[sample] / num_replicas, tf.float32) for s in samples[t]]
 
-            micro_step(strategy.experimental_distribute_values_from_function(value_fn))
+        micro_step(strategy.experimental_distribute_values_from_function(value_fn))
+
+
+def run_replicated(strategy, make_optimizer, start, samples, accumulation):
+    """Every step of ``samples``, micro-batch by micro-batch (:func:`feed_micro_steps`)."""
+    with strategy.scope():
+        variables = [keras.Variable(w) for w in start]
+        optimizer = make_optimizer()
+        optimizer.build(variables)
+    schedule = [(t, a) for t in range(len(samples)) for a in range(accumulation)]
+    feed_micro_steps(strategy, optimizer, variables, samples, schedule, accumulation)
     return [v.numpy() for v in variables], optimizer
 
 
@@ -399,16 +404,7 @@ def test_checkpoint_mid_accumulation_restores_the_same_trajectory(replicas, mirr
         return variables, optimizer
 
     def micro_steps(variables, optimizer, pairs):
-        @tf.function
-        def micro_step(per_replica):
-            strategy.run(lambda grads: optimizer.apply(grads, variables), args=(per_replica,))
-
-        for t, a in pairs:
-            def value_fn(context, t=t, a=a):
-                sample = context.replica_id_in_sync_group * accumulation + a
-                return [tf.constant(s[sample] / replicas, tf.float32) for s in samples[t]]
-
-            micro_step(strategy.experimental_distribute_values_from_function(value_fn))
+        feed_micro_steps(strategy, optimizer, variables, samples, pairs, accumulation)
 
     schedule = [(t, a) for t in range(4) for a in range(accumulation)]
     cut = len(schedule) // 2 + 1 if accumulation > 1 else len(schedule) // 2
@@ -823,16 +819,7 @@ def test_shifted_moments_keep_one_collective_and_restore_exactly(mirrored, monke
         return variables, optimizer
 
     def micro_steps(variables, optimizer, pairs):
-        @tf.function
-        def micro_step(per_replica):
-            strategy.run(lambda grads: optimizer.apply(grads, variables), args=(per_replica,))
-
-        for t, a in pairs:
-            def value_fn(context, t=t, a=a):
-                sample = context.replica_id_in_sync_group * 32 + a
-                return [tf.constant(s[sample] / 2, tf.float32) for s in samples[t]]
-
-            micro_step(strategy.experimental_distribute_values_from_function(value_fn))
+        feed_micro_steps(strategy, optimizer, variables, samples, pairs, 32)
 
     schedule = [(t, a) for t in range(3) for a in range(32)]
     straight_vars, straight_opt = make()
