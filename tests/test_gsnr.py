@@ -137,19 +137,21 @@ def test_normalized_gsnr(shape):
         variance.flat[0] = 0.0  # infinite GSNR: left out of the mean
         signal.flat[1] = 0.0
         variance.flat[1] = 0.0  # no gradient at all: GSNR 0, counted
-    normalized, mean_gsnr, certain = gsnr.normalized_gsnr(tf.constant(signal, tf.float32),
-                                                           tf.constant(variance, tf.float32))
+    raw, mean_gsnr = gsnr.raw_gsnr(tf.constant(signal, tf.float32), tf.constant(variance, tf.float32))
+    normalized = gsnr.normalize_raw_gsnr(raw, mean_gsnr)
     expected, expected_mean, expected_certain = np_normalized_gsnr(signal, variance)
-    np.testing.assert_array_equal(certain.numpy(), expected_certain)
+    np.testing.assert_array_equal(np.isinf(raw.numpy()), expected_certain)  # +inf exactly where certain
+    np.testing.assert_array_equal(np.isinf(normalized.numpy()), expected_certain)
     np.testing.assert_allclose(mean_gsnr.numpy(), expected_mean, rtol=1e-5)
     keep = ~expected_certain
     np.testing.assert_allclose(normalized.numpy()[keep], expected[keep], rtol=1e-5)
 
 
 def test_normalized_gsnr_with_nothing_to_normalise_against_is_one():
-    normalized, mean_gsnr, certain = gsnr.normalized_gsnr(tf.zeros(4), tf.zeros(4))
+    raw, mean_gsnr = gsnr.raw_gsnr(tf.zeros(4), tf.zeros(4))
+    normalized = gsnr.normalize_raw_gsnr(raw, mean_gsnr)
     np.testing.assert_array_equal(normalized.numpy(), np.ones(4))
-    assert mean_gsnr.numpy() == 0 and not certain.numpy().any()
+    assert mean_gsnr.numpy() == 0 and not np.isinf(raw.numpy()).any()
 
 
 @pytest.mark.parametrize("lower,upper", [(0.1, 1.0), (0.3, 2.0), (1.0, 1.0)])

@@ -147,18 +147,6 @@ def normalize_raw_gsnr(raw, mean_gsnr):
     return tf.cond(mean_gsnr > 0, lambda: raw / mean_gsnr, lambda: raw + 1.0)
 
 
-def normalized_gsnr(signal, variance):
-    """Element-wise GSNR ``signal / variance`` divided by its mean (eq. 8).
-
-    Returns ``(normalized, mean_gsnr, certain)``: the normalised GSNR
-    (``+inf`` where ``certain``), the mean raw GSNR over the elements with finite
-    GSNR, and the mask of elements with zero variance but non-zero signal
-    (infinite GSNR). See :func:`raw_gsnr` and :func:`normalize_raw_gsnr`.
-    """
-    raw, mean_gsnr = raw_gsnr(signal, variance)
-    return normalize_raw_gsnr(raw, mean_gsnr), mean_gsnr, tf.math.is_inf(raw)
-
-
 def clipped_gsnr(mean, variance, lower, upper):
     """The clipped, normalised GSNR ``r`` of eq. (9): ``(factor, mean_gsnr)``."""
     return clipped_gsnr_of_signal(tf.square(mean), variance, lower, upper)

@@ -179,6 +179,13 @@ class GradientStatisticsMixin:
         self._store_statistics(rows)
         return means
 
+    def _check_records_statistics(self):
+        if not self._records_statistics():
+            raise ValueError(
+                f"{type(self).__name__} records no gradient statistics: create it with "
+                "record_gradient_statistics=True (or use a VR optimizer)."
+            )
+
     def request_gradient_statistics(self):
         """Asks for the statistics of the next applied update (call eagerly).
 
@@ -190,11 +197,7 @@ class GradientStatisticsMixin:
         reading. :attr:`gradient_statistics_step` says which update the
         recorded statistics belong to.
         """
-        if not self._records_statistics():
-            raise ValueError(
-                f"{type(self).__name__} records no gradient statistics: create it with "
-                "record_gradient_statistics=True (or use a VR optimizer)."
-            )
+        self._check_records_statistics()
         if not self.built:
             raise ValueError(
                 f"Build {type(self).__name__} (e.g. its first step, or `optimizer.build(variables)`) before "
@@ -226,11 +229,7 @@ class GradientStatisticsMixin:
         ``gamma``/the upper bound). Read eagerly, e.g. by
         :class:`tf_largebatch.callbacks.GSNRMonitor`.
         """
-        if not self._records_statistics():
-            raise ValueError(
-                f"{type(self).__name__} records no gradient statistics: create it with "
-                "record_gradient_statistics=True (or use a VR optimizer)."
-            )
+        self._check_records_statistics()
         if not self.built:
             raise ValueError(f"{type(self).__name__} has no statistics before its first step.")
         if not self._records_every_update() and self.gradient_statistics_step == 0:
