@@ -98,7 +98,7 @@ PENDING_MARKS = {
     ("docs/benchmarks.md", "python benchmarks/optimizer_speed.py --sections 5 --sizes 1e5,1e6 --threads 1   # with PYTHONPATH=<export of a commit>"):
         "static: a benchmark run of an exported commit",
     ("docs/configs.md", "tf-largebatch train --experiment resnet20_sngm_1024_v3-8 --smoke     # a shipped config, by name"):
-        "append: --dry-run\nreplace: my_run.yaml -> tpu_configs/bert_large_vrlamb_16k_v3-256.yaml",
+        "append: --dry-run\nreplace: my_run.yaml --set training.steps=100 -> tpu_configs/bert_large_vrlamb_16k_v3-256.yaml --set training.steps=5000",
     ("docs/configs.md", "from tf_largebatch import config"):
         "slow: trains the ResNet-20 smoke config (about 20 s of CPU)",
     ("docs/configs.md", "$ tf-largebatch train --experiment resnet20_sngm_1024_v3-8 --set optimizer.args.momentum=abc"):
