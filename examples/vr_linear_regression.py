@@ -14,6 +14,7 @@ The k gradient samples come from micro-batches on one device
 (``gradient_accumulation_steps=k``), the same statistics a k-replica run sees.
 
     python examples/vr_linear_regression.py [--inputs uniform|normal] [--json out.json]
+    python examples/vr_linear_regression.py --steps 5 --learning-rates 0.3   # a quick look
 """
 
 import argparse
@@ -72,6 +73,8 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=8, help="k gradient samples (micro-batches) per step")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--raised-upper-bound", type=float, default=10.0)
+    parser.add_argument("--learning-rates", default=",".join(map(str, LEARNING_RATES)),
+                        help="comma-separated grid, searched for each optimizer (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write every number to this file")
     args = parser.parse_args(argv)
@@ -82,10 +85,11 @@ def main(argv=None):
     batches = list(zip(np.split(x, args.steps), np.split(y, args.steps)))
 
     k = args.samples
+    learning_rates = tuple(float(lr) for lr in args.learning_rates.split(","))
 
     def run(make_optimizer, micro):
         keras.utils.set_random_seed(args.seed)
-        return {lr: train(make_optimizer(lr), batches, x_test, y_test, micro) for lr in LEARNING_RATES}
+        return {lr: train(make_optimizer(lr), batches, x_test, y_test, micro) for lr in learning_rates}
 
     curves = {"SGD": run(lambda lr: keras.optimizers.SGD(lr), 1)}
     uppers = {"VR-SGD (upper 1)": 1.0, f"VR-SGD (upper {args.raised_upper_bound:g})": args.raised_upper_bound}
@@ -99,15 +103,15 @@ def main(argv=None):
         losses = curves[label][lr]
         return float(losses[-1]) if np.isfinite(losses[-1]) else float("inf")
 
-    best = {label: min(LEARNING_RATES, key=lambda lr: final(label, lr)) for label in curves}
+    best = {label: min(learning_rates, key=lambda lr: final(label, lr)) for label in curves}
     sgd_lr = best["SGD"]
     target = final("SGD", sgd_lr)
     print(f"Linear regression (VRGD paper §7.2): inputs {args.inputs}, batch {args.batch_size}, k = {k}, "
           f"{args.steps} steps, seed {args.seed}")
-    print(f"SGD's best learning rate from {LEARNING_RATES}: {sgd_lr:g}; its test loss after {args.steps} steps: "
+    print(f"SGD's best learning rate from {learning_rates}: {sgd_lr:g}; its test loss after {args.steps} steps: "
           f"{target:.4g}\n")
     rows = []
-    header = f"{'optimizer':<22}{'lr':>6}{'final test loss':>17}{'steps to reach SGD@100':>25}"
+    header = f"{'optimizer':<22}{'lr':>6}{'final test loss':>17}{f'steps to reach SGD@{args.steps}':>25}"
     print(header)
     print("-" * len(header))
     for label in curves:

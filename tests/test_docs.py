@@ -660,7 +660,7 @@ def test_every_test_a_page_cites_exists():
 VOICE = {
     "an issue number": re.compile(r"(?<![\w&])#\d+\b"),
     "an internal role": re.compile(r"\bthe lead\b|\bhelpers?\b|\bsession\b", re.I),
-    "the first person": re.compile(r"\bI\b(?! ?/ ?O)|\bI'(?:m|ve|d)\b|\bmy own\b"),
+    "the first person": re.compile(r"\bI\b(?! ?/ ?O)|\bI'(?:m|ve|d)\b|\bmy own\b|\b[Ww]e\b|\b[Oo]urs?\b"),
 }
 USER_PAGES = ["README.md", "docs/index.md", "docs/keras.md", "docs/guarantees.md", "docs/recipe.md",
               "docs/monitoring.md"]
