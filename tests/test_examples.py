@@ -44,15 +44,13 @@ def test_bert_pretraining_vrlamb_with_fit(tmp_path):
     assert _event_files(tmp_path / "gsnr"), "GSNRMonitor wrote no events"
 
 
-@pytest.mark.slow   # the strategy.run loop on 2 logical CPUs, then a rerun from its checkpoint: ~45 s of CPU
-def test_bert_pretraining_vrlamb_custom_loop_on_two_replicas_resumes_from_its_checkpoint(tmp_path):
-    out = _run("bert_pretraining_vrlamb.py", "--loop", "custom", "--cpu-replicas", "2", "--steps", "2", "--warmup-steps", "1",
-               "--model-dir", str(tmp_path), cwd=tmp_path)
+@pytest.mark.slow   # the strategy.run loop on 2 logical CPUs: ~45 s of CPU
+def test_bert_pretraining_vrlamb_custom_loop_on_two_replicas(tmp_path):
+    out = _run("bert_pretraining_vrlamb.py", "--loop", "custom", "--cpu-replicas", "2", "--steps", "2",
+               "--warmup-steps", "1", "--model-dir", str(tmp_path), cwd=tmp_path)
     assert "2 replica(s) x 2 micro-batches: k = 4" in out and "custom: 2 VR-LAMB updates" in out, out
+    assert re.findall(r"^update (\d+):", out, flags=re.M) == ["1", "2"], out
     assert (tmp_path / "checkpoints" / "ckpt-2.index").exists()
-    again = _run("bert_pretraining_vrlamb.py", "--loop", "custom", "--cpu-replicas", "2", "--steps", "3", "--warmup-steps", "1",
-                 "--model-dir", str(tmp_path), cwd=tmp_path)
-    assert re.findall(r"^update (\d+):", again, flags=re.M) == ["3"], again   # resumed after update 2
 
 
 @pytest.mark.slow   # keras.applications.ResNet50 (25M parameters) traced on the CPU: ~60 s of CPU
