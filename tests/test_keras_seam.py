@@ -17,10 +17,9 @@ from tf_largebatch.optimizers import keras_seam
 PACKAGE_DIR = pathlib.Path(tf_largebatch.__file__).parent
 SEAM_FILE = PACKAGE_DIR / "optimizers" / "keras_seam.py"
 
-#: Private attributes of Keras optimizers that only the seam may touch.
-#: (``_use_weight_decay`` is still overridden by the variable-selection code in
-#: base.py, which the selector module replaces.)
+#: Private attributes of Keras optimizers (and TensorFlow trackables) that only the seam may touch.
 KERAS_PRIVATE_ATTRIBUTES = (
+    "_use_weight_decay", "_track_trackable",
     "_iterations", "_distributed_tf_update_step", "_clip_gradients", "_track_variable", "_learning_rate",
     "_variables", "_trainable_variables", "_get_variable_index", "_distribution_strategy", "_apply_weight_decay",
     "_get_current_learning_rate", "_backend_apply_gradients", "_update_model_variables_moving_average",
@@ -38,6 +37,12 @@ def test_keras_src_is_imported_by_the_seam_only():
     offenders = [str(p.relative_to(PACKAGE_DIR)) for p in _package_sources() if "keras.src" in p.read_text()]
     assert offenders == [], f"keras.src outside keras_seam.py: {offenders}"
     assert "keras.src" in SEAM_FILE.read_text()
+
+
+def test_tf_internal_is_used_by_the_seam_only():
+    offenders = [str(p.relative_to(PACKAGE_DIR)) for p in _package_sources() if "__internal__" in p.read_text()]
+    assert offenders == [], f"tf.__internal__ outside keras_seam.py: {offenders}"
+    assert "tf.__internal__" in SEAM_FILE.read_text()
 
 
 def test_private_keras_attributes_are_touched_by_the_seam_only():
@@ -81,6 +86,18 @@ def test_untested_keras_can_be_allowed_with_a_warning(monkeypatch):
         keras_seam.check_keras_version("3.99.0")
 
 
+def test_installed_tensorflow_is_accepted():
+    assert keras_seam.check_tensorflow_version() == tf.__version__
+
+
+@pytest.mark.parametrize("version", ["2.19.1", "3.0.0", "1.15.5", "nightly", "2"])
+def test_unsupported_tensorflow_version_is_refused(version):
+    with pytest.raises(ImportError, match="TensorFlow >=2.20,<3.0.*" + re.escape(repr(version))):
+        keras_seam.check_tensorflow_version(version)
+    with pytest.warns(UserWarning, match=re.escape(repr(version))):
+        assert keras_seam.check_tensorflow_version(version, allow_untested=True) == version
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch", "numpy"])
 def test_backend_other_than_tensorflow_is_refused(backend):
     with pytest.raises(ImportError, match=f"'{backend}'.*KERAS_BACKEND=tensorflow"):
@@ -99,13 +116,17 @@ def test_importing_the_package_under_an_unknown_keras_fails_clearly():
 
 # ------------------------------------------------------------------ documentation
 def test_base_keyword_documentation():
+    from tf_largebatch.optimizers import docstrings
+
     assert "clipnorm" in keras_seam.BASE_OPTIMIZER_KEYWORD_ARGS
 
+    @docstrings.document(extra="Extra:\n    {{base_optimizer_keyword_args}}")
     class Documented:
-        """Args:\n    {{base_optimizer_keyword_args}}"""
+        """Args:\n    {{extra}}"""
 
-    keras_seam.document_base_keyword_args(Documented)
     assert "{{" not in Documented.__doc__ and "global_clipnorm" in Documented.__doc__
+    with pytest.raises(ValueError, match="{{unknown}}"):
+        docstrings.fill("Args:\n    {{unknown}}")
     assert tf_largebatch.optimizers.SNGM.__doc__.count("global_clipnorm") >= 1
 
 
@@ -242,26 +263,50 @@ def test_moving_averages_and_overwrite():
     np.testing.assert_allclose(averages[0].numpy(), 3.0)
 
 
-# ----------------------------------------------------------------- serialization
-def test_serialize_round_trip():
-    optimizer = keras.optimizers.Adam(learning_rate=0.25, beta_1=0.8)
-    config = keras_seam.serialize(optimizer)
-    assert config["class_name"] == "Adam"
-    restored = keras_seam.deserialize(config)
-    assert isinstance(restored, keras.optimizers.Adam)
-    assert restored.get_config() == optimizer.get_config()
+# ------------------------------------------------------- tf.distribute and tracking
+def test_strategy_supports_no_merge_call(mirrored):
+    assert keras_seam.strategy_supports_no_merge_call()  # no strategy: no merge calls
+    with mirrored(2).scope():
+        assert not keras_seam.strategy_supports_no_merge_call()
 
 
-def test_optimizer_from_config_bypasses_an_override():
-    class Overridden(keras.optimizers.SGD):
-        @classmethod
-        def from_config(cls, config, custom_objects=None):
-            raise AssertionError("override called")
+def test_maybe_merge_call_reaches_cross_replica_context(mirrored):
+    strategy = mirrored(2)
+    seen = []
 
-    restored = keras_seam.optimizer_from_config(Overridden, {"learning_rate": 0.3, "momentum": 0.5})
-    assert isinstance(restored, Overridden)
-    np.testing.assert_allclose(float(restored.learning_rate.numpy()), 0.3, rtol=1e-6)
-    assert restored.momentum == 0.5
+    def cross_replica(distribution, value):
+        seen.append((distribution is strategy, tf.distribute.in_cross_replica_context()))
+        return value
+
+    @tf.function
+    def step():
+        strategy.run(lambda: keras_seam.maybe_merge_call(cross_replica, strategy, tf.constant(1.0)))
+
+    step()
+    assert seen and all(seen_strategy and cross for seen_strategy, cross in seen)
+
+
+def test_track_checkpoint_dependency_names_the_variable(tmp_path):
+    optimizer = keras.optimizers.SGD()
+    counter = tf.Variable(7, dtype=tf.int64)
+    keras_seam.track_checkpoint_dependency(optimizer, "_custom_counter", counter)
+    path = tf.train.Checkpoint(optimizer=optimizer).write(str(tmp_path / "ckpt"))
+    names = [name for name, _ in tf.train.list_variables(path)]
+    assert "optimizer/_custom_counter/.ATTRIBUTES/VARIABLE_VALUE" in names
+
+
+def test_applies_weight_decay_is_kerass_use_weight_decay():
+    class Excluding(keras_seam.KerasOptimizerHooks):
+        def applies_weight_decay(self, variable):
+            return variable.name != "bias"
+
+    optimizer = Excluding(learning_rate=0.1)
+    kernel, bias = keras.Variable(np.ones(2, "float32"), name="kernel"), keras.Variable(np.ones(2, "float32"),
+                                                                                         name="bias")
+    assert [optimizer._use_weight_decay(v) for v in (kernel, bias)] == [True, False]
+    plain = keras_seam.KerasOptimizerHooks(learning_rate=0.1)
+    plain.exclude_from_weight_decay(var_list=[bias])
+    assert [plain.applies_weight_decay(v) for v in (kernel, bias)] == [True, False]
 
 
 # ------------------------------------------------------------- the hooks class

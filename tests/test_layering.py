@@ -25,11 +25,13 @@ LAYERS = {
     "tf_largebatch.optimizers.gsnr": MATH,
     # The optimizer core: the Keras seam and the base class, split by job.
     "tf_largebatch.optimizers.keras_seam": CORE,
+    "tf_largebatch.optimizers.docstrings": CORE,
     "tf_largebatch.optimizers.selection": CORE,
     "tf_largebatch.optimizers.slots": CORE,
     "tf_largebatch.optimizers.replicas": CORE,
-    "tf_largebatch.optimizers.accumulation": CORE,
-    "tf_largebatch.optimizers.statistics": CORE,
+    # The chassis's components, each owning its state, and the chassis.
+    "tf_largebatch.optimizers.reducer": CORE,
+    "tf_largebatch.optimizers.moments": CORE,
     "tf_largebatch.optimizers.base": CORE,
     "tf_largebatch.optimizers.loss_scale": CORE,
     # The optimizers.
@@ -40,6 +42,7 @@ LAYERS = {
     "tf_largebatch.optimizers.lamb": OPTIMIZERS,
     "tf_largebatch.optimizers.curvature": OPTIMIZERS,
     "tf_largebatch.optimizers.vr": OPTIMIZERS,
+    "tf_largebatch.optimizers.registry": OPTIMIZERS,
     # The recipe around them, and monitoring.
     "tf_largebatch.schedules": RECIPE,
     "tf_largebatch.scaling": RECIPE,

@@ -496,6 +496,34 @@ def test_variants_are_explicit_classes_with_real_signatures(name):
     assert "k >= 8" in cls.__doc__
 
 
+@pytest.mark.parametrize("name,inner,defaults", [
+    ("VRSGD", keras.optimizers.SGD, dict(momentum=0.0, gsnr_momentum=0.0, name="vrsgd")),
+    ("VRMomentum", keras.optimizers.SGD, dict(momentum=0.9, gsnr_momentum=0.0, name="vrmomentum")),
+    ("VRAdam", keras.optimizers.Adam, dict(epsilon=1e-7, gsnr_momentum=0.9, name="vradam")),
+    ("VRLAMB", tlb_opt.LAMB, dict(epsilon=1e-6, gsnr_momentum=0.9, name="vrlamb")),
+    ("VRLARS", tlb_opt.LARS, dict(trust_coefficient=0.001, gsnr_momentum=0.0, name="vrlars")),
+])
+def test_variant_signatures_follow_their_inner_class(name, inner, defaults):
+    """inspect.signature (what help() prints) lists the inner class's arguments in its order, then
+    the VR ones, with the variant's defaults; the constructor builds exactly that inner class."""
+    import inspect
+
+    cls = getattr(tlb_opt, name)
+    signature = inspect.signature(cls)
+    assert inspect.signature(cls.__init__).parameters.keys() - {"self"} == signature.parameters.keys()
+    assert cls.inner_optimizer_class() is inner
+    names = list(signature.parameters)
+    inner_names = [p for p in inspect.signature(inner.__init__).parameters if p in names and p not in ("name", "kwargs")]
+    assert names[:len(inner_names)] == inner_names
+    assert names[len(inner_names):] == ["gamma", "gsnr_momentum", "gsnr_upper_bound", "name", "kwargs"]
+    for argument, value in defaults.items():
+        assert signature.parameters[argument].default == value, argument
+    optimizer = cls()
+    assert type(optimizer.inner_optimizer) is inner and optimizer.name == defaults["name"]
+    with pytest.raises(TypeError):
+        cls(1.0, learning_rate=2.0)  # bound against the real signature
+
+
 @pytest.mark.parametrize("name", VARIANT_CLASSES)
 def test_variant_config_round_trip_keeps_every_argument(name):
     kwargs, _, _, _ = VARIANTS[name]
@@ -700,7 +728,7 @@ def test_a_large_variable_takes_the_compiled_path_and_matches_numpy(monkeypatch)
     assert "CPU" in vr.COMPILE_ON_DEVICE_TYPES
     compiled = []
     monkeypatch.setattr(vr, "_compiled_adapted_gradient",
-                        lambda *a, **k: compiled.append(1) or tf.function(vr.gsnr.adapted_gradient,
+                        lambda *a, **k: compiled.append(1) or tf.function(vr.adapted_gradient,
                                                                           jit_compile=True)(*a, **k))
     shapes = [(256, 160), (7,)]
     assert np.prod(shapes[0]) >= vr.COMPILE_MIN_ELEMENTS > np.prod(shapes[1])
@@ -720,7 +748,7 @@ def test_the_compiled_path_under_mirrored_strategy_equals_numpy(mirrored, monkey
 
     compiled = []
     monkeypatch.setattr(vr, "_compiled_adapted_gradient",
-                        lambda *a, **k: compiled.append(1) or tf.function(vr.gsnr.adapted_gradient,
+                        lambda *a, **k: compiled.append(1) or tf.function(vr.adapted_gradient,
                                                                           jit_compile=True)(*a, **k))
     shapes = [(180, 200), (5,)]
     rng = np.random.default_rng(15)
@@ -789,9 +817,9 @@ def test_gsnr_up_to_1e3_gets_eq8_factor_within_5_percent_at_k_4096(replicas, acc
 
 
 def test_identical_samples_still_give_the_upper_bound_with_shifted_moments():
-    from tf_largebatch.optimizers import statistics
+    from tf_largebatch.optimizers import moments
 
-    k = statistics.SHIFTED_MOMENTS_MIN_SAMPLES
+    k = moments.SHIFTED_MOMENTS_MIN_SAMPLES
     rng = np.random.default_rng(16)
     g = rng.normal(size=(1, 6)).astype(np.float32)
     steps = [np.repeat(g + i, k, axis=0) for i in range(2)]
@@ -815,7 +843,7 @@ def test_shifted_moments_keep_one_collective_and_restore_exactly(mirrored, monke
             variables = [keras.Variable(w) for w in start]
             optimizer = tlb_opt.VRAdam(learning_rate=0.01, gradient_accumulation_steps=32)
             optimizer.build(variables)
-        assert optimizer._moment_shifts is not None
+        assert optimizer.moments_recorder.shifts is not None
         return variables, optimizer
 
     def micro_steps(variables, optimizer, pairs):

@@ -20,25 +20,13 @@ def parameters_of(target):
     For a class, the parameters of its ``__init__``, then those with a default
     of every ``__init__`` along its MRO (the first definition of a name wins),
     so the base keyword arguments of a Keras optimizer count while a base
-    class's required plumbing (an inner optimizer, a dict of forwarded
-    arguments) does not; for a VR optimizer built around a fixed base class
-    (``VRAdam``), also the base class's, alike. ``*args``/``**kwargs`` and
-    ``self`` are not parameters.
+    class's required plumbing (an inner optimizer) does not. ``*args``/``**kwargs``
+    and ``self`` are not parameters.
     """
     if not isinstance(target, type):
         return _named_parameters([(target, True)])
-    roots = [target]
-    inner_class = getattr(target, "inner_optimizer_class", None)
-    if inner_class is not None:
-        try:
-            roots.append(inner_class())
-        except NotImplementedError:  # the generic VR wrapper: its inner optimizer is an argument
-            pass
-    functions = []
-    for root in roots:
-        functions += [(klass.__dict__["__init__"], klass is root) for klass in root.__mro__
-                      if "__init__" in klass.__dict__]
-    return _named_parameters(functions)
+    return _named_parameters([(klass.__dict__["__init__"], klass is target) for klass in target.__mro__
+                              if "__init__" in klass.__dict__])
 
 
 def _named_parameters(functions):

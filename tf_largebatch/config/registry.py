@@ -186,45 +186,29 @@ TASKS.register(TaskSpec(
 
 
 # ------------------------------------------------------------------ optimizers
-
-# Optimizer classes that are bases or wrappers, not optimizers to train with.
-_NOT_TRAINERS = ("Optimizer", "LossScaleOptimizer", "LargeBatchOptimizer")
+# Optimizer names live in one registry, tf_largebatch.optimizers.registry.
 
 
 def known_optimizer_names():
     """``(ours, keras')``: the optimizer classes of ``tf_largebatch.optimizers``
-    and of ``keras.optimizers`` a config can name."""
-    import keras
+    and of ``keras.optimizers`` a config can name (wrappers are not)."""
+    from tf_largebatch.optimizers import registry
 
-    from tf_largebatch import optimizers
-
-    def names(module):
-        return sorted(n for n in dir(module) if not n.startswith("_") and n not in _NOT_TRAINERS
-                      and isinstance(getattr(module, n), type)
-                      and issubclass(getattr(module, n), keras.optimizers.Optimizer))
-
-    return names(optimizers), names(keras.optimizers)
+    return registry.names(registry.PACKAGE), registry.names(registry.KERAS)
 
 
 def resolve_optimizer_class(name, path="optimizer.name"):
     """``tf_largebatch.optimizers.<name>``, else ``keras.optimizers.<name>``."""
-    import keras
+    from tf_largebatch.optimizers import registry
 
-    from tf_largebatch import optimizers
-
-    if name not in _NOT_TRAINERS:
-        for module in (optimizers, keras.optimizers):
-            cls = getattr(module, str(name), None)
-            if isinstance(cls, type) and issubclass(cls, keras.optimizers.Optimizer):
-                return cls
-    ours, theirs = known_optimizer_names()
-    raise ConfigError(path, f"unknown optimizer {name!r}; expected one of tf_largebatch.optimizers "
-                      f"({', '.join(ours)}) or keras.optimizers ({', '.join(theirs)})")
+    entry = registry.lookup(name)
+    if entry is not None and entry.role == registry.TRAINS:
+        return entry.cls
+    raise ConfigError(path, registry.unknown_name_message(name))
 
 
 def package_optimizers():
     """``{name: class}`` of this package's optimizers, for Keras's deserialization."""
-    from tf_largebatch import optimizers
+    from tf_largebatch.optimizers import registry
 
-    ours, _ = known_optimizer_names()
-    return {name: getattr(optimizers, name) for name in ours}
+    return registry.classes(registry.PACKAGE)

@@ -1,4 +1,4 @@
-"""The base class of every tf_largebatch optimizer: all-reduce first.
+"""The chassis of every tf_largebatch optimizer: all-reduce first, then the update rule.
 
 Keras 3's TensorFlow optimizer clips gradients, applies weight decay and
 accumulates micro-batches on *one replica's partial gradient*, and only then
@@ -7,35 +7,44 @@ that is wrong twice over: a global gradient norm (SNGM, ``global_clipnorm``) of 
 partial gradient is not the norm of the global gradient, and the GSNR needs the
 per-replica gradients *and* their squares before they are summed away.
 
-``LargeBatchOptimizer`` moves the all-reduce to the front. Inside a replica
-context, per optimizer step:
+:class:`LargeBatchOptimizer` moves the all-reduce to the front. It *has* two
+components, each owning its state (declared and built in one place):
 
-1. local statistics of this replica's gradient ``h`` (by default ``[h]``; the VR
-   optimizers, and any optimizer with ``record_gradient_statistics=True``, add
-   ``h**2``) are accumulated over ``gradient_accumulation_steps``
-   micro-batches in replica-local (sync-on-read) variables
-   (:mod:`~tf_largebatch.optimizers.accumulation`);
-2. on the update micro-step, they are all-reduced in one collective, checked
-   for non-finite values (the skip policy), and the global mean gradient goes to
-   :meth:`LargeBatchOptimizer._update_with_reduced_gradients`, which clips it,
-   applies the optimizer's cross-variable transform (e.g. SNGM's global
-   normalisation), and runs ``update_step`` per variable in cross-replica
-   context (:mod:`~tf_largebatch.optimizers.replicas`).
+* a :class:`~tf_largebatch.optimizers.reducer.ReplicaReducer`: accumulation over
+  ``gradient_accumulation_steps`` micro-batches, the one all-reduce per update,
+  the non-finite policy and ``skipped_updates``;
+* a :class:`~tf_largebatch.optimizers.moments.MomentsRecorder` (only when the
+  all-reduce must carry ``h**2`` too: the VR optimizers, or
+  ``record_gradient_statistics=True``): each replica's first and second
+  moments, the large-``k`` shift, and the per-variable statistics table.
 
-The class is assembled from one mixin per job: slots and dtypes
-(:mod:`~tf_largebatch.optimizers.slots`), accumulation and the non-finite policy
-(:mod:`~tf_largebatch.optimizers.accumulation`), the gradient-statistics
-recorder (:mod:`~tf_largebatch.optimizers.statistics`), and Keras's private
-hooks (:mod:`~tf_largebatch.optimizers.keras_seam`, the only module that
-touches them). This module keeps the Keras surface and the config.
+One update, from Keras's ``apply`` to the variable:
+
+1. ``apply`` -> :meth:`LargeBatchOptimizer._apply_replica_gradients` (replica
+   context, through :class:`~tf_largebatch.optimizers.keras_seam.KerasOptimizerHooks`):
+   this replica's local statistics (``[h]``, or the recorder's ``[d, d**2]``);
+2. ``reducer.step``: accumulate; on the update micro-step, all-reduce once,
+   check finiteness (skip or raise);
+3. :meth:`LargeBatchOptimizer._update_from_reduced_statistics`: the global mean
+   gradient (the recorder records its statistics on the way), then
+   :meth:`LargeBatchOptimizer._update_with_reduced_gradients`: Keras's clipping,
+   the optimizer's cross-variable transform (e.g. SNGM's global normalisation),
+   and ``update_step`` per variable in cross-replica context
+   (:func:`~tf_largebatch.optimizers.replicas.run_update_steps`);
+4. the ``use_ema`` average moves on applied updates only.
+
+Keras's private hooks are reached through
+:mod:`~tf_largebatch.optimizers.keras_seam` only.
 """
 
 import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import keras_seam
-from tf_largebatch.optimizers.accumulation import NONFINITE_POLICIES, AccumulationMixin, check_nonfinite_policy
+from tf_largebatch.optimizers import keras_seam, rules
+from tf_largebatch.optimizers.moments import MONITORING_STATISTICS, MomentsRecorder, check_enough_samples
+from tf_largebatch.optimizers.reducer import (NONFINITE_POLICIES, ReplicaReducer, check_nonfinite_policy,
+                                              without_empty_variables)
 from tf_largebatch.optimizers.selection import PathPatterns, VariableSelection  # noqa: F401
 from tf_largebatch.optimizers.replicas import (  # noqa: F401  (public names of this module)
     all_reduce_sum,
@@ -43,8 +52,8 @@ from tf_largebatch.optimizers.replicas import (  # noqa: F401  (public names of 
     cond_with_collectives,
     run_update_steps,
 )
-from tf_largebatch.optimizers.slots import SlotsMixin, compute_dtype, densify, variable_path  # noqa: F401
-from tf_largebatch.optimizers.statistics import GradientStatisticsMixin
+from tf_largebatch.optimizers.slots import (add_local_variable, add_slots, compute_dtype,  # noqa: F401
+                                            densify, variable_path)
 
 __all__ = [
     "NONFINITE_POLICIES",
@@ -63,8 +72,7 @@ __all__ = [
 ]
 
 
-class LargeBatchOptimizer(AccumulationMixin, GradientStatisticsMixin, SlotsMixin,
-                          keras_seam.KerasOptimizerHooks):
+class LargeBatchOptimizer(keras_seam.KerasOptimizerHooks):
     """Keras optimizer whose update sees the all-reduced, global-mean gradient.
 
     Subclasses implement ``build`` (slot variables) and ``update_step`` like any
@@ -115,12 +123,24 @@ class LargeBatchOptimizer(AccumulationMixin, GradientStatisticsMixin, SlotsMixin
         self.nonfinite_gradients = nonfinite_gradients
         self.record_gradient_statistics = validation.check_bool("record_gradient_statistics",
                                                                 record_gradient_statistics)
+        # The components, each owning its state (created in `build`).
+        self._reducer = ReplicaReducer(nonfinite_gradients)
+        self._moments = self._make_moments_recorder()
+
+    #: The columns of the statistics table (the VR optimizers record more).
+    statistic_names = MONITORING_STATISTICS
+
+    def _make_moments_recorder(self):
+        """The :class:`MomentsRecorder`, or ``None`` when the all-reduce carries the gradient only."""
+        if not self.record_gradient_statistics:
+            return None
+        return MomentsRecorder(statistic_names=self.statistic_names, every_update=True)
 
     # ------------------------------------------------------------------ build
     @keras_seam.no_automatic_dependency_tracking
     def build(self, variables):
         if (tf.inside_function() and tf.distribute.has_strategy()
-                and not tf.__internal__.distribute.strategy_supports_no_merge_call()):
+                and not keras_seam.strategy_supports_no_merge_call()):
             # The update branches in cross-replica context (cond_with_collectives);
             # TensorFlow cannot combine that with variables created inside the
             # first call of a tf.function under MirroredStrategy.
@@ -131,18 +151,26 @@ class LargeBatchOptimizer(AccumulationMixin, GradientStatisticsMixin, SlotsMixin
                 "loop (model.fit does this for you)."
             )
         check_float_variables(variables, type(self).__name__)
-        self._check_enough_gradient_samples()
-        # Keras would create mirrored accumulators holding diverged per-replica
-        # values (lost on save/restore); ours are sync-on-read, made below.
+        num_replicas = keras_seam.distribution_strategy(self).num_replicas_in_sync
         steps = self.gradient_accumulation_steps
+        if self._moments is not None:
+            check_enough_samples(type(self).__name__, num_replicas, steps)
+        # Keras would create mirrored accumulators holding diverged per-replica
+        # values (lost on save/restore); the reducer's are sync-on-read.
         self.gradient_accumulation_steps = None
         try:
             super().build(variables)
         finally:
             self.gradient_accumulation_steps = steps
         self._resolve_variable_selection(variables)
-        self._build_accumulation(variables, steps)
-        self._build_gradient_statistics(variables)
+        self._reducer.build(self, variables, accumulation_steps=steps,
+                            num_statistics=1 if self._moments is None else 2)
+        dependencies = self._reducer.checkpoint_dependencies()
+        if self._moments is not None:
+            self._moments.build(self, variables, num_replicas=num_replicas, accumulation_steps=steps)
+            dependencies.update(self._moments.checkpoint_dependencies())
+        for name, variable in dependencies.items():
+            keras_seam.track_checkpoint_dependency(self, name, variable)
 
     def apply(self, grads, trainable_variables=None):
         """Keras's ``apply``, after checking one gradient per variable, of its shape.
@@ -175,20 +203,33 @@ class LargeBatchOptimizer(AccumulationMixin, GradientStatisticsMixin, SlotsMixin
             variables, also_decays=lambda variable: keras_seam.keras_uses_weight_decay(self, variable)
         )
 
-    def _use_weight_decay(self, variable):
+    def applies_weight_decay(self, variable):
         """Weight decay applies unless excluded by path pattern or by Keras's own API
         (see :mod:`~tf_largebatch.optimizers.selection`)."""
         if self.built:
             return self._decays[keras_seam.variable_index(self, variable)]
         return self._variable_selection.decays(variable) and keras_seam.keras_uses_weight_decay(self, variable)
 
-    # ------------------------------------------------------ extension points
+    # ------------------------------------------------------------ the update
+    def _apply_replica_gradients(self, grads, trainable_variables):
+        """Steps 1-2 of the update (module docstring), in replica context."""
+        grads, trainable_variables = without_empty_variables([densify(g) for g in grads], trainable_variables)
+        if not trainable_variables:
+            return
+        local = [grads] if self._moments is None else self._moments.local_moments(grads, trainable_variables)
+
+        def apply_update(statistics):
+            self._update_from_reduced_statistics(statistics, trainable_variables)
+            self._update_ema()
+
+        self._reducer.step(local, trainable_variables, apply_update)
+
     def _update_from_reduced_statistics(self, statistics, trainable_variables):
         """Update from all-reduced statistics: the global mean gradient (and, when
         recording, its per-sample second moment, summarised per variable)."""
         grads = statistics[0]
-        if self._records_statistics():
-            grads = self._record_gradient_statistics(statistics, trainable_variables)
+        if self._moments is not None:
+            grads = self._moments.observe(statistics, trainable_variables)
         self._update_with_reduced_gradients(grads, trainable_variables)
 
     def _transform_reduced_gradients(self, grads, trainable_variables):
@@ -200,6 +241,144 @@ class LargeBatchOptimizer(AccumulationMixin, GradientStatisticsMixin, SlotsMixin
         grads = keras_seam.keras_clip_gradients(self, grads)
         grads = self._transform_reduced_gradients(grads, trainable_variables)
         run_update_steps(self, grads, trainable_variables)
+
+    def _update_ema(self):
+        """Keras's ``use_ema`` average, moved on *applied* updates only.
+
+        Keras moves the average on every micro-step and starts it (a copy of the
+        weights) at ``iterations == 0``; here it moves once per applied update and
+        starts at the first applied one, so neither the accumulation layout nor a
+        skipped update leaves a trace in it. ``ema_overwrite_frequency`` counts
+        applied updates too.
+        """
+        if not self.use_ema:
+            return
+        variables = keras_seam.built_variables(self)
+        applied_before = self.applied_updates
+        for variable, average in zip(variables, keras_seam.moving_averages(self)):
+            if average is None:
+                continue
+            decay = tf.cast(tf.not_equal(applied_before, 0), average.dtype) * self.ema_momentum
+            value = tf.cast(tf.convert_to_tensor(variable), average.dtype)
+            average.assign(rules.moving_average(average.value, value, decay))
+        if self.ema_overwrite_frequency:
+            # Keras's plain `tf.cond` here wraps a merge call (the overwrite is a
+            # `distribution.extended.update`), which MirroredStrategy rejects in a
+            # replica context, even for keras.optimizers.SGD.
+            cond_with_collectives(
+                tf.equal((applied_before + 1) % self.ema_overwrite_frequency, 0),
+                lambda: keras_seam.overwrite_with_moving_average(self, variables),
+            )
+
+    # ------------------------------------------------------------ state helpers
+    def _add_slots(self, var_list, name, initializer="zeros"):
+        """One slot per model variable (:func:`~tf_largebatch.optimizers.slots.add_slots`)."""
+        return add_slots(self, var_list, name, initializer)
+
+    def _add_local_variable(self, reference, name, aggregation="sum"):
+        """A replica-local slot (:func:`~tf_largebatch.optimizers.slots.add_local_variable`)."""
+        return add_local_variable(self, reference, name, aggregation)
+
+    def _slot(self, slots, variable):
+        """The entry of ``slots`` (built by :meth:`_add_slots`) for ``variable``."""
+        return slots[keras_seam.variable_index(self, variable)]
+
+    # ------------------------------------------------- counters and statistics
+    @property
+    def skipped_updates(self):
+        """Updates skipped because the all-reduced gradient was not finite (a Python int)."""
+        return self._reducer.skipped_updates
+
+    @property
+    def applied_updates(self):
+        """Optimizer updates actually applied so far, an int64 tensor.
+
+        ``iterations`` (optimizer updates, skipped ones included) minus the
+        updates skipped for a non-finite gradient. Inside ``update_step`` it does
+        not count the update in progress, so ``applied_updates + 1`` is the step
+        ``t`` of a bias correction (``1 - beta**t``): a skipped update leaves no
+        trace in any moment or bias correction.
+        """
+        return self._reducer.applied_updates(self.iterations)
+
+    @property
+    def num_gradient_samples(self):
+        """k = replicas in sync x gradient accumulation steps."""
+        return keras_seam.distribution_strategy(self).num_replicas_in_sync * (self.gradient_accumulation_steps or 1)
+
+    @property
+    def records_gradient_statistics(self):
+        """Whether this optimizer can record :meth:`gradient_statistics`: on every
+        update (``record_gradient_statistics=True``), or, for the VR optimizers,
+        on the updates asked for with :meth:`request_gradient_statistics`."""
+        return self._moments is not None
+
+    @property
+    def moments_recorder(self):
+        """The :class:`~tf_largebatch.optimizers.moments.MomentsRecorder` (``None`` when not
+        recording); built with the optimizer. Its :meth:`noise_estimates` give the
+        unbiased ``(sigma**2, |grad F|**2)`` of the last recorded update."""
+        return self._moments
+
+    def _check_records_statistics(self):
+        if self._moments is None:
+            raise ValueError(
+                f"{type(self).__name__} records no gradient statistics: create it with "
+                "record_gradient_statistics=True (or use a VR optimizer)."
+            )
+
+    def request_gradient_statistics(self):
+        """Asks for the statistics of the next applied update (call eagerly).
+
+        An optimizer created with ``record_gradient_statistics=True`` records
+        every update and needs no request. The VR optimizers compute the
+        GSNR on every update anyway, but the monitoring statistics (five
+        reductions per variable) only on the updates that follow a request:
+        :class:`~tf_largebatch.callbacks.GSNRMonitor` requests before each
+        reading. :attr:`gradient_statistics_step` says which update the
+        recorded statistics belong to.
+        """
+        self._check_records_statistics()
+        if not self.built:
+            raise ValueError(
+                f"Build {type(self).__name__} (e.g. its first step, or `optimizer.build(variables)`) before "
+                "requesting gradient statistics."
+            )
+        self._moments.request()
+
+    @property
+    def gradient_statistics_step(self):
+        """The optimizer update (``iterations`` after it, from 1) whose statistics
+        :meth:`gradient_statistics` returns; 0 before any was recorded."""
+        if self._moments is None or not self.built:
+            return 0
+        return self._moments.recorded_step
+
+    def gradient_statistics(self):
+        """The last recorded update's per-variable gradient statistics, by variable path.
+
+        Recorded on every update with ``record_gradient_statistics=True``, and
+        by the VR optimizers otherwise on the updates after
+        :meth:`request_gradient_statistics` (:attr:`gradient_statistics_step`
+        says which): ``{path: {"mean_square": sum gbar**2, "variance":
+        sum s2, "gsnr_mean": mean raw GSNR over the elements with finite GSNR}}``
+        (sums over the variable's elements; ``gbar`` and ``s2`` are the mean and
+        variance of the step's k gradient samples, see
+        :mod:`~tf_largebatch.optimizers.moments`); the VR optimizers add
+        ``fraction_at_lower``/``fraction_at_upper`` (elements clipped at
+        ``gamma``/the upper bound). Read eagerly, e.g. by
+        :class:`tf_largebatch.callbacks.GSNRMonitor`.
+        """
+        self._check_records_statistics()
+        if not self.built:
+            raise ValueError(f"{type(self).__name__} has no statistics before its first step.")
+        if not self._moments.every_update and self.gradient_statistics_step == 0:
+            raise ValueError(
+                f"{type(self).__name__} was created with record_gradient_statistics=False and has recorded no "
+                "statistics yet: they are recorded on the updates after request_gradient_statistics() (which "
+                "GSNRMonitor calls), or on every update with record_gradient_statistics=True."
+            )
+        return self._moments.read(keras_seam.built_variables(self))
 
     # ---------------------------------------------------------------- config
     def get_config(self):

@@ -28,7 +28,8 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import keras_seam, rules
+from tf_largebatch.optimizers import rules
+from tf_largebatch.optimizers.docstrings import document
 from tf_largebatch.optimizers.layerwise import LayerwiseOptimizer
 
 
@@ -296,6 +297,5 @@ class PercentDelta(LayerwiseOptimizer):
 
 
 for _cls in (MCLR, PercentDelta):
-    _cls.__doc__ = _cls.__doc__.replace("{{common_args}}", _COMMON_ARGS).replace("{{scales}}", _SCALES)
-    keras_seam.document_base_keyword_args(_cls)
+    document(common_args=_COMMON_ARGS, scales=_SCALES)(_cls)
 del _cls

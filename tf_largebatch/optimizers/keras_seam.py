@@ -1,4 +1,4 @@
-"""The one module of tf_largebatch that reaches behind Keras's public API.
+"""The one module of tf_largebatch that reaches behind Keras's and TensorFlow's public API.
 
 Large-batch optimizers need a few things Keras 3 keeps private: the micro-step
 counter under gradient accumulation, the per-variable update step in
@@ -18,16 +18,21 @@ import os
 import warnings
 
 import keras
+import tensorflow as tf
 from keras.src import backend as _keras_backend
 from keras.src.optimizers import base_optimizer as _base_optimizer
 from keras.src.optimizers import optimizer as _optimizer_module
-from keras.src.saving import serialization_lib as _serialization_lib
 from keras.src.utils import tracking as _tracking
 
 #: Keras versions whose private optimizer API this module was checked against:
 #: ``MIN <= version < MAX_EXCLUSIVE`` (major, minor).
 SUPPORTED_KERAS_MIN = (3, 15)
 SUPPORTED_KERAS_MAX_EXCLUSIVE = (3, 16)
+
+#: TensorFlow versions whose ``tf.__internal__`` helpers this module was checked
+#: against (pyproject.toml's ``tensorflow>=2.20,<3``).
+SUPPORTED_TENSORFLOW_MIN = (2, 20)
+SUPPORTED_TENSORFLOW_MAX_EXCLUSIVE = (3, 0)
 
 
 def _major_minor(version):
@@ -44,6 +49,27 @@ def _major_minor(version):
 ALLOW_UNTESTED_KERAS_VARIABLE = "TF_LARGEBATCH_ALLOW_UNTESTED_KERAS"
 
 
+def _check_version(library, version, low, high_exclusive, what, allow_untested):
+    """``version`` if ``low <= (major, minor) < high_exclusive``; else ImportError (or a warning)."""
+    parsed = _major_minor(str(version))
+    if parsed is not None and low <= parsed < high_exclusive:
+        return version
+    low_text = ".".join(map(str, low))
+    high_text = ".".join(map(str, high_exclusive))
+    message = (
+        f"tf_largebatch's optimizers were tested with {library} >={low_text},<{high_text}: they use {what}. "
+        f"Received: {library.lower()} version {version!r}. Install a tested {library} "
+        f'(pip install "{library.lower()}>={low_text},<{high_text}"), or set {ALLOW_UNTESTED_KERAS_VARIABLE}=1 '
+        "to try this one at your own risk."
+    )
+    if allow_untested is None:
+        allow_untested = os.environ.get(ALLOW_UNTESTED_KERAS_VARIABLE) == "1"
+    if not allow_untested:
+        raise ImportError(message)
+    warnings.warn(message, stacklevel=3)
+    return version
+
+
 def check_keras_version(version=None, allow_untested=None):
     """Raises ``ImportError`` unless ``version`` (default: the installed Keras) is supported.
 
@@ -57,23 +83,25 @@ def check_keras_version(version=None, allow_untested=None):
         The version string.
     """
     version = keras.__version__ if version is None else version
-    parsed = _major_minor(str(version))
-    if parsed is not None and SUPPORTED_KERAS_MIN <= parsed < SUPPORTED_KERAS_MAX_EXCLUSIVE:
-        return version
-    low = ".".join(map(str, SUPPORTED_KERAS_MIN))
-    high = ".".join(map(str, SUPPORTED_KERAS_MAX_EXCLUSIVE))
-    message = (
-        f"tf_largebatch's optimizers were tested with Keras >={low},<{high}: they override private Keras "
-        f"hooks that move between minor releases. Received: keras version {version!r}. Install a tested "
-        f'Keras (pip install "keras>={low},<{high}"), or set {ALLOW_UNTESTED_KERAS_VARIABLE}=1 to try this one '
-        "at your own risk."
-    )
-    if allow_untested is None:
-        allow_untested = os.environ.get(ALLOW_UNTESTED_KERAS_VARIABLE) == "1"
-    if not allow_untested:
-        raise ImportError(message)
-    warnings.warn(message, stacklevel=2)
-    return version
+    return _check_version("Keras", version, SUPPORTED_KERAS_MIN, SUPPORTED_KERAS_MAX_EXCLUSIVE,
+                          "private Keras hooks that move between minor releases", allow_untested)
+
+
+def check_tensorflow_version(version=None, allow_untested=None):
+    """Raises ``ImportError`` unless ``version`` (default: the installed TensorFlow) is supported.
+
+    Args:
+        version: a TensorFlow version string such as ``"2.21.0"``; ``None``
+            reads ``tf.__version__``.
+        allow_untested: as :func:`check_keras_version` (the same environment
+            variable).
+
+    Returns:
+        The version string.
+    """
+    version = tf.__version__ if version is None else version
+    return _check_version("TensorFlow", version, SUPPORTED_TENSORFLOW_MIN, SUPPORTED_TENSORFLOW_MAX_EXCLUSIVE,
+                          "tf.__internal__ distribution helpers", allow_untested)
 
 
 def check_backend(backend=None):
@@ -93,19 +121,14 @@ def check_backend(backend=None):
 
 
 check_keras_version()
+check_tensorflow_version()
 check_backend()
 
 # ----------------------------------------------------------------- documentation
 #: Keras's description of the keyword arguments every optimizer accepts, for
-#: docstrings (the ``{{base_optimizer_keyword_args}}`` placeholder).
+#: docstrings (the ``{{base_optimizer_keyword_args}}`` placeholder of
+#: :mod:`~tf_largebatch.optimizers.docstrings`).
 BASE_OPTIMIZER_KEYWORD_ARGS = _optimizer_module.base_optimizer_keyword_args
-
-
-def document_base_keyword_args(cls):
-    """Replaces ``{{base_optimizer_keyword_args}}`` in ``cls.__doc__`` with Keras's text; returns ``cls``."""
-    if cls.__doc__:
-        cls.__doc__ = cls.__doc__.replace("{{base_optimizer_keyword_args}}", BASE_OPTIMIZER_KEYWORD_ARGS)
-    return cls
 
 
 def base_optimizer_parameters():
@@ -151,6 +174,30 @@ def variable_index(optimizer, variable):
 def distribution_strategy(optimizer):
     """The ``tf.distribute`` strategy the optimizer was created under."""
     return optimizer._distribution_strategy
+
+
+def track_checkpoint_dependency(optimizer, name, variable):
+    """Saves ``variable`` in ``tf.train.Checkpoint`` under ``name`` on ``optimizer``.
+
+    ``tf.train.Checkpoint`` names an optimizer's variables by the attribute that
+    holds them (``optimizer/_skipped_updates``) or else by their position in
+    Keras's variable list. State that a component owns keeps its attribute name
+    this way, so checkpoints written when the optimizer held it directly load.
+    """
+    optimizer._track_trackable(variable, name=name, overwrite=True)
+
+
+# ----------------------------------------------------------- tf.distribute helpers
+def strategy_supports_no_merge_call():
+    """Whether the current strategy runs without merge calls (TPU, no strategy): then
+    a ``tf.cond`` may hold collectives in replica context."""
+    return tf.__internal__.distribute.strategy_supports_no_merge_call()
+
+
+def maybe_merge_call(fn, strategy, *args):
+    """``fn(strategy, *args)`` in cross-replica context: one merge call from a replica
+    context, or a direct call where the strategy needs none."""
+    return tf.__internal__.distribute.interim.maybe_merge_call(fn, strategy, *args)
 
 
 # --------------------------------------------------------------- step counters
@@ -210,22 +257,6 @@ def overwrite_with_moving_average(optimizer, variables):
     optimizer._overwrite_model_variables_with_average_value(variables)
 
 
-# ------------------------------------------------------------------ serialization
-def serialize(obj):
-    """``keras.saving``'s serialization of a Keras object (nested configs keep their class)."""
-    return _serialization_lib.serialize_keras_object(obj)
-
-
-def deserialize(config, custom_objects=None):
-    """The inverse of :func:`serialize`."""
-    return _serialization_lib.deserialize_keras_object(config, custom_objects=custom_objects)
-
-
-def optimizer_from_config(cls, config, custom_objects=None):
-    """``keras.optimizers.Optimizer.from_config`` for ``cls``, bypassing an override in ``cls``."""
-    return keras.optimizers.Optimizer.from_config.__func__(cls, dict(config), custom_objects=custom_objects)
-
-
 # ------------------------------------------------------------- the hooks class
 class KerasOptimizerHooks(keras.optimizers.Optimizer):
     """``keras.optimizers.Optimizer`` with its private hooks routed to named methods.
@@ -240,7 +271,9 @@ class KerasOptimizerHooks(keras.optimizers.Optimizer):
       between Keras's unscaling of the loss-scale factor and its counter
       increment, in replica context;
     - ``_current_learning_rate()``: the learning rate of the update in progress
-      (default: Keras's own).
+      (default: Keras's own);
+    - ``applies_weight_decay(variable)``: Keras's ``_use_weight_decay``
+      (default: Keras's own decision).
 
     Clipping and decoupled weight decay are switched off at Keras's hook points:
     a subclass applies them itself, on the all-reduced gradient
@@ -252,6 +285,13 @@ class KerasOptimizerHooks(keras.optimizers.Optimizer):
 
     def _apply_weight_decay(self, variables):
         return
+
+    def _use_weight_decay(self, variable):
+        return self.applies_weight_decay(variable)
+
+    def applies_weight_decay(self, variable):
+        """Whether ``variable`` gets this optimizer's weight decay (default: Keras's decision)."""
+        return keras_uses_weight_decay(self, variable)
 
     def _get_current_learning_rate(self):
         return self._current_learning_rate()

@@ -9,11 +9,13 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import keras_seam, rules
+from tf_largebatch.optimizers import rules
+from tf_largebatch.optimizers.docstrings import document
 from tf_largebatch.optimizers.layerwise import LayerwiseAdam
 
 
 @keras.saving.register_keras_serializable(package="tf_largebatch")
+@document()
 class LAMB(LayerwiseAdam):
     """LAMB (You et al. 2020, Algorithm 2), optionally with NVLAMB clipping.
 
@@ -109,5 +111,3 @@ class LAMB(LayerwiseAdam):
         config["clip_global_norm_before_moments"] = self.clip_global_norm_before_moments
         return config
 
-
-keras_seam.document_base_keyword_args(LAMB)

@@ -11,7 +11,8 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import keras_seam, rules
+from tf_largebatch.optimizers import rules
+from tf_largebatch.optimizers.docstrings import document
 from tf_largebatch.optimizers.layerwise import TrustRatioOptimizer
 
 TRUST_RATIO_ON = ("gradient", "momentum")
@@ -19,6 +20,7 @@ TRUST_RATIO_DENOMINATORS = ("norm_of_sum", "sum_of_norms")
 
 
 @keras.saving.register_keras_serializable(package="tf_largebatch")
+@document()
 class LARS(TrustRatioOptimizer):
     """Layer-wise adaptive rate scaling (You et al. 2017 and 2020).
 
@@ -182,5 +184,3 @@ class LARS(TrustRatioOptimizer):
         )
         return config
 
-
-keras_seam.document_base_keyword_args(LARS)

@@ -35,6 +35,7 @@ import tensorflow as tf
 from tf_largebatch import validation
 from tf_largebatch.optimizers import keras_seam, rules
 from tf_largebatch.optimizers.base import LargeBatchOptimizer, compute_dtype
+from tf_largebatch.optimizers.docstrings import document
 from tf_largebatch.optimizers.selection import VariableSelection
 
 #: Where momentum sits relative to the layer-wise rate (see the module docstring).
@@ -186,15 +187,7 @@ _LAYERWISE_ARGS = """
 _TABLE3 = "You et al. 2020, \"The Limit of the Batch Size\", Sec. 3 and Table 3."
 
 
-def _document(cls):
-    replacements = {
-        "{{layerwise_args}}": _LAYERWISE_ARGS,
-        "{{table3}}": _TABLE3,
-        "{{base_optimizer_keyword_args}}": keras_seam.BASE_OPTIMIZER_KEYWORD_ARGS,
-    }
-    for placeholder, text in replacements.items():
-        cls.__doc__ = cls.__doc__.replace(placeholder, text)
-    return cls
+_document = document(layerwise_args=_LAYERWISE_ARGS, table3=_TABLE3)
 
 
 @keras.saving.register_keras_serializable(package="tf_largebatch")

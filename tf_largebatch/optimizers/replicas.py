@@ -42,7 +42,7 @@ def cond_with_collectives(predicate, true_fn, args=(), false_fn=None):
         fn(*fn_args)
         return tf.constant(True)
 
-    if not tf.distribute.has_strategy() or tf.__internal__.distribute.strategy_supports_no_merge_call():
+    if not tf.distribute.has_strategy() or keras_seam.strategy_supports_no_merge_call():
         tf.cond(predicate, lambda: no_output(true_fn, *args), lambda: no_output(false_fn))
         return
 
@@ -67,7 +67,7 @@ def run_update_steps(optimizer, grads, trainable_variables):
     reached through one merge call.
     """
     grads_and_vars = [(g, tf_variable(v)) for g, v in zip(grads, trainable_variables)]
-    tf.__internal__.distribute.interim.maybe_merge_call(
+    keras_seam.maybe_merge_call(
         keras_seam.distributed_update_step(optimizer),
         keras_seam.distribution_strategy(optimizer),
         grads_and_vars,

@@ -1,9 +1,9 @@
 """Optimizer state of the package's optimizers: slots, replica-local variables, dtypes.
 
-Pure helpers (:func:`compute_dtype`, :func:`variable_path`, :func:`densify`) and
-:class:`SlotsMixin`, the part of
-:class:`~tf_largebatch.optimizers.base.LargeBatchOptimizer` that creates
-per-variable state.
+Pure helpers (:func:`compute_dtype`, :func:`variable_path`, :func:`densify`)
+and the two ways the optimizers and their components create per-variable
+state: :func:`add_slots` (one optimizer variable per model variable, mirrored)
+and :func:`add_local_variable` (replica-local, sync-on-read).
 """
 
 import keras
@@ -44,57 +44,63 @@ def densify(gradient):
     return gradient
 
 
-class SlotsMixin:
-    """Slot variables (one per model variable) and replica-local state of an optimizer."""
+def add_local_variable(optimizer, reference, name, aggregation="sum"):
+    """A replica-local (sync-on-read) variable of ``optimizer`` shaped like ``reference``, float32 or wider.
 
-    def _add_local_variable(self, reference, name, aggregation="sum"):
-        """A replica-local (sync-on-read) slot shaped like ``reference``, float32 or wider.
+    Each replica reads and writes its own copy without communication. With
+    ``aggregation="sum"`` a checkpoint saves the sum over replicas and a
+    restore gives every replica ``sum / replicas``, so sums over replicas
+    (partial gradient sums) survive save/restore exactly, even onto another
+    number of replicas. With ``"mean"`` it suits state that every replica
+    computes identically (restored unchanged).
 
-        Each replica reads and writes its own copy without communication. With
-        ``aggregation="sum"`` a checkpoint saves the sum over replicas and a
-        restore gives every replica ``sum / replicas``, so sums over replicas
-        (partial gradient sums) survive save/restore exactly, even onto another
-        number of replicas. With ``"mean"`` it suits state that every replica
-        computes identically (restored unchanged).
-        """
-        strategy = keras_seam.distribution_strategy(self)
-        with strategy.extended.colocate_vars_with(tf_variable(reference)):
-            with keras_seam.name_scope(self):
-                variable = keras.Variable(
-                    initializer="zeros",
-                    shape=reference.shape,
-                    dtype=compute_dtype(reference).name,
-                    trainable=False,
-                    aggregation=aggregation,
-                    synchronization="on_read",
-                    name=f"{reference.name}_{name}",
+    Args:
+        optimizer: the Keras optimizer that tracks (saves, restores) the variable.
+        reference: the model variable it belongs to (shape, dtype, device).
+        name: suffix of the variable's name (``<reference.name>_<name>``).
+        aggregation: ``"sum"`` or ``"mean"``.
+    """
+    strategy = keras_seam.distribution_strategy(optimizer)
+    with strategy.extended.colocate_vars_with(tf_variable(reference)):
+        with keras_seam.name_scope(optimizer):
+            variable = keras.Variable(
+                initializer="zeros",
+                shape=reference.shape,
+                dtype=compute_dtype(reference).name,
+                trainable=False,
+                aggregation=aggregation,
+                synchronization="on_read",
+                name=f"{reference.name}_{name}",
+            )
+    keras_seam.track_variable(optimizer, variable)
+    return variable
+
+
+def add_slots(optimizer, var_list, name, initializer="zeros"):
+    """One variable of ``optimizer`` per model variable, in :func:`compute_dtype`.
+
+    Like Keras's ``add_optimizer_variables``, but float32 for float16/bfloat16
+    variables, so low-precision weights follow the float32 trajectory up to
+    the rounding of the weights themselves.
+
+    Args:
+        optimizer: the Keras optimizer that owns the slots.
+        var_list: the model variables.
+        name: the slot's name (``momentum``, ``velocity_root``, ...).
+        initializer: a Keras initializer or its name.
+    """
+    slots = []
+    for variable in var_list:
+        if compute_dtype(variable) == tf.as_dtype(variable.dtype):
+            slots.append(optimizer.add_variable_from_reference(variable, name=name, initializer=initializer))
+            continue
+        with keras_seam.distribution_strategy(optimizer).extended.colocate_vars_with(tf_variable(variable)):
+            slots.append(
+                optimizer.add_variable(
+                    shape=variable.shape,
+                    initializer=initializer,
+                    dtype="float32",
+                    name=f"{variable.path.replace('/', '_')}_{name}",
                 )
-        keras_seam.track_variable(self, variable)
-        return variable
-
-    def _add_slots(self, var_list, name, initializer="zeros"):
-        """One optimizer variable per model variable, in :func:`compute_dtype`.
-
-        Like Keras's ``add_optimizer_variables``, but float32 for float16/bfloat16
-        variables, so low-precision weights follow the float32 trajectory up to
-        the rounding of the weights themselves.
-        """
-        slots = []
-        for variable in var_list:
-            if compute_dtype(variable) == tf.as_dtype(variable.dtype):
-                slots.append(self.add_variable_from_reference(variable, name=name, initializer=initializer))
-                continue
-            with keras_seam.distribution_strategy(self).extended.colocate_vars_with(tf_variable(variable)):
-                slots.append(
-                    self.add_variable(
-                        shape=variable.shape,
-                        initializer=initializer,
-                        dtype="float32",
-                        name=f"{variable.path.replace('/', '_')}_{name}",
-                    )
-                )
-        return slots
-
-    def _slot(self, slots, variable):
-        """The entry of ``slots`` (built by :meth:`_add_slots`) for ``variable``."""
-        return slots[keras_seam.variable_index(self, variable)]
+            )
+    return slots

@@ -8,11 +8,13 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import keras_seam, rules
+from tf_largebatch.optimizers import rules
+from tf_largebatch.optimizers.docstrings import document
 from tf_largebatch.optimizers.base import LargeBatchOptimizer, compute_dtype
 
 
 @keras.saving.register_keras_serializable(package="tf_largebatch")
+@document()
 class SNGM(LargeBatchOptimizer):
     """Stochastic normalized gradient descent with momentum (Algorithm 1).
 
@@ -79,7 +81,7 @@ class SNGM(LargeBatchOptimizer):
     def _transform_reduced_gradients(self, grads, trainable_variables):
         if self.weight_decay:
             grads = [
-                rules.add_weight_decay(g, v, self.weight_decay) if self._use_weight_decay(v) else g
+                rules.add_weight_decay(g, v, self.weight_decay) if self.applies_weight_decay(v) else g
                 for g, v in zip(grads, trainable_variables)
             ]
         if self.layerwise:
@@ -100,5 +102,3 @@ class SNGM(LargeBatchOptimizer):
         config.update({"momentum": self.momentum, "layerwise": self.layerwise})
         return config
 
-
-keras_seam.document_base_keyword_args(SNGM)

@@ -1,26 +1,46 @@
 """VRGD: GSNR-based variance-reduced optimizers (VR-SGD, VR-Adam, VR-LAMB, ...).
 
 Jiang et al., "Accelerating Large Batch Training via Gradient Signal to Noise
-Ratio (GSNR)", Algorithms 1, 3, 5. The math is in
-:mod:`tf_largebatch.optimizers.gsnr`; the replica plumbing (one all-reduce
-carrying both moments, replica-local accumulators) in
-:mod:`tf_largebatch.optimizers.base`. This module is the Keras surface: the
-generic :class:`VR` wrapper and the five named variants, each an explicit
-class whose constructor lists its base optimizer's arguments.
+Ratio (GSNR)", Algorithms 1, 3, 5. This module is the Keras surface:
+
+* :class:`VR`, the wrapper around any Keras optimizer. Its update reads the
+  moments of the step's k gradient samples from the chassis's
+  :class:`~tf_largebatch.optimizers.moments.MomentsRecorder` (one all-reduce
+  carries both moments), turns them into the GSNR factor
+  (:mod:`~tf_largebatch.optimizers.gsnr`) in :func:`adapted_gradient`, and
+  hands ``g_hat`` to the inner optimizer;
+* the named variants (:data:`VARIANTS`: ``VRSGD``, ``VRMomentum``, ``VRAdam``,
+  ``VRLAMB``, ``VRLARS``), each made by :func:`make_variant` from one row of
+  (inner class, defaults): their signatures and docstrings are derived from
+  the inner class, their config is flat like their constructor.
 """
+
+import collections
+import inspect
+import re
 
 import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import gsnr, keras_seam
+from tf_largebatch.optimizers import gsnr, keras_seam, moments, rules
 from tf_largebatch.optimizers.base import LargeBatchOptimizer, apply_reduced_gradients
+from tf_largebatch.optimizers.docstrings import document, fill
+from tf_largebatch.optimizers.lamb import LAMB
+from tf_largebatch.optimizers.lars import LARS
 
-#: Base-optimizer keyword arguments that belong to the VR wrapper (they act on the
-#: per-replica gradient samples); every other one belongs to the inner optimizer.
-WRAPPER_ARGUMENTS = ("use_ema", "ema_momentum", "ema_overwrite_frequency", "gradient_accumulation_steps",
-                     "loss_scale_factor", "nonfinite_gradients", "record_gradient_statistics")
-_INNER_ARGUMENTS = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm")
+#: Keras base keywords the inner optimizer keeps: they act on the GSNR-adapted
+#: gradient. Every other base keyword (:data:`tf_largebatch.validation.BASE_KEYWORDS`)
+#: belongs to the wrapper, which sees the per-replica gradient samples.
+INNER_KEYWORDS = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm")
+
+#: Keyword arguments that belong to the VR wrapper (they act on the per-replica
+#: gradient samples); every other one belongs to the inner optimizer.
+WRAPPER_ARGUMENTS = tuple(k for k in validation.BASE_KEYWORDS if k not in INNER_KEYWORDS) + (
+    "nonfinite_gradients", "record_gradient_statistics")
+
+#: The VR wrapper's own arguments, with their defaults (the variants' gsnr_momentum default is per row).
+GSNR_ARGUMENTS = ("gamma", "gsnr_momentum", "gsnr_upper_bound")
 
 _SAMPLES_NOTE = """\
     The GSNR is estimated from ``k`` gradient samples per update (``k`` = replicas
@@ -29,6 +49,13 @@ _SAMPLES_NOTE = """\
     variance estimate is noisier (its relative standard error is about
     ``sqrt(2 / (k - 1))``: 100 % at ``k = 3``, 53 % at ``k = 8``), so the
     per-element factors scatter more around their expectation."""
+
+_GSNR_ARGS_DOC = """\
+        gamma: float in (0, 1], lower clip bound of the normalised GSNR (paper:
+            0.1 for every experiment).
+        gsnr_momentum: float in [0, 1), the paper's beta_3 (0 for VR-SGD,
+            VR-Momentum and VR-LARS, 0.9 for VR-Adam and VR-LAMB).
+        gsnr_upper_bound: float >= gamma, upper clip bound (paper: 1)."""
 
 _WRAPPER_KEYWORDS_DOC = """\
         gradient_accumulation_steps: int >= 2 or None. Each micro-batch is one
@@ -55,16 +82,12 @@ _REFERENCES = """\
         Liu et al., "Understanding Why Neural Networks Generalize Well Through
             GSNR of Parameters", ICLR 2020."""
 
-
-def _fill_docstring(cls):
-    cls.__doc__ = (cls.__doc__.replace("{{samples_note}}", _SAMPLES_NOTE)
-                   .replace("{{wrapper_keywords}}", _WRAPPER_KEYWORDS_DOC)
-                   .replace("{{references}}", _REFERENCES))
-    return cls
+_VR_TEXTS = {"vr_samples_note": _SAMPLES_NOTE, "vr_wrapper_keywords": _WRAPPER_KEYWORDS_DOC,
+             "vr_references": _REFERENCES, "vr_gsnr_args": _GSNR_ARGS_DOC}
 
 
 @keras.saving.register_keras_serializable(package="tf_largebatch")
-@_fill_docstring
+@document(**_VR_TEXTS)
 class VR(LargeBatchOptimizer):
     """Wraps any Keras optimizer and feeds it the GSNR-adapted mean gradient.
 
@@ -101,7 +124,7 @@ class VR(LargeBatchOptimizer):
     ``gsnr_upper_bound``; a single-element variable or an all-zero gradient gives
     the base optimizer's step). Variables with no elements are left alone.
 
-{{samples_note}}
+{{vr_samples_note}}
 
     Args:
         inner_optimizer: a Keras optimizer instance (``keras.optimizers.SGD``,
@@ -110,23 +133,22 @@ class VR(LargeBatchOptimizer):
             its own ``gradient_accumulation_steps`` or ``use_ema`` (set those on
             the wrapper). Its learning rate is the VR optimizer's learning rate:
             passing ``learning_rate`` to ``VR`` is an error.
-        gamma: float in (0, 1], lower clip bound of the normalised GSNR (paper:
-            0.1 for every experiment).
-        gsnr_momentum: float in [0, 1), the paper's beta_3 (0 for VR-SGD,
-            VR-Momentum and VR-LARS, 0.9 for VR-Adam and VR-LAMB).
-        gsnr_upper_bound: float >= gamma, upper clip bound (paper: 1).
-{{wrapper_keywords}}
+{{vr_gsnr_args}}
+{{vr_wrapper_keywords}}
             ``VR`` itself does not take these four: set them on the inner
             optimizer.
         name: string.
 
     References:
-{{references}}
+{{vr_references}}
     """
+
+    #: The statistics table's columns: the monitoring ones plus the clip fractions.
+    statistic_names = gsnr.STATISTIC_NAMES
 
     def __init__(self, inner_optimizer, gamma=0.1, gsnr_momentum=0.0, gsnr_upper_bound=1.0,
                  record_gradient_statistics=False, name="vr", **kwargs):
-        for argument in _INNER_ARGUMENTS:
+        for argument in INNER_KEYWORDS:
             if kwargs.get(argument) is not None:
                 raise ValueError(
                     f"VR does not take `{argument}`: set it on the inner optimizer, which applies it to the "
@@ -155,6 +177,11 @@ class VR(LargeBatchOptimizer):
         self.gsnr_momentum = validation.check_probability("gsnr_momentum", gsnr_momentum)
         self.gsnr_upper_bound = validation.check_number("gsnr_upper_bound", gsnr_upper_bound, low=self.gamma)
 
+    def _make_moments_recorder(self):
+        # The GSNR needs both moments on every update; the table only when asked.
+        return moments.MomentsRecorder(statistic_names=self.statistic_names,
+                                       every_update=self.record_gradient_statistics)
+
     # ----------------------------------------------------------- Keras surface
     @property
     def learning_rate(self):
@@ -180,37 +207,30 @@ class VR(LargeBatchOptimizer):
         )
 
     # ------------------------------------------------------------ update path
-    def _records_statistics(self):
-        return True
-
-    def _statistic_names(self):
-        return gsnr.STATISTIC_NAMES
-
     def _update_from_reduced_statistics(self, statistics, trainable_variables):
+        recorder = self._moments
         step = self.applied_updates + 1
-        num_replicas = keras_seam.distribution_strategy(self).num_replicas_in_sync
-        record = True if self._records_every_update() else self._statistics_requested()
+        record = recorder.record_due()
         adapted = []
-        rows = self._empty_statistic_rows()
+        rows = recorder.empty_rows()
         for sum_of_means, sum_of_squares, variable in zip(*statistics, trainable_variables):
             index = keras_seam.variable_index(self, variable)
             slot = None if self._gsnr_momentums is None else self._gsnr_momentums[index]
             gradient, mean, momentum, rows[index] = _adapted_gradient_function(variable)(
-                sum_of_means, sum_of_squares, self._moment_shift(variable),
+                sum_of_means, sum_of_squares, recorder.shift(variable),
                 None if slot is None else tf.convert_to_tensor(slot.value), step,
-                num_replicas=num_replicas, num_samples=self.num_gradient_samples, lower=self.gamma,
-                upper=self.gsnr_upper_bound, decay=self.gsnr_momentum,
-                with_statistics=record,
+                num_replicas=recorder.num_replicas, num_samples=recorder.num_samples, lower=self.gamma,
+                upper=self.gsnr_upper_bound, decay=self.gsnr_momentum, with_statistics=record,
             )
             if slot is not None:
                 slot.assign(tf.cast(momentum, slot.dtype))
-            self._remember_mean(variable, mean)
+            recorder.remember_mean(variable, mean)
             adapted.append(tf.cast(gradient, variable.dtype))
         if record is True:
-            self._store_statistics(rows)
+            recorder.store(rows)
         else:
             def store():
-                self._store_statistics(rows)
+                recorder.store(rows)
                 return tf.constant(True)
 
             tf.cond(record, store, lambda: tf.constant(False))
@@ -225,7 +245,7 @@ class VR(LargeBatchOptimizer):
         config = self._wrapper_config()
         config.update(
             {
-                "inner_optimizer": keras_seam.serialize(self.inner_optimizer),
+                "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
                 "gamma": self.gamma,
                 "gsnr_momentum": self.gsnr_momentum,
                 "gsnr_upper_bound": self.gsnr_upper_bound,
@@ -236,7 +256,7 @@ class VR(LargeBatchOptimizer):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        inner = keras_seam.deserialize(config.pop("inner_optimizer"), custom_objects=custom_objects)
+        inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
         return cls(inner, **config)
 
 
@@ -270,13 +290,58 @@ def _check_inner_optimizer(inner_optimizer):
             )
 
 
+# ------------------------------------------------------------ the VR transform
+def adapted_gradient(sum_of_means, sum_of_mean_squares, shift, momentum, step, *, num_replicas, num_samples,
+                     lower, upper, decay, with_statistics):
+    """One variable's whole VR transform, from the all-reduced sums to ``g_hat``.
+
+    The sample moments (:func:`~tf_largebatch.optimizers.moments.sample_moments`,
+    the one place they are computed), the clipped normalised GSNR
+    (:func:`~tf_largebatch.optimizers.gsnr.clipped_gsnr_of_signal`), and, with a
+    ``momentum`` (the previous ``p``), the GSNR momentum with its bias
+    correction at the 1-based applied update ``step``::
+
+        p_t   = decay * p_{t-1} + (1 - decay) * r
+        g_hat = p_t / (1 - decay**step) * gbar
+
+    Written as one function so that it can be compiled as one XLA cluster
+    (element-wise work fused into few passes) even where the model step is not.
+    ``shift``/``momentum`` may be ``None`` (no shift; no GSNR momentum).
+
+    Args:
+        with_statistics: ``True``, ``False``, or a boolean scalar tensor (the
+            statistics' reductions then run only when it is true).
+
+    Returns:
+        ``(g_hat, gbar, p_t or None, statistics or None)``; the statistics
+        (:func:`~tf_largebatch.optimizers.gsnr.gsnr_statistics`; zeros where a
+        tensor ``with_statistics`` is false) are ``None`` only for
+        ``with_statistics=False``.
+    """
+    sample = moments.sample_moments(sum_of_means, sum_of_mean_squares, shift, num_replicas=num_replicas,
+                                    num_samples=num_samples)
+    factor, mean_gsnr = gsnr.clipped_gsnr_of_signal(sample.signal, sample.variance, lower, upper)
+    statistics = None
+    if with_statistics is not False:
+        def statistics_now():
+            return gsnr.gsnr_statistics(sample.mean, sample.variance, factor, mean_gsnr, lower, upper,
+                                        signal=sample.signal)
+
+        statistics = statistics_now() if with_statistics is True else tf.cond(
+            with_statistics, statistics_now, lambda: tf.zeros([len(gsnr.STATISTIC_NAMES)]))
+    if momentum is not None:
+        momentum = rules.moving_average(tf.cast(momentum, tf.float32), factor, decay)
+        factor = rules.bias_correction(momentum, decay, step)
+    return factor * sample.mean, sample.mean, momentum, statistics
+
+
 #: The per-variable VR transform as one XLA cluster. Keras compiles the model step
 #: with XLA only on one device (``jit_compile="auto"`` turns it off under a
 #: tf.distribute strategy and on CPU). Compiled on its own, the GSNR chain's
 #: element-wise operations fuse into a few passes over memory; inside a Keras XLA
 #: step it is simply inlined. It holds no variables (XLA under MirroredStrategy
 #: refuses resources of other devices); the caller reads and assigns the GSNR momentum.
-_compiled_adapted_gradient = tf.function(gsnr.adapted_gradient, jit_compile=True)
+_compiled_adapted_gradient = tf.function(adapted_gradient, jit_compile=True)
 
 #: Device types on which large variables use the compiled function. On CPU it paid
 #: in whole MirroredStrategy x4 steps (VRAdam / Adam, benchmarks/vr_step_parts.py):
@@ -294,138 +359,63 @@ def _adapted_gradient_function(variable):
     device = tf.DeviceSpec.from_string(getattr(backend_variable, "device", "") or "").device_type
     if device in COMPILE_ON_DEVICE_TYPES and variable.shape.num_elements() >= COMPILE_MIN_ELEMENTS:
         return _compiled_adapted_gradient
-    return gsnr.adapted_gradient
+    return adapted_gradient
 
 
-class _FixedInnerVR(VR):
-    """A :class:`VR` around a fixed base class, built from the base's own arguments.
 
-    ``VRAdam(learning_rate=1e-3, beta_1=0.9, weight_decay=..., gamma=0.1)`` is
-    ``VR(Adam(learning_rate=1e-3, beta_1=0.9, weight_decay=...), gamma=0.1,
-    gsnr_momentum=0.9)``: wrapper arguments (accumulation, EMA, the non-finite
-    policy) go to the wrapper, all others to the base optimizer. The config is
-    flat, like the constructor.
-    """
-
-    @classmethod
-    def inner_optimizer_class(cls):
-        """The base optimizer class this variant wraps."""
-        raise NotImplementedError
-
-    def __init__(self, inner_arguments, *, gamma, gsnr_momentum, gsnr_upper_bound, name, kwargs):
-        wrapper_kwargs = {key: kwargs.pop(key) for key in WRAPPER_ARGUMENTS if key in kwargs}
-        inner_arguments = {**inner_arguments, **kwargs}
-        validation.check_learning_rate(inner_arguments.get("learning_rate"))
-        validation.check_base_keywords(inner_arguments)
-        inner = self.inner_optimizer_class()(**inner_arguments)
-        super().__init__(
-            inner, gamma=gamma, gsnr_momentum=gsnr_momentum, gsnr_upper_bound=gsnr_upper_bound, name=name,
-            **wrapper_kwargs,
-        )
-
-    def get_config(self):
-        inner_config = self.inner_optimizer.get_config()
-        config = {key: value for key, value in inner_config.items() if key not in ("name",) + WRAPPER_ARGUMENTS}
-        config.update(self._wrapper_config())
-        config.update({"gamma": self.gamma, "gsnr_momentum": self.gsnr_momentum,
-                       "gsnr_upper_bound": self.gsnr_upper_bound})
-        return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        return keras_seam.optimizer_from_config(cls, config, custom_objects=custom_objects)
+# ------------------------------------------------------------- the named variants
+#: One named VR optimizer: the inner class it wraps and what differs from it.
+#:
+#: * ``defaults``: constructor defaults that differ from the inner class's;
+#: * ``gsnr_momentum``: the default beta_3 (0.9 for the Adam-based variants);
+#: * ``check``: ``fn(arguments)``, checks stricter than the inner class's
+#:   (raised at construction, before the inner optimizer exists);
+#: * ``summary``: the docstring's text before its Args;
+#: * ``argument_notes``: ``{argument: text}`` replacing the inner class's
+#:   description of that argument;
+#: * ``references``: added after the VR references.
+Variant = collections.namedtuple(
+    "Variant", ["name", "inner_class", "defaults", "gsnr_momentum", "check", "summary", "argument_notes",
+                "references"])
 
 
-def _check_sgd_arguments(momentum, nesterov):
-    validation.check_probability("momentum", momentum)
-    validation.check_bool("nesterov", nesterov)
+def _check_sgd_arguments(arguments):
+    validation.check_probability("momentum", arguments["momentum"])
+    validation.check_bool("nesterov", arguments["nesterov"])
 
 
-def _check_adam_arguments(beta_1, beta_2, epsilon):
-    validation.check_probability("beta_1", beta_1)
-    validation.check_probability("beta_2", beta_2)
+def _check_adam_arguments(arguments):
+    validation.check_probability("beta_1", arguments["beta_1"])
+    validation.check_probability("beta_2", arguments["beta_2"])
     # epsilon = 0 gives 0/0 = NaN where a gradient element stays exactly 0,
     # created after the finiteness check, so nothing would skip it.
-    validation.check_number("epsilon", epsilon, low=0.0, low_inclusive=False)
+    validation.check_number("epsilon", arguments["epsilon"], low=0.0, low_inclusive=False)
+    if "amsgrad" in arguments:
+        validation.check_bool("amsgrad", arguments["amsgrad"])
 
 
-@keras.saving.register_keras_serializable(package="tf_largebatch")
-@_fill_docstring
-class VRSGD(_FixedInnerVR):
-    """VR-SGD: GSNR-adapted SGD (Algorithm 1), ``VR(keras.optimizers.SGD(...))``.
+def _no_check(arguments):
+    return None
+
+
+_POSITIVE_EPSILON = "float > 0 (0 would give 0/0 where a gradient element stays 0)."
+
+VARIANTS = (
+    Variant("VRSGD", keras.optimizers.SGD, {}, 0.0, _check_sgd_arguments, """VR-SGD: GSNR-adapted SGD (Algorithm 1), ``VR(keras.optimizers.SGD(...))``.
 
     Per update ``g_hat = clip(normalised GSNR, gamma, gsnr_upper_bound) * gbar``
     (no GSNR momentum by default), then Keras SGD's own step on ``g_hat``. See
-    :class:`VR` for the update and the degenerate cases.
-
-{{samples_note}}
-
-    Args:
-        learning_rate: float >= 0, a schedule, or a callable.
-        momentum: float in [0, 1) (0: plain SGD, the paper's Algorithm 1; see
-            :class:`VRMomentum`).
-        nesterov: bool, Nesterov momentum (Keras SGD's).
-        gamma: float in (0, 1], lower clip bound of the normalised GSNR (0.1).
-        gsnr_momentum: float in [0, 1), the paper's beta_3 (0 for VR-SGD).
-        gsnr_upper_bound: float >= gamma, upper clip bound (paper: 1).
-{{wrapper_keywords}}
-        name: string.
-
-    References:
-{{references}}
-    """
-
-    @classmethod
-    def inner_optimizer_class(cls):
-        return keras.optimizers.SGD
-
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, gamma=0.1, gsnr_momentum=0.0,
-                 gsnr_upper_bound=1.0, name="vrsgd", **kwargs):
-        _check_sgd_arguments(momentum, nesterov)
-        super().__init__(dict(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov), gamma=gamma,
-                         gsnr_momentum=gsnr_momentum, gsnr_upper_bound=gsnr_upper_bound, name=name, kwargs=kwargs)
-
-
-@keras.saving.register_keras_serializable(package="tf_largebatch")
-@_fill_docstring
-class VRMomentum(_FixedInnerVR):
-    """VR-Momentum: GSNR-adapted SGD with momentum, ``VR(keras.optimizers.SGD(momentum=0.9))``.
+    :class:`VR` for the update and the degenerate cases.""",
+            {"momentum": "float in [0, 1) (0: plain SGD, the paper's Algorithm 1; see :class:`VRMomentum`)."},
+            ""),
+    Variant("VRMomentum", keras.optimizers.SGD, {"momentum": 0.9}, 0.0, _check_sgd_arguments,
+            """VR-Momentum: GSNR-adapted SGD with momentum, ``VR(keras.optimizers.SGD(momentum=0.9))``.
 
     The VR rule of Algorithm 1 on a heavy-ball base (the paper's Section 4.2):
     ``g_hat`` as for :class:`VRSGD`, then Keras SGD's momentum step
-    ``v <- momentum * v - learning_rate * g_hat``, ``w <- w + v``.
-
-{{samples_note}}
-
-    Args:
-        learning_rate: float >= 0, a schedule, or a callable.
-        momentum: float in [0, 1) (0.9).
-        nesterov: bool, Nesterov momentum (Keras SGD's).
-        gamma: float in (0, 1], lower clip bound of the normalised GSNR (0.1).
-        gsnr_momentum: float in [0, 1), the paper's beta_3 (0 here).
-        gsnr_upper_bound: float >= gamma, upper clip bound (paper: 1).
-{{wrapper_keywords}}
-        name: string.
-
-    References:
-{{references}}
-    """
-
-    @classmethod
-    def inner_optimizer_class(cls):
-        return keras.optimizers.SGD
-
-    def __init__(self, learning_rate=0.01, momentum=0.9, nesterov=False, gamma=0.1, gsnr_momentum=0.0,
-                 gsnr_upper_bound=1.0, name="vrmomentum", **kwargs):
-        _check_sgd_arguments(momentum, nesterov)
-        super().__init__(dict(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov), gamma=gamma,
-                         gsnr_momentum=gsnr_momentum, gsnr_upper_bound=gsnr_upper_bound, name=name, kwargs=kwargs)
-
-
-@keras.saving.register_keras_serializable(package="tf_largebatch")
-@_fill_docstring
-class VRAdam(_FixedInnerVR):
-    """VR-Adam: GSNR-adapted Adam (Algorithm 3), ``VR(keras.optimizers.Adam(...), gsnr_momentum=0.9)``.
+    ``v <- momentum * v - learning_rate * g_hat``, ``w <- w + v``.""",
+            {"momentum": "float in [0, 1) (0.9)."}, ""),
+    Variant("VRAdam", keras.optimizers.Adam, {}, 0.9, _check_adam_arguments, """VR-Adam: GSNR-adapted Adam (Algorithm 3), ``VR(keras.optimizers.Adam(...), gsnr_momentum=0.9)``.
 
     Per update, ``p_t = beta_3 p_{t-1} + (1 - beta_3) r`` with the clipped,
     normalised GSNR ``r``, ``g_hat = p_t / (1 - beta_3**t) * gbar``, then Keras
@@ -438,156 +428,165 @@ class VRAdam(_FixedInnerVR):
     second-moment bias correction, where Algorithm 3 writes ``m_hat /
     (sqrt(v_hat) + epsilon)``. The two agree up to a rescaling of ``epsilon`` by
     ``sqrt(1 - beta_2**t)`` (which matters only in the first steps and where
-    ``sqrt(v)`` is comparable to ``epsilon``).
-
-{{samples_note}}
-
-    Args:
-        learning_rate: float >= 0, a schedule, or a callable.
-        beta_1: float in [0, 1), Adam's first-moment decay.
-        beta_2: float in [0, 1), Adam's second-moment decay.
-        epsilon: float > 0 (0 would give 0/0 where a gradient element stays 0).
-        amsgrad: bool, Keras Adam's AMSGrad variant.
-        gamma: float in (0, 1], lower clip bound of the normalised GSNR (0.1).
-        gsnr_momentum: float in [0, 1), the paper's beta_3 (0.9).
-        gsnr_upper_bound: float >= gamma, upper clip bound (paper: 1).
-{{wrapper_keywords}}
-        name: string.
-
-    References:
-{{references}}
-        Kingma and Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
-    """
-
-    @classmethod
-    def inner_optimizer_class(cls):
-        return keras.optimizers.Adam
-
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, gamma=0.1,
-                 gsnr_momentum=0.9, gsnr_upper_bound=1.0, name="vradam", **kwargs):
-        _check_adam_arguments(beta_1, beta_2, epsilon)
-        validation.check_bool("amsgrad", amsgrad)
-        super().__init__(
-            dict(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, amsgrad=amsgrad),
-            gamma=gamma, gsnr_momentum=gsnr_momentum, gsnr_upper_bound=gsnr_upper_bound, name=name, kwargs=kwargs,
-        )
-
-
-@keras.saving.register_keras_serializable(package="tf_largebatch")
-@_fill_docstring
-class VRLAMB(_FixedInnerVR):
-    """VR-LAMB: GSNR-adapted LAMB (Algorithm 5), ``VR(LAMB(...), gsnr_momentum=0.9)``.
+    ``sqrt(v)`` is comparable to ``epsilon``).""",
+            {"epsilon": _POSITIVE_EPSILON},
+            '''        Kingma and Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.'''),
+    Variant("VRLAMB", LAMB, {}, 0.9, _check_adam_arguments, """VR-LAMB: GSNR-adapted LAMB (Algorithm 5), ``VR(LAMB(...), gsnr_momentum=0.9)``.
 
     ``g_hat`` as for :class:`VRAdam`, then this package's
     :class:`~tf_largebatch.optimizers.LAMB` step on ``g_hat`` (Adam moments with
     bias correction, ``m_hat / (sqrt(v_hat) + epsilon) + weight_decay * w``, the
-    layer-wise trust ratio).
-
-{{samples_note}}
-
-    Args:
-        learning_rate: float >= 0, a schedule, or a callable.
-        beta_1: float in [0, 1).
-        beta_2: float in [0, 1).
-        epsilon: float > 0 (1e-6 as the paper and NVIDIA).
-        weight_decay: optional float >= 0, LAMB's lambda, inside the trust ratio.
-        trust_ratio_bounds: ``None`` or ``(low, high)``, ``0 < low <= high``.
-        exclude_from_weight_decay: regular expressions searched in
-            ``variable.path``.
-        exclude_from_layer_adaptation: same, for the trust ratio (see
-            :class:`~tf_largebatch.optimizers.LAMB` for ``None``).
-        clip_global_norm_before_moments: ``None`` or float > 0 (NVLAMB).
-        trust_coefficient: float > 0 multiplying the trust ratio.
-        gamma: float in (0, 1], lower clip bound of the normalised GSNR (0.1).
-        gsnr_momentum: float in [0, 1), the paper's beta_3 (0.9).
-        gsnr_upper_bound: float >= gamma, upper clip bound (paper: 1).
-{{wrapper_keywords}}
-        name: string.
-
-    References:
-{{references}}
-        You et al., "Large Batch Optimization for Deep Learning: Training BERT
-            in 76 minutes", ICLR 2020 (LAMB).
-    """
-
-    @classmethod
-    def inner_optimizer_class(cls):
-        from tf_largebatch.optimizers.lamb import LAMB
-
-        return LAMB
-
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-6, weight_decay=None,
-                 trust_ratio_bounds=None, exclude_from_weight_decay=None, exclude_from_layer_adaptation=None,
-                 clip_global_norm_before_moments=None, trust_coefficient=1.0, gamma=0.1, gsnr_momentum=0.9,
-                 gsnr_upper_bound=1.0, name="vrlamb", **kwargs):
-        _check_adam_arguments(beta_1, beta_2, epsilon)
-        super().__init__(
-            dict(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
-                 weight_decay=weight_decay, trust_ratio_bounds=trust_ratio_bounds,
-                 exclude_from_weight_decay=exclude_from_weight_decay,
-                 exclude_from_layer_adaptation=exclude_from_layer_adaptation,
-                 clip_global_norm_before_moments=clip_global_norm_before_moments,
-                 trust_coefficient=trust_coefficient),
-            gamma=gamma, gsnr_momentum=gsnr_momentum, gsnr_upper_bound=gsnr_upper_bound, name=name, kwargs=kwargs,
-        )
-
-
-@keras.saving.register_keras_serializable(package="tf_largebatch")
-@_fill_docstring
-class VRLARS(_FixedInnerVR):
-    """VR-LARS: GSNR-adapted LARS, ``VR(LARS(...))``.
+    layer-wise trust ratio).""",
+            {"epsilon": "float > 0 (1e-6 as the paper and NVIDIA)."},
+            '''        You et al., "Large Batch Optimization for Deep Learning: Training BERT
+            in 76 minutes", ICLR 2020 (LAMB).'''),
+    Variant("VRLARS", LARS, {}, 0.0, _no_check, """VR-LARS: GSNR-adapted LARS, ``VR(LARS(...))``.
 
     The VR rule of Algorithm 1 (no GSNR momentum by default) on a LARS base
     (the paper's Section 4.2): ``g_hat`` as for :class:`VRSGD`, then this
-    package's :class:`~tf_largebatch.optimizers.LARS` step on ``g_hat``.
+    package's :class:`~tf_largebatch.optimizers.LARS` step on ``g_hat``.""", {"trust_ratio_denominator": "``\"norm_of_sum\"`` or ``\"sum_of_norms\"``, see "
+                                      ":class:`~tf_largebatch.optimizers.LARS`."},
+            '''        You, Gitman, Ginsburg, "Large Batch Training of Convolutional
+            Networks", 2017 (LARS).'''),
+)
 
-{{samples_note}}
 
-    Args:
-        learning_rate: float >= 0, a schedule, or a callable (LARS's global rate).
-        momentum: float in [0, 1).
-        weight_decay: optional float >= 0, coupled, inside the trust ratio.
-        trust_coefficient: float > 0, LARS's ``eta``.
-        epsilon: float >= 0 added to the update norm in the trust ratio.
-        nesterov: bool.
-        trust_ratio_on: ``"gradient"`` (You et al. 2017) or ``"momentum"``
-            (You et al. 2020).
-        trust_ratio_bounds: ``None`` or ``(low, high)``, ``0 < low <= high``.
-        exclude_from_weight_decay: regular expressions searched in
-            ``variable.path``.
-        exclude_from_layer_adaptation: same, for the trust ratio (see
-            :class:`~tf_largebatch.optimizers.LARS` for ``None``).
-        trust_ratio_denominator: ``"norm_of_sum"`` (``||g + wd w||``) or
-            ``"sum_of_norms"`` (``||g|| + wd ||w||``, MLPerf's), see
-            :class:`~tf_largebatch.optimizers.LARS`.
-        gamma: float in (0, 1], lower clip bound of the normalised GSNR (0.1).
-        gsnr_momentum: float in [0, 1), the paper's beta_3 (0 here).
-        gsnr_upper_bound: float >= gamma, upper clip bound (paper: 1).
-{{wrapper_keywords}}
-        name: string.
+def argument_docs(cls):
+    """``{argument: entry}`` from the ``Args:`` section of ``cls``'s docstring.
 
-    References:
-{{references}}
-        You, Gitman, Ginsburg, "Large Batch Training of Convolutional
-            Networks", 2017 (LARS).
+    Each entry is ``"name: text"`` with its continuation lines, indented for a
+    class docstring (8 spaces, continuations 12).
     """
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    entries, current, inside = {}, None, False
+    for line in lines:
+        if line.strip() == "Args:" and not line.startswith(" "):
+            inside = True
+            continue
+        if not inside:
+            continue
+        if line and not line.startswith(" "):
+            break
+        match = re.match(r"^    (\w+):(.*)$", line)
+        if match:
+            current = match.group(1)
+            entries.setdefault(current, [f"        {current}:{match.group(2)}"])
+        elif current is not None and line.strip():
+            entries[current].append("    " + line)
+    return {name: "\n".join(text) for name, text in entries.items()}
+
+
+def _inner_parameters(variant):
+    """The inner constructor's parameters the variant lists, with the variant's defaults."""
+    parameters = []
+    for parameter in inspect.signature(variant.inner_class.__init__).parameters.values():
+        if (parameter.name in ("self", "name") + WRAPPER_ARGUMENTS
+                or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)):
+            continue
+        default = variant.defaults.get(parameter.name, parameter.default)
+        parameters.append(parameter.replace(kind=parameter.POSITIONAL_OR_KEYWORD, default=default))
+    unknown = set(variant.defaults) - {p.name for p in parameters}
+    if unknown:
+        raise ValueError(f"{variant.name}: defaults for arguments {sorted(unknown)} that "
+                         f"{variant.inner_class.__name__} does not take")
+    return parameters
+
+
+def variant_signature(variant):
+    """``__init__``'s signature: the inner class's arguments, then the VR ones, ``name``, ``**kwargs``."""
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    own = [inspect.Parameter("gamma", keyword, default=0.1),
+           inspect.Parameter("gsnr_momentum", keyword, default=variant.gsnr_momentum),
+           inspect.Parameter("gsnr_upper_bound", keyword, default=1.0),
+           inspect.Parameter("name", keyword, default=variant.name.lower())]
+    return inspect.Signature([inspect.Parameter("self", keyword)] + _inner_parameters(variant) + own
+                             + [inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)])
+
+
+def variant_docstring(variant):
+    """The variant's docstring: its summary, the inner class's argument descriptions, the VR ones."""
+    inner_docs = argument_docs(variant.inner_class)
+    entries = []
+    for parameter in _inner_parameters(variant):
+        if parameter.name in variant.argument_notes:
+            entries.append(f"        {parameter.name}: {variant.argument_notes[parameter.name]}")
+        elif parameter.name in inner_docs:
+            entry = inner_docs[parameter.name]
+            if parameter.name in variant.defaults:
+                entry += f"\n            {variant.name}'s default: ``{variant.defaults[parameter.name]!r}``."
+            entries.append(entry)
+        elif parameter.name not in INNER_KEYWORDS:
+            raise ValueError(f"{variant.inner_class.__name__}'s docstring does not describe `{parameter.name}`")
+    source = "keras" if variant.inner_class.__module__.startswith("keras") else "tf_largebatch"
+    doc = (f"{variant.summary}\n\n    Wraps :class:`{source}.optimizers.{variant.inner_class.__name__}`;"
+           " its arguments below are passed to it.\n\n{{vr_samples_note}}\n\n    Args:\n"
+           + "\n".join(entries) + "\n{{vr_gsnr_args}}\n{{vr_wrapper_keywords}}\n        name: string.\n\n"
+           "    References:\n{{vr_references}}\n" + (variant.references + "\n" if variant.references else ""))
+    return fill(doc, _VR_TEXTS)
+
+
+class _VariantBase(VR):
+    """What every named variant shares: the flat config and its inverse.
+
+    A variant's config lists the inner optimizer's arguments next to the VR
+    ones, like its constructor (not a nested ``inner_optimizer``).
+    """
+
+    variant = None
 
     @classmethod
     def inner_optimizer_class(cls):
-        from tf_largebatch.optimizers.lars import LARS
+        """The base optimizer class this variant wraps."""
+        return cls.variant.inner_class
 
-        return LARS
+    def get_config(self):
+        inner_config = self.inner_optimizer.get_config()
+        config = {key: value for key, value in inner_config.items() if key not in ("name",) + WRAPPER_ARGUMENTS}
+        config.update(self._wrapper_config())
+        config.update({key: getattr(self, key) for key in GSNR_ARGUMENTS})
+        return config
 
-    def __init__(self, learning_rate=1.0, momentum=0.9, weight_decay=None, trust_coefficient=0.001, epsilon=0.0,
-                 nesterov=False, trust_ratio_on="gradient", trust_ratio_bounds=None, exclude_from_weight_decay=None,
-                 exclude_from_layer_adaptation=None, trust_ratio_denominator="norm_of_sum", gamma=0.1,
-                 gsnr_momentum=0.0, gsnr_upper_bound=1.0, name="vrlars", **kwargs):
-        super().__init__(
-            dict(learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
-                 trust_coefficient=trust_coefficient, epsilon=epsilon, nesterov=nesterov,
-                 trust_ratio_on=trust_ratio_on, trust_ratio_bounds=trust_ratio_bounds,
-                 exclude_from_weight_decay=exclude_from_weight_decay,
-                 exclude_from_layer_adaptation=exclude_from_layer_adaptation,
-                 trust_ratio_denominator=trust_ratio_denominator),
-            gamma=gamma, gsnr_momentum=gsnr_momentum, gsnr_upper_bound=gsnr_upper_bound, name=name, kwargs=kwargs,
-        )
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        if isinstance(config.get("learning_rate"), dict):
+            config["learning_rate"] = keras.saving.deserialize_keras_object(config["learning_rate"],
+                                                                            custom_objects=custom_objects)
+        return cls(**config)
+
+
+def _variant_init(variant, signature):
+    inner_names = tuple(p.name for p in _inner_parameters(variant))
+
+    def __init__(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        extra = arguments.pop("kwargs")
+        variant.check(arguments)
+        wrapper_kwargs = {key: extra.pop(key) for key in WRAPPER_ARGUMENTS if key in extra}
+        inner_arguments = {**{name: arguments[name] for name in inner_names}, **extra}
+        validation.check_learning_rate(inner_arguments.get("learning_rate"))
+        validation.check_base_keywords(inner_arguments)
+        VR.__init__(self, variant.inner_class(**inner_arguments), gamma=arguments["gamma"],
+                    gsnr_momentum=arguments["gsnr_momentum"], gsnr_upper_bound=arguments["gsnr_upper_bound"],
+                    name=arguments["name"], **wrapper_kwargs)
+
+    __init__.__signature__ = signature
+    __init__.__qualname__ = f"{variant.name}.__init__"
+    return __init__
+
+
+def make_variant(variant):
+    """The class of one :data:`VARIANTS` row, registered for Keras serialization."""
+    cls = type(variant.name, (_VariantBase,), {
+        "__module__": __name__,
+        "__qualname__": variant.name,
+        "__doc__": variant_docstring(variant),
+        "__init__": _variant_init(variant, variant_signature(variant)),
+        "variant": variant,
+    })
+    return keras.saving.register_keras_serializable(package="tf_largebatch")(cls)
+
+
+VRSGD, VRMomentum, VRAdam, VRLAMB, VRLARS = (make_variant(variant) for variant in VARIANTS)
