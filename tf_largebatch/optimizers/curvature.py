@@ -125,7 +125,10 @@ _COMMON_ARGS = """momentum: float in [0, 1), heavy-ball momentum on the scaled s
             (LARS's placement; the curvature paper does not say). ``0`` gives
             the paper's eq. (11) step.
         weight_decay: optional float >= 0, coupled L2 weight decay added to the
-            gradient.
+            gradient and scaled by the layer rate with it,
+            ``w <- w - lr * eta_l * (g + weight_decay * w)`` (not Keras's
+            decoupled ``w <- w - lr * wd * w``); MCLR's ``eta_l`` also has it in
+            its denominator (eq. 22).
         exclude_from_weight_decay: ``None`` or regular expressions searched in
             ``variable.path``; matching variables get no weight decay.
         exclude_from_layer_adaptation: ``None`` (the weight-decay list) or
