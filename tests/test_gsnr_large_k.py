@@ -79,3 +79,49 @@ def test_identical_samples_are_still_a_tie_on_the_first_update():
     samples[:, -1] = noisy[:, -1]  # one noisy element, so the normalising mean is finite
     steps = vrsgd_updates([samples], k, gamma=0.1, upper=3.0)
     np.testing.assert_allclose(steps[0][:-1], 3.0 * row[0, :-1], rtol=1e-4)
+
+
+def _feed(optimizer, weight, samples):
+    @tf.function
+    def feed(samples):
+        for i in tf.range(tf.shape(samples)[0]):
+            optimizer.apply_gradients([(samples[i], weight)])
+
+    feed(tf.constant(samples))
+
+
+def _make(k):
+    weight = keras.Variable(np.zeros(MEANS.size, np.float32))
+    optimizer = tlb.optimizers.VRSGD(learning_rate=1.0, gamma=1e-6, gsnr_upper_bound=1e9,
+                                     gradient_accumulation_steps=k)
+    optimizer.build([weight])
+    return weight, optimizer
+
+
+def test_first_update_shift_leaves_no_trace_of_a_skipped_cycle_and_resumes_exactly(tmp_path):
+    """k = 64 on one device: a first cycle with a NaN is skipped and the next one sets the
+    shift again (the run equals the run without it); a checkpoint in the middle of the first
+    cycle resumes to the uninterrupted run."""
+    k = 64
+    rng = np.random.default_rng(24)
+    first, second = draw(rng, k, 2)
+    straight_weight, straight = _make(k)
+    _feed(straight, straight_weight, np.concatenate([first, second]))
+
+    broken = draw(rng, k, 1)[0]
+    broken[5, 2] = np.nan
+    skipped_weight, skipped = _make(k)
+    _feed(skipped, skipped_weight, np.concatenate([broken, first, second]))
+    assert skipped.skipped_updates == 1
+    np.testing.assert_array_equal(skipped_weight.numpy(), straight_weight.numpy())
+
+    cut_weight, cut = _make(k)
+    _feed(cut, cut_weight, first[:17])
+    path = tf.train.Checkpoint(weight=cut_weight, optimizer=cut).save(str(tmp_path / "ckpt"))
+    resumed_weight, resumed = _make(k)
+    tf.train.Checkpoint(weight=resumed_weight, optimizer=resumed).restore(path).assert_consumed()
+    _feed(resumed, resumed_weight, np.concatenate([first[17:], second]))
+    np.testing.assert_allclose(resumed_weight.numpy(), straight_weight.numpy(), rtol=1e-6)
+    expected = -eq8_factor(first, 1e-6, 1e9) * first.astype(np.float64).mean(axis=0)
+    expected -= eq8_factor(second, 1e-6, 1e9) * second.astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(straight_weight.numpy(), expected, rtol=2e-3)
