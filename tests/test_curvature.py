@@ -315,3 +315,16 @@ def test_mirrored_fit_equals_single_device(mirrored):
         results.append([w.numpy() for w in model.weights])
     for single, replicated in zip(*results):
         np.testing.assert_allclose(replicated, single, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 1000, 1001])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_median_equals_numpy_for_even_and_odd_sizes_and_every_float_dtype(size, dtype):
+    """``curvature.median`` is ``keras.ops.median`` in float32: the value NumPy gives for the
+    float32 values, with the mean of the two middle ones for an even size (also under XLA)."""
+    x = tf.cast(tf.constant(np.random.randn(size) * 3.0), dtype)
+    expected = np.median(tf.cast(x, tf.float32).numpy())
+    assert curvature.median(x).dtype == tf.float32
+    np.testing.assert_allclose(curvature.median(x).numpy(), expected, rtol=1e-7)
+    compiled = tf.function(curvature.median, jit_compile=True)
+    np.testing.assert_allclose(compiled(x).numpy(), expected, rtol=1e-7)

@@ -20,7 +20,7 @@ from tf_largebatch._version import __version__
 _SUBMODULES = ("batch_size_schedule", "callbacks", "layers", "losses", "optimizers", "scaling", "schedules")
 _OPTIMIZERS = (
     "LAMB", "LARS", "MCLR", "SNGM", "VR", "VRSGD", "LayerwiseAdagrad", "LayerwiseAdam", "LayerwiseRMSprop",
-    "LayerwiseSGD", "PercentDelta", "VRAdam", "VRLAMB", "VRLARS", "VRMomentum",
+    "LayerwiseSGD", "LossScaleOptimizer", "PercentDelta", "VRAdam", "VRLAMB", "VRLARS", "VRMomentum",
 )
 __all__ = ["__version__", *_SUBMODULES, *_OPTIMIZERS]
 
@@ -28,7 +28,7 @@ if typing.TYPE_CHECKING:  # what _import_all() binds, spelled out for IDEs and t
     from tf_largebatch import batch_size_schedule, callbacks, layers, losses, optimizers, scaling, schedules
     from tf_largebatch.optimizers import (
         LAMB, LARS, MCLR, SNGM, VR, VRSGD, LayerwiseAdagrad, LayerwiseAdam, LayerwiseRMSprop, LayerwiseSGD,
-        PercentDelta, VRAdam, VRLAMB, VRLARS, VRMomentum,
+        LossScaleOptimizer, PercentDelta, VRAdam, VRLAMB, VRLARS, VRMomentum,
     )
 
 

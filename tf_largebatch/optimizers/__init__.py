@@ -8,3 +8,9 @@ from tf_largebatch.optimizers.loss_scale import LossScaleOptimizer
 from tf_largebatch.optimizers.layerwise import LayerwiseAdagrad, LayerwiseAdam, LayerwiseRMSprop, LayerwiseSGD
 from tf_largebatch.optimizers.sngm import SNGM
 from tf_largebatch.optimizers.vr import VR, VRSGD, VRAdam, VRLAMB, VRLARS, VRMomentum
+from tf_largebatch.optimizers import registry
+from tf_largebatch.optimizers.lookup import register_plain_names
+
+#: ``keras.optimizers.get("SNGM")``, ``model.compile(optimizer="sngm")``, ... (see :mod:`.lookup`):
+#: every optimizer of the registry that trains.
+PLAIN_NAMES = register_plain_names(registry.classes(registry.PACKAGE).values())

@@ -35,19 +35,16 @@ from tf_largebatch.optimizers.layerwise import LayerwiseOptimizer
 
 # --------------------------------------------------------------------- math
 def median(x):
-    """Exact median of all elements of ``x`` (float32), like ``np.median``.
+    """Median of all elements of ``x`` in float32, ``keras.ops.median`` (like ``np.median``).
 
-    For an even number of elements it is the mean of the two middle ones. Uses a
-    full ``tf.sort`` of the flattened tensor, whose shape is static, so it
-    compiles under XLA (TensorFlow has no median op).
+    For an even number of elements it is the mean of the two middle ones. It
+    compiles under XLA (static shapes). ``x`` must not be empty (the optimizers
+    leave 0-size variables out before any per-variable rule).
     """
-    flat = tf.sort(tf.reshape(rules.as_float32(x), [-1]))
-    size = flat.shape[0]
-    if size is None:
-        size = tf.size(flat)
-    if isinstance(size, int) and size == 0:
+    x = rules.as_float32(x)
+    if x.shape.num_elements() == 0:
         raise ValueError("`x` must have at least one element to take its median. Received an empty tensor.")
-    return 0.5 * (flat[(size - 1) // 2] + flat[size // 2])
+    return keras.ops.median(x)
 
 
 def median_curvature_rate(weight, gradient, *, gamma, weight_decay=0.0):
@@ -129,7 +126,10 @@ _COMMON_ARGS = """momentum: float in [0, 1), heavy-ball momentum on the scaled s
             (LARS's placement; the curvature paper does not say). ``0`` gives
             the paper's eq. (11) step.
         weight_decay: optional float >= 0, coupled L2 weight decay added to the
-            gradient.
+            gradient and scaled by the layer rate with it,
+            ``w <- w - lr * eta_l * (g + weight_decay * w)`` (not Keras's
+            decoupled ``w <- w - lr * wd * w``); MCLR's ``eta_l`` also has it in
+            its denominator (eq. 22).
         exclude_from_weight_decay: ``None`` or regular expressions searched in
             ``variable.path``; matching variables get no weight decay.
         exclude_from_layer_adaptation: ``None`` (the weight-decay list) or

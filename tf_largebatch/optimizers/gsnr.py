@@ -23,9 +23,11 @@ one all-reduce still carries exactly two moments, and the subtraction is part
 of the pass that squares). The terms are then about ``s2 + (gbar - c)**2``:
 when the mean gradient moves little between updates compared with the
 per-sample noise, the cancellation is gone, whatever the GSNR. The first update
-of a run has no previous mean (``c = 0``, raw moments), so its GSNR resolution
-is the raw one (ties above about ``1 / (4 k eps)``, i.e. GSNR ~1e3 at
-``k = 4096``); every later update has the shifted one.
+of a run has no previous mean: on one replica its shift is the first
+micro-batch's gradient (a sample all the others are compared with, so ties
+give exactly ``s2 = 0``); with several replicas it has ``c = 0`` (raw
+moments) and the raw resolution (ties above about ``1 / (4 k eps)``, i.e.
+GSNR ~1e3 at ``k = 2048``); every later update has the shifted one.
 
 Degenerate statistics (the paper is silent; these are our documented choices,
 all finite and all scale-free):

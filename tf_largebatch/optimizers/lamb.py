@@ -46,7 +46,9 @@ class LAMB(LayerwiseAdam):
         beta_2: float in [0, 1).
         epsilon: float >= 0 (1e-6 as the paper and NVIDIA); ``0`` is allowed
             (an element whose gradient has always been 0 gets direction 0).
-        weight_decay: optional float >= 0, the paper's lambda (0.01 for BERT).
+        weight_decay: optional float >= 0, the paper's lambda (0.01 for BERT):
+            coupled, inside the trust ratio, ``u = m_hat / (sqrt(v_hat) + eps)
+            + weight_decay * w`` (not Keras's decoupled ``w <- w - lr * wd * w``).
         trust_ratio_bounds: ``None`` or ``(low, high)``, ``0 < low <= high``.
         exclude_from_weight_decay: regular expressions searched in
             ``variable.path`` (BERT: ``["bias", "LayerNorm", "layer_norm"]``).

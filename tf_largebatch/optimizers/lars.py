@@ -66,7 +66,9 @@ class LARS(TrustRatioOptimizer):
             ``gamma_t``; typically large, e.g. 1-30 with ``trust_coefficient``
             0.001).
         momentum: float in [0, 1).
-        weight_decay: optional float >= 0, coupled, inside the trust ratio.
+        weight_decay: optional float >= 0, coupled, inside the trust ratio:
+            ``u = g + weight_decay * w`` (not Keras's decoupled
+            ``w <- w - lr * wd * w``).
         trust_coefficient: float > 0, ``eta`` (0.001 as You et al. 2017 / MLPerf).
         epsilon: float >= 0 added to the denominator of the trust ratio.
         nesterov: bool.

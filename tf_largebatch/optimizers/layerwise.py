@@ -172,8 +172,9 @@ class TrustRatioOptimizer(LayerwiseOptimizer):
 
 
 _LAYERWISE_ARGS = """
-        weight_decay: optional float >= 0, added to the direction inside the trust
-            ratio (``u = d + wd * w``).
+        weight_decay: optional float >= 0, coupled: added to the direction inside
+            the trust ratio (``u = d + wd * w``, not Keras's decoupled
+            ``w <- w - lr * wd * w``).
         trust_coefficient: float > 0 multiplying the trust ratio (default 1).
         trust_ratio_bounds: ``None`` for "+ layer-wise", or ``(low, high)`` with
             ``0 < low <= high`` for "+ layer-wise and bound-ratio":

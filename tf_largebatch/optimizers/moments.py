@@ -207,8 +207,35 @@ class MomentsRecorder:
         ``d = h - c / R`` when shifting, for the update's one all-reduce."""
         if self.shifts is None:
             return [grads, [tf.square(tf.cast(g, tf.float32)) for g in grads]]
+        if self.num_replicas == 1:
+            self._shift_to_first_sample(grads, variables)
         moments = [gsnr.shifted_local_moments(g, self.shift(v), self.num_replicas) for g, v in zip(grads, variables)]
         return [[d for d, _ in moments], [d2 for _, d2 in moments]]
+
+    def _shift_to_first_sample(self, grads, variables):
+        """On one replica, before any applied update: shift by the cycle's first micro-batch.
+
+        There is no previous mean yet, and raw float32 moments cannot tell a
+        GSNR above about ``1 / (4 k eps)`` from a tie (1e3 at ``k = 2048``);
+        the first micro-batch's gradient is a shift every sample shares (one
+        replica), so the first update is resolved like every later one, and
+        identical samples give ``s2 = 0`` exactly. Set at the first micro-step
+        of each accumulation cycle until an update is applied (a skipped cycle
+        leaves no trace). Several replicas would each see another first
+        micro-batch, so they keep ``c = 0`` for the first update.
+        """
+        optimizer = self._optimizer
+        micro_step = keras_seam.micro_step_counter(optimizer)
+        first = tf.logical_and(tf.equal(optimizer.applied_updates, 0),
+                               tf.equal(micro_step % optimizer.gradient_accumulation_steps, 0))
+
+        def assign():
+            for g, variable in zip(grads, variables):
+                shift = self.shifts[keras_seam.variable_index(optimizer, variable)]
+                shift.assign(tf.cast(g, shift.dtype))
+            return tf.constant(True)
+
+        tf.cond(first, assign, lambda: tf.constant(False))
 
     # ------------------------------------------------------------- the update
     def moments(self, sum_of_means, sum_of_mean_squares, variable):

@@ -40,8 +40,9 @@ class SNGM(LargeBatchOptimizer):
             callable. The paper's eta.
         momentum: float in [0, 1), the paper's beta. ``0`` gives SNGD.
         weight_decay: optional float >= 0, coupled L2 weight decay added to the
-            gradient before normalisation (the paper's experiments use 1e-4 to
-            1e-3).
+            gradient before normalisation, ``d = g + weight_decay * w``, so it is
+            normalised with the gradient (not Keras's decoupled
+            ``w <- w - lr * wd * w``; the paper's experiments use 1e-4 to 1e-3).
         layerwise: bool, normalise each variable's gradient separately (eq. 13).
         exclude_from_weight_decay: ``None`` or a list of regular expressions
             searched in ``variable.path``; matching variables get no weight decay

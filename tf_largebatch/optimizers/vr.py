@@ -74,7 +74,12 @@ _WRAPPER_KEYWORDS_DOC = """\
             on every update cost about 0.1-0.3 of a step of the base optimizer
             at 1e6-1e7 parameters. The GSNR itself is always computed.
         weight_decay, clipnorm, clipvalue, global_clipnorm: the base
-            optimizer's own, acting on the GSNR-adapted gradient ``g_hat``."""
+            optimizer's own, acting on the GSNR-adapted gradient ``g_hat``. For a
+            Keras base optimizer (VRSGD, VRMomentum, VRAdam, ``VR(SGD(...))``)
+            ``weight_decay`` is Keras's decoupled decay, ``w <- w - lr * wd * w``
+            before the base step (as ``keras.optimizers.SGD``/``Adam``, so
+            ``gamma=1`` gives the Keras optimizer exactly); VRLAMB and VRLARS
+            keep LAMB's and LARS's coupled decay inside the trust ratio."""
 
 _REFERENCES = """\
         Jiang et al., "Accelerating Large Batch Training via Gradient Signal to
