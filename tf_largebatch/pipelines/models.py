@@ -7,6 +7,8 @@ precision but the softmax cross-entropy runs in float32).
 
 import keras
 
+from tf_largebatch.layers import ChannelPadShortcut  # noqa: F401 - registered with the package's layers
+
 RESNET50_VERSIONS = ("v1.5", "v1")
 
 
@@ -60,34 +62,6 @@ def resnet50(num_classes=1000, version="v1.5", image_size=224):
         features = keras.layers.Dense(num_classes, name="predictions")(x)
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(features)
     return keras.Model(inputs, logits, name="resnet50")
-
-
-@keras.saving.register_keras_serializable(package="tf_largebatch")
-class ChannelPadShortcut(keras.layers.Layer):
-    """The parameter-free "option A" shortcut of CIFAR ResNets.
-
-    Subsamples by ``stride`` and zero-pads the channel axis by ``pad`` on each
-    side, so the identity path matches a block that halves the resolution and
-    doubles the width (He et al. 2016, §4.2, option A).
-    """
-
-    def __init__(self, stride, pad, **kwargs):
-        super().__init__(**kwargs)
-        self.stride = int(stride)
-        self.pad = int(pad)
-
-    def call(self, inputs):
-        x = inputs[:, :: self.stride, :: self.stride, :]
-        return keras.ops.pad(x, [[0, 0], [0, 0], [0, 0], [self.pad, self.pad]])
-
-    def compute_output_shape(self, input_shape):
-        b, h, w, c = input_shape
-        h = None if h is None else (h + self.stride - 1) // self.stride
-        w = None if w is None else (w + self.stride - 1) // self.stride
-        return (b, h, w, c + 2 * self.pad)
-
-    def get_config(self):
-        return {**super().get_config(), "stride": self.stride, "pad": self.pad}
 
 
 def resnet20(num_classes=10, depth=20, width=16, l2_regularization=0.0, image_size=32):
