@@ -151,3 +151,16 @@ def test_multi_worker_run_from_tf_config(tmp_path):
     assert (tmp_path / "run" / "final.weights.h5").exists()
     assert sorted(os.listdir(tmp_path / "run" / "workers" / "task-1" / "checkpoints")) == [
         "best.weights.h5", "loop-00001.weights.h5", "loop-00002.weights.h5"]
+
+
+def test_the_synthetic_throughput_command_of_the_pipelines_page_validates_as_written(capsys):
+    """docs/pipelines.md's input-free throughput command for a pod config (validated only)."""
+    import re
+    import shlex
+
+    text = open(os.path.join(ROOT, "docs", "pipelines.md"), encoding="utf-8").read()
+    (command,) = re.findall(r"`(tf-largebatch train --experiment resnet50_vrlars_32k_v3-512 [^`]*)`", text)
+    argv = shlex.split(command)[1:]
+    assert cli.main([*argv, "--dry-run"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "synthetic: true" in out and "steps_per_loop: 50" in out
