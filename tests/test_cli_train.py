@@ -164,3 +164,13 @@ def test_the_synthetic_throughput_command_of_the_pipelines_page_validates_as_wri
     assert cli.main([*argv, "--dry-run"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "synthetic: true" in out and "steps_per_loop: 50" in out
+
+
+def test_dry_run_of_a_two_phase_config_prints_one_yaml_document_per_phase(capsys):
+    import yaml
+
+    path = os.path.join(ROOT, "tpu_configs", "bert_large_vrlamb_32k_v3-512.yaml")
+    assert cli.main(["train", "--config", path, "--smoke", "--dry-run"]) == 0
+    documents = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["phase"] for d in documents] == [c.phase for c in config.load_config(path, smoke=True)]
+    assert len(documents) == 2

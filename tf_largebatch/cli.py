@@ -174,8 +174,9 @@ def _train(args):
     if args.dry_run:
         import yaml
 
-        for cfg in configs:
-            print(yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
+        # One YAML document per phase, each opened by '---' (yaml.safe_load_all reads them back).
+        print(yaml.safe_dump_all([config_lib.to_dict(cfg) for cfg in configs], sort_keys=False,
+                                 explicit_start=True), end="")
         return 0
     from tf_largebatch.pipelines import train
 
