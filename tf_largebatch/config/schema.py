@@ -28,9 +28,10 @@ task in :mod:`~tf_largebatch.config.registry`.
 
 import dataclasses
 import math
-from typing import Literal, Optional, Union
+from typing import ClassVar, Literal, Optional, Union
 
 from tf_largebatch.config.errors import ConfigError
+from tf_largebatch.strategy import STRATEGIES
 
 
 @dataclasses.dataclass
@@ -44,7 +45,7 @@ class StrategyConfig:
     TPU name or ``grpc://`` address in ``tpu``; empty on a TPU VM).
     """
 
-    type: Literal["one_device", "mirrored", "multi_worker", "tpu"] = "one_device"
+    type: Literal[tuple(STRATEGIES)] = "one_device"
     tpu: Optional[str] = None
     tpu_zone: Optional[str] = None
     tpu_project: Optional[str] = None
@@ -152,15 +153,18 @@ class OptimizerConfig:
 class ScheduleConfig:
     """The learning-rate schedule, from :mod:`tf_largebatch.schedules`.
 
-    ``name``: ``constant``; ``warmup_polynomial`` (``power``,
-    ``end_learning_rate``); ``warmup_cosine`` (``alpha``); ``warmup_step``
-    (``boundaries_epochs`` or ``boundaries``, ``decay_rate``). ``learning_rate``
-    is the peak (post-warm-up) value for the config's global batch size. The
+    ``name`` (registered in :data:`tf_largebatch.config.registry.SCHEDULES`):
+    ``constant``; ``warmup_polynomial`` (``power``, ``end_learning_rate``);
+    ``warmup_cosine`` (``alpha``); ``warmup_step`` (``boundaries_epochs`` or
+    ``boundaries``, ``decay_rate``); a key of another schedule is an error.
+    ``learning_rate`` is the peak (post-warm-up) value for the config's global
+    batch size, ``warmup_learning_rate`` the value at step 0 (the start of the
+    linear warm-up; Model Garden's ``warmup.linear.warmup_learning_rate``). The
     warm-up is ``warmup_steps`` or ``warmup_epochs``; the decay runs from the
     end of the warm-up to the last training step unless ``decay_steps`` is set.
     """
 
-    name: Literal["constant", "warmup_polynomial", "warmup_cosine", "warmup_step"] = "constant"
+    name: str = "constant"
     learning_rate: float = 0.0
     warmup_steps: Optional[int] = None
     warmup_epochs: Optional[float] = None
@@ -171,7 +175,7 @@ class ScheduleConfig:
     boundaries: Optional[list[int]] = None
     boundaries_epochs: Optional[list[float]] = None
     decay_rate: float = 0.1
-    initial_learning_rate: float = 0.0
+    warmup_learning_rate: float = 0.0
 
 
 @dataclasses.dataclass
@@ -243,6 +247,11 @@ class ExperimentConfig:
     callbacks: CallbacksConfig = dataclasses.field(default_factory=CallbacksConfig)
     phase: str = ""
 
+    #: Set by the loader (``phase``: a phase's ``name``), never given in a file.
+    INTERNAL_KEYS: ClassVar[tuple] = ("phase",)
+    #: Top-level keys of a file that are not sections of one phase (read by the loader).
+    FILE_KEYS: ClassVar[tuple] = ("phases", "smoke")
+
     # ------------------------------------------------------------ derived values
     @property
     def micro_batch_size(self):
@@ -269,6 +278,13 @@ class ExperimentConfig:
 
 # Keys without a usable default (checked after merging, with the phase's path).
 REQUIRED = ("name", "task", "training.global_batch_size", "model.name")
+
+# Keys renamed since an earlier release: the old key is an error naming the new one.
+RENAMED_KEYS = {
+    # Model Garden's ``initial_learning_rate`` is the peak of a decay; here the
+    # value meant the start of the warm-up, which Model Garden calls ``warmup_learning_rate``.
+    "schedule.initial_learning_rate": "schedule.warmup_learning_rate",
+}
 
 # Keys that hold files or directories: ``~`` and ``$VARIABLES`` are expanded in them.
 PATH_KEYS = ("training.model_dir", "training.initial_weights", "data.data_dir", "data.train_files",

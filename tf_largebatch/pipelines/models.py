@@ -7,7 +7,8 @@ precision but the softmax cross-entropy runs in float32).
 
 import keras
 
-from tf_largebatch.layers import ChannelPadShortcut  # noqa: F401 - registered with the package's layers
+from tf_largebatch.layers import ChannelPadShortcut
+from tf_largebatch.pipelines.resnet_depth import blocks_per_stage
 
 RESNET50_VERSIONS = ("v1.5", "v1")
 
@@ -85,9 +86,10 @@ def resnet20(num_classes=10, depth=20, width=16, l2_regularization=0.0, image_si
         He et al., "Deep Residual Learning for Image Recognition", 2016, §4.2;
         Zhao et al., SNGM, §7.1 (ResNet20 on CIFAR-10).
     """
-    if depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"`depth` must be 6n + 2 with n >= 1. Received: depth={depth}")
-    blocks = (depth - 2) // 6
+    try:
+        blocks = blocks_per_stage(depth)
+    except ValueError as error:
+        raise ValueError(f"`depth`: {error}") from None
     regularizer = keras.regularizers.L2(l2_regularization) if l2_regularization else None
 
     def conv(x, filters, stride, name):
@@ -117,6 +119,19 @@ def resnet20(num_classes=10, depth=20, width=16, l2_regularization=0.0, image_si
     x = keras.layers.Dense(num_classes, kernel_regularizer=regularizer, name="logits_dense")(x)
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name=f"resnet{depth}")
+
+
+def resnet56(num_classes=10, depth=56, width=16, l2_regularization=0.0, image_size=32):
+    """ResNet-56, the CIFAR ResNet of He et al. (2016, §4.2) with 9 blocks per stage (0.85 M parameters).
+
+    :func:`resnet20` with ``depth`` 56 by default; the arguments are the same.
+
+    References:
+        He et al., "Deep Residual Learning for Image Recognition", 2016, §4.2
+        and Table 6; Jiang et al., VRGD, §7.1 (ResNet-56 on CIFAR-10).
+    """
+    return resnet20(num_classes=num_classes, depth=depth, width=width, l2_regularization=l2_regularization,
+                    image_size=image_size)
 
 
 def bert_pretrainer(
