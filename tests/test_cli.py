@@ -156,12 +156,13 @@ class _Started(Exception):
     (["demo", "--seeds", "1", "-v"], True), (["demo", "--seeds", "1"], False),
 ])
 def test_verbose_is_accepted_before_or_after_the_subcommand(argv, verbose, monkeypatch):
-    from tf_largebatch import cli
+    from tf_largebatch import cli, startup
 
     def start_tensorflow(verbose=False):
         raise _Started(verbose)
 
-    monkeypatch.setattr(cli, "start_tensorflow", start_tensorflow)
+    # Both subcommands start TensorFlow through tf_largebatch.startup.
+    monkeypatch.setattr(startup, "start_tensorflow", start_tensorflow)
     with pytest.raises(_Started) as started:
         cli.main(argv)
     assert started.value.args == (verbose,)

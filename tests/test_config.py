@@ -301,19 +301,32 @@ def test_the_old_warm_up_start_key_is_an_error_naming_the_new_one(tmp_path):
 
 def test_phase_is_not_a_key_of_a_file_and_the_unknown_key_error_lists_phases_and_smoke(tmp_path):
     message = error_of(tmp_path, {**base_raw(), "phase": "x"})
-    assert message.startswith("phase: unknown key; expected one of: ")
+    assert message.startswith("phase: set by the loader, not a key of a file (a phase's name is phases[].name); "
+                              "expected one of: ")
     listed = message.split("expected one of: ")[1].split(", ")
+    assert error_of(tmp_path, {**base_raw(), "phasess": 1}).startswith("phasess: unknown key")
     assert "phases" in listed and "smoke" in listed and "phase" not in listed
     phased = {**base_raw(), "phases": [{"name": "a", "phase": "b"}]}
-    assert error_of(tmp_path, phased).startswith("phases[0].phase: unknown key")
+    assert error_of(tmp_path, phased).startswith("phases[0].phase: set by the loader")
     (cfg,) = config.load_config(write(tmp_path, {**base_raw(), "phases": [{"name": "a"}]}))
     assert cfg.phase == "a"
 
 
 def test_a_key_of_another_schedule_is_an_error(tmp_path):
     assert error_of(tmp_path, overrides=["schedule.power=2"]) == (
-        "schedule.power: not read by the 'warmup_cosine' schedule (only by warmup_polynomial); drop it or "
+        "schedule.power: not read by schedule 'warmup_cosine' (only by warmup_polynomial); drop it or "
         "change schedule.name")
+
+
+def test_a_key_of_another_strategy_type_is_an_error(tmp_path):
+    assert error_of(tmp_path, overrides=["strategy.num_cpu_replicas=2"]) == (
+        "strategy.num_cpu_replicas: not read by strategy 'one_device' (only by mirrored); drop it or change "
+        "strategy.type")
+    assert error_of(tmp_path, overrides=["strategy.type=mirrored", "strategy.tpu_zone=us-central1-a"]).startswith(
+        "strategy.tpu_zone: not read by strategy 'mirrored' (only by tpu)")
+    # An empty TPU name (a TPU VM in configs of earlier releases) reads as unset.
+    config.load_config(write(tmp_path, base_raw()), overrides=["strategy.type=mirrored", "strategy.tpu=''",
+                                                               "strategy.num_cpu_replicas=2"])
     assert error_of(tmp_path, overrides=["schedule.name=warmup_cosinus"]).startswith(
         "schedule.name: unknown schedule 'warmup_cosinus' (did you mean 'warmup_cosine'?)")
 

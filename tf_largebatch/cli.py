@@ -28,7 +28,8 @@ import logging
 import sys
 
 from tf_largebatch._version import __version__
-from tf_largebatch.startup import start_tensorflow  # also tf_largebatch.cli.start_tensorflow
+from tf_largebatch import startup
+from tf_largebatch.startup import start_tensorflow  # noqa: F401 - also tf_largebatch.cli.start_tensorflow
 
 logger = logging.getLogger("tf_largebatch")
 
@@ -118,7 +119,7 @@ def _train(args):
         print(f"tf-largebatch: error: {missing}", file=sys.stderr)
         return 2
     # Validating a config builds its optimizer, so TensorFlow starts (quietly) first.
-    start_tensorflow(args.verbose)
+    startup.start_tensorflow(args.verbose)
     from tf_largebatch import config as config_lib
 
     try:

@@ -148,6 +148,8 @@ class StrategyType:
         build: ``build(strategy_cfg) -> tf.distribute.Strategy``.
         replicas: ``replicas(strategy_cfg) -> int or None``: replicas per step
             where the config alone says it (None: known only once built).
+        fields: the ``strategy`` keys only this type reads (the other
+            types' keys are errors in a config of this one).
         all_reduce_in_replica_context: whether Keras's own gradient
             accumulation fails over several replicas of it (Keras 3 all-reduces
             inside a ``tf.cond`` there; ``MirroredStrategy`` cannot).
@@ -156,6 +158,7 @@ class StrategyType:
     name: str
     build: Callable
     replicas: Callable
+    fields: tuple = ()
     all_reduce_in_replica_context: bool = False
 
 
@@ -163,9 +166,10 @@ class StrategyType:
 STRATEGIES = {
     spec.name: spec for spec in (
         StrategyType("one_device", _one_device, lambda cfg: 1),
-        StrategyType("mirrored", _mirrored, _mirrored_replicas, all_reduce_in_replica_context=True),
+        StrategyType("mirrored", _mirrored, _mirrored_replicas, ("devices", "num_cpu_replicas"),
+                     all_reduce_in_replica_context=True),
         StrategyType("multi_worker", _multi_worker, lambda cfg: None, all_reduce_in_replica_context=True),
-        StrategyType("tpu", _tpu, lambda cfg: None),
+        StrategyType("tpu", _tpu, lambda cfg: None, ("tpu", "tpu_zone", "tpu_project")),
     )
 }
 

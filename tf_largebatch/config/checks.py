@@ -107,8 +107,7 @@ def _check_schedule(cfg):
     for field in registry.SCHEDULE_VARIANT_FIELDS:
         if field not in spec.fields and getattr(s, field) != getattr(defaults, field):
             readers = [n for n in registry.SCHEDULES.names() if field in registry.SCHEDULES.get(n, "").fields]
-            raise ConfigError(f"schedule.{field}", f"not read by the {s.name!r} schedule (only by "
-                              f"{', '.join(readers)}); drop it or change schedule.name")
+            raise _variant_fields_error("schedule", field, s.name, readers)
     if s.warmup_steps is not None and s.warmup_epochs is not None:
         raise ConfigError("schedule", "expected at most one of 'warmup_steps' and 'warmup_epochs'")
     if not s.learning_rate > 0:
@@ -135,7 +134,19 @@ def _check_data(cfg):
         raise ConfigError("data.mask_rate", f"expected a number in (0, 1), got {d.mask_rate!r}")
 
 
+def _variant_fields_error(section, given, chosen, readers):
+    """The error for a key of ``section`` that the chosen variant does not read."""
+    return ConfigError(f"{section}.{given}", f"not read by {section} {chosen!r} (only by "
+                       f"{', '.join(readers)}); drop it or change {section}.{'type' if section == 'strategy' else 'name'}")
+
+
 def _check_strategy(cfg):
+    kind = strategy_lib.strategy_type(cfg.strategy.type)
+    for other in strategy_lib.STRATEGIES.values():
+        for field in other.fields:
+            if field not in kind.fields and getattr(cfg.strategy, field) not in (None, "", []):
+                readers = [t.name for t in strategy_lib.STRATEGIES.values() if field in t.fields]
+                raise _variant_fields_error("strategy", field, kind.name, readers)
     if cfg.strategy.type == "mirrored" and cfg.strategy.devices and cfg.strategy.num_cpu_replicas:
         raise ConfigError("strategy", "expected at most one of 'devices' and 'num_cpu_replicas'")
     _check_positive("strategy.num_cpu_replicas", cfg.strategy.num_cpu_replicas)

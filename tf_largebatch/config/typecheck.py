@@ -118,5 +118,7 @@ def _unknown_key_message(cls, key_path, fields):
 
     if key_path in RENAMED_KEYS:
         return f"renamed to {RENAMED_KEYS[key_path]} (same meaning); use that key"
-    known = sorted(fields | set(getattr(cls, "FILE_KEYS", ())))
-    return f"unknown key; expected one of: {', '.join(known)}"
+    known = ", ".join(sorted(fields | set(getattr(cls, "FILE_KEYS", ()))))
+    if key_path.rsplit(".", 1)[-1] in getattr(cls, "INTERNAL_KEYS", ()):
+        return f"set by the loader, not a key of a file (a phase's name is phases[].name); expected one of: {known}"
+    return f"unknown key; expected one of: {known}"

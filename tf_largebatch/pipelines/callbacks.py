@@ -149,8 +149,9 @@ def restore_loop_checkpoint(model, path):
     """
     loop = tf.Variable(0, dtype=tf.int64, trainable=False, name="loop")
     objects = {"model": model, "loop": loop}
-    if model.optimizer is not None and model.optimizer.built:
-        objects["optimizer"] = model.optimizer
+    optimizer = getattr(model, "optimizer", None)  # an uncompiled model has none
+    if optimizer is not None and optimizer.built:
+        objects["optimizer"] = optimizer
     tf.train.Checkpoint(**objects).restore(path).expect_partial().assert_existing_objects_matched()
     return int(loop.numpy())
 
