@@ -1,4 +1,4 @@
-"""The explicit registry of tasks, models and optimizers a config can name.
+"""The explicit registry of tasks, models, schedules and optimizers a config can name.
 
 In the style of Model Garden's factories (``task_factory``,
 ``exp_factory``): each task, model and optimizer family is registered once
@@ -9,9 +9,10 @@ or built, so importing the registry (``--help``) loads neither TensorFlow nor
 the pipelines.
 
 A task names its input pipeline (a module with ``make_datasets(cfg)``), the
-models that fit it, the data keys the runner hands to the model builder, and
-its ``--smoke`` overrides: what shrinks a config so it trains end to end on a
-CPU in seconds.
+models that fit it, the data keys the runner hands to the model builder, its
+loss and metrics, the metric names ``fit`` logs, its synthetic batches, and its
+``--smoke`` overrides: what shrinks a config so it trains end to end on a CPU in
+seconds. A schedule names its builder and the ``schedule`` keys only it reads.
 
 References:
     TensorFlow Model Garden, ``official/core/task_factory.py`` and

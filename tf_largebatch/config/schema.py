@@ -6,12 +6,14 @@ unless marked required; unknown keys are errors)::
     name: resnet50_lars_32k_v3-1024        # required
     source: "MLPerf ..."                    # where the numbers come from
     task: imagenet | cifar10 | bert_pretraining            # required (see registry)
-    strategy:  {type: one_device|mirrored|multi_worker|tpu, tpu, devices, num_cpu_replicas}
+    strategy:  {type: one_device|mirrored|multi_worker|tpu, tpu, tpu_zone, tpu_project | devices,
+                num_cpu_replicas}              # keys of another type are errors
     precision: float32 | mixed_bfloat16 | mixed_float16
     data:      {name, data_dir, synthetic, train_files, eval_files, image_size, seq_length, ...}
     model:     {name, args: {...}}          # args checked against the builder
     optimizer: {name, args: {...}}          # or Keras's own {class_name, config}
-    schedule:  {name, learning_rate, warmup_steps | warmup_epochs, ...}
+    schedule:  {name, learning_rate, warmup_steps | warmup_epochs, warmup_learning_rate,
+                decay_steps, <the keys of the named schedule>}
     loss:      {label_smoothing}
     training:  {global_batch_size, steps | epochs, steps_per_loop, steps_per_execution,
                 gradient_accumulation_steps, model_dir, ...}
@@ -219,7 +221,7 @@ class CallbacksConfig:
     keep the best checkpoint on this metric (null: none); ``profile_batch``:
     TensorBoard profiling, a batch number or ``"start,stop"``;
     ``gsnr_monitor``: arguments of :class:`tf_largebatch.callbacks.GSNRMonitor`
-    (VR optimizers only).
+    (an optimizer that records gradient statistics: VR, or ``record_gradient_statistics``).
     """
 
     tensorboard: bool = True
