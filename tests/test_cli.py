@@ -156,12 +156,13 @@ class _Started(Exception):
     (["demo", "--seeds", "1", "-v"], True), (["demo", "--seeds", "1"], False),
 ])
 def test_verbose_is_accepted_before_or_after_the_subcommand(argv, verbose, monkeypatch):
-    from tf_largebatch import cli
+    from tf_largebatch import cli, startup
 
     def start_tensorflow(verbose=False):
         raise _Started(verbose)
 
-    monkeypatch.setattr(cli, "start_tensorflow", start_tensorflow)
+    # Both subcommands start TensorFlow through tf_largebatch.startup.
+    monkeypatch.setattr(startup, "start_tensorflow", start_tensorflow)
     with pytest.raises(_Started) as started:
         cli.main(argv)
     assert started.value.args == (verbose,)
@@ -174,3 +175,30 @@ def test_package_messages_are_logged_once_with_the_command_prefix(tmp_path):
     code, _, stderr, _ = console_script(["--version"], tmp_path, extra_code=extra.replace("\n", "\n        "))
     assert code == 0
     assert stderr.count("tf-largebatch: again") == 1 and "hello" not in stderr, stderr
+
+
+def test_the_command_and_the_study_command_do_not_import_each_other_in_a_circle():
+    """``tf_largebatch.cli`` hands ``demo`` to ``tf_largebatch.study.cli``; the study's
+    command starts TensorFlow through ``tf_largebatch.startup``, not through ``cli``."""
+    import ast
+    import pathlib
+
+    import tf_largebatch
+
+    package = pathlib.Path(tf_largebatch.__file__).parent
+
+    def imported(path):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        return names
+
+    assert "tf_largebatch.study.cli" in imported(package / "cli.py")
+    assert not {"tf_largebatch.cli", "tf_largebatch.cli.start_tensorflow"} & imported(package / "study" / "cli.py")
+    from tf_largebatch import cli, startup
+
+    assert cli.start_tensorflow is startup.start_tensorflow

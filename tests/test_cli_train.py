@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 
 from tf_largebatch import cli, config
 from tf_largebatch.pipelines import train
+from tf_largebatch.pipelines.callbacks import restore_loop_checkpoint
 from distribute_utils import free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,7 +107,7 @@ def test_an_interrupted_run_resumes_from_its_backup_with_the_same_command(tmp_pa
     # The backup was the state at the interruption: loop 2's checkpoint equals the
     # weights the interrupted run was about to train on.
     model = train.build_model(configs[0])
-    model.load_weights(str(model_dir / "checkpoints" / "loop-00002.weights.h5"))
+    assert restore_loop_checkpoint(model, str(model_dir / "checkpoints" / "ckpt-2")) == 2
     for saved, live in zip(model.get_weights(), preempt.weights_before):
         np.testing.assert_array_equal(saved, live)
     # The backup is removed once the phase's final files are written.
@@ -149,5 +150,38 @@ def test_multi_worker_run_from_tf_config(tmp_path):
               if line.startswith("tf-largebatch: resnet20_sngm_1024_v3-8: final logs after 2 optimizer updates")]
     assert len(finals) == 2 and finals[0] == finals[1]
     assert (tmp_path / "run" / "final.weights.h5").exists()
-    assert sorted(os.listdir(tmp_path / "run" / "workers" / "task-1" / "checkpoints")) == [
-        "best.weights.h5", "loop-00001.weights.h5", "loop-00002.weights.h5"]
+    written = os.listdir(tmp_path / "run" / "workers" / "task-1" / "checkpoints")
+    assert "best.weights.h5" in written and "checkpoint" in written  # the CheckpointManager's state file
+    assert sorted({n.split(".")[0] for n in written if n.startswith("ckpt-")}) == ["ckpt-1", "ckpt-2"]
+
+
+def test_the_synthetic_throughput_command_of_the_pipelines_page_validates_as_written(capsys):
+    """docs/pipelines.md's input-free throughput command for a pod config (validated only)."""
+    import re
+    import shlex
+
+    text = open(os.path.join(ROOT, "docs", "pipelines.md"), encoding="utf-8").read()
+    (command,) = re.findall(r"`(tf-largebatch train --experiment resnet50_vrlars_32k_v3-512 [^`]*)`", text)
+    argv = shlex.split(command)[1:]
+    assert cli.main([*argv, "--dry-run"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "synthetic: true" in out and "steps_per_loop: 50" in out
+
+
+def test_dry_run_of_a_two_phase_config_prints_one_yaml_document_per_phase(capsys):
+    import yaml
+
+    path = os.path.join(ROOT, "tpu_configs", "bert_large_vrlamb_32k_v3-512.yaml")
+    assert cli.main(["train", "--config", path, "--smoke", "--dry-run"]) == 0
+    documents = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["phase"] for d in documents] == [c.phase for c in config.load_config(path, smoke=True)]
+    assert len(documents) == 2
+
+
+def test_dry_run_reports_keras_accumulation_over_mirrored_replicas(capsys):
+    msgd = os.path.join(ROOT, "tpu_configs", "resnet20_msgd_2048_v3-8.yaml")
+    code = cli.main(["train", "--config", msgd, "--smoke", "--dry-run", "--set", "training.global_batch_size=8",
+                     "--set", "training.gradient_accumulation_steps=2"])
+    assert code == 2
+    assert "config error: training.gradient_accumulation_steps: Keras's SGD cannot accumulate" in \
+        capsys.readouterr().err

@@ -211,9 +211,17 @@ def test_required_and_cross_field_checks(tmp_path):
         "schedule.warmup_steps: the warm-up (4 steps) must be shorter than training (4 steps)")
 
 
-def test_gsnr_monitor_needs_a_vr_optimizer(tmp_path):
+def test_gsnr_monitor_needs_an_optimizer_that_records_statistics(tmp_path):
+    # The config agrees with GSNRMonitor in Python: a VR optimizer, or any
+    # optimizer of the package created with record_gradient_statistics=True.
     assert error_of(tmp_path, overrides=["callbacks.gsnr_monitor={update_freq: 5}"]).startswith(
-        "callbacks.gsnr_monitor: needs a VR optimizer")
+        "callbacks.gsnr_monitor: needs an optimizer that records gradient statistics: a VR optimizer, or one of "
+        "this package with optimizer.args.record_gradient_statistics: true; 'SNGM' as configured records none")
+    assert error_of(tmp_path, overrides=["callbacks.gsnr_monitor={update_freq: 5}", "optimizer.name=SGD"]
+                    ).startswith("callbacks.gsnr_monitor: needs an optimizer that records gradient statistics")
+    (cfg,) = config.load_config(write(tmp_path, base_raw()), overrides=[
+        "callbacks.gsnr_monitor={update_freq: 5}", "optimizer.args.record_gradient_statistics=true"])
+    assert cfg.optimizer.name == "SNGM" and cfg.callbacks.gsnr_monitor == {"update_freq": 5}
     assert error_of(tmp_path, overrides=["callbacks.gsnr_monitor={update_freqq: 5}", "optimizer.name=VRMomentum"]
                     ).startswith("callbacks.gsnr_monitor.update_freqq: unknown argument of GSNRMonitor")
     (cfg,) = config.load_config(write(tmp_path, base_raw()), overrides=[
@@ -280,3 +288,102 @@ def test_resnet50_sngm_32k_follows_sngm_section_7_1():
     assert cfg.optimizer.name == "SNGM" and cfg.training.global_batch_size == 32768
     assert cfg.training.epochs == 90 and cfg.schedule.name == "warmup_polynomial"
     assert cfg.optimizer.args["momentum"] == 0.9 and cfg.optimizer.args["weight_decay"] == 1e-4
+
+
+def test_the_old_warm_up_start_key_is_an_error_naming_the_new_one(tmp_path):
+    # Model Garden's initial_learning_rate is the peak; the start of the warm-up
+    # is Model Garden's warmup_learning_rate, and so it is here.
+    assert error_of(tmp_path, overrides=["schedule.initial_learning_rate=0.01"]) == (
+        "schedule.initial_learning_rate: renamed to schedule.warmup_learning_rate (same meaning); use that key")
+    (cfg,) = config.load_config(write(tmp_path, base_raw()), overrides=["schedule.warmup_learning_rate=0.01"])
+    assert cfg.schedule.warmup_learning_rate == 0.01
+
+
+def test_phase_is_not_a_key_of_a_file_and_the_unknown_key_error_lists_phases_and_smoke(tmp_path):
+    message = error_of(tmp_path, {**base_raw(), "phase": "x"})
+    assert message.startswith("phase: set by the loader, not a key of a file (a phase's name is phases[].name); "
+                              "expected one of: ")
+    listed = message.split("expected one of: ")[1].split(", ")
+    assert error_of(tmp_path, {**base_raw(), "phasess": 1}).startswith("phasess: unknown key")
+    assert "phases" in listed and "smoke" in listed and "phase" not in listed
+    phased = {**base_raw(), "phases": [{"name": "a", "phase": "b"}]}
+    assert error_of(tmp_path, phased).startswith("phases[0].phase: set by the loader")
+    (cfg,) = config.load_config(write(tmp_path, {**base_raw(), "phases": [{"name": "a"}]}))
+    assert cfg.phase == "a"
+
+
+def test_a_key_of_another_schedule_is_an_error(tmp_path):
+    assert error_of(tmp_path, overrides=["schedule.power=2"]) == (
+        "schedule.power: not read by schedule 'warmup_cosine' (only by warmup_polynomial); drop it or "
+        "change schedule.name")
+
+
+def test_a_key_of_another_strategy_type_is_an_error(tmp_path):
+    assert error_of(tmp_path, overrides=["strategy.num_cpu_replicas=2"]) == (
+        "strategy.num_cpu_replicas: not read by strategy 'one_device' (only by mirrored); drop it or change "
+        "strategy.type")
+    assert error_of(tmp_path, overrides=["strategy.type=mirrored", "strategy.tpu_zone=us-central1-a"]).startswith(
+        "strategy.tpu_zone: not read by strategy 'mirrored' (only by tpu)")
+    # An empty TPU name (a TPU VM in configs of earlier releases) reads as unset.
+    config.load_config(write(tmp_path, base_raw()), overrides=["strategy.type=mirrored", "strategy.tpu=''",
+                                                               "strategy.num_cpu_replicas=2"])
+    assert error_of(tmp_path, overrides=["schedule.name=warmup_cosinus"]).startswith(
+        "schedule.name: unknown schedule 'warmup_cosinus' (did you mean 'warmup_cosine'?)")
+
+
+def test_keras_accumulation_over_known_mirrored_replicas_is_refused_when_loaded(tmp_path):
+    overrides = ["optimizer.name=SGD", "training.gradient_accumulation_steps=2", "strategy.type=mirrored",
+                 "strategy.num_cpu_replicas=2"]
+    assert error_of(tmp_path, overrides=overrides).startswith(
+        "training.gradient_accumulation_steps: Keras's SGD cannot accumulate gradients over 2 MirroredStrategy "
+        "replicas")
+    # One replica, or an optimizer of this package, is fine.
+    config.load_config(write(tmp_path, base_raw()), overrides=overrides[:2])
+    config.load_config(write(tmp_path, base_raw()), overrides=overrides[1:])
+
+
+def test_the_key_table_of_configs_md_lists_every_key_of_the_schema():
+    """docs/configs.md's "Config format" table against the dataclasses: every key a
+    file may give is in its section's row; internal keys and renamed keys are not."""
+    import dataclasses
+    import pathlib
+    import re
+
+    from tf_largebatch.config import schema
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "configs.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in text.splitlines():
+        match = re.match(r"\| `(\w+)`(?:, `\w+`)* \| (.*) \|$", line)
+        if match:
+            rows[match.group(1)] = line
+    top_level = {f.name for f in dataclasses.fields(schema.ExperimentConfig)} - set(
+        schema.ExperimentConfig.INTERNAL_KEYS)
+    for key in (*top_level, *schema.ExperimentConfig.FILE_KEYS):
+        assert any(f"`{key}`" in row.split(" | ")[0] for row in rows.values()), f"no row for {key!r}"
+    missing = {}
+    for field in dataclasses.fields(schema.ExperimentConfig):
+        if not dataclasses.is_dataclass(field.default_factory if field.default_factory is not dataclasses.MISSING
+                                        else None):
+            continue
+        row = rows[field.name]
+        absent = [f.name for f in dataclasses.fields(field.default_factory) if f"`{f.name}`" not in row]
+        if absent:
+            missing[field.name] = absent
+    assert missing == {}
+    for old, new in schema.RENAMED_KEYS.items():
+        section, key = old.split(".")
+        assert f"`{new.split('.')[1]}`" in rows[section]
+
+
+def test_keras_accumulation_over_the_workers_of_tf_config_is_refused_by_the_machine_check(tmp_path, monkeypatch):
+    import json
+
+    workers = {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(workers))
+    configs = config.load_config(write(tmp_path, base_raw()), overrides=[
+        "optimizer.name=SGD", "training.gradient_accumulation_steps=2", "strategy.type=multi_worker",
+        f"training.model_dir={tmp_path}/run"])
+    with pytest.raises(config.ConfigError, match=r"^training.gradient_accumulation_steps: Keras's SGD cannot "
+                                                 r"accumulate gradients over 2 MirroredStrategy replicas"):
+        config.check_environment(configs)

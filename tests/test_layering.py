@@ -21,6 +21,7 @@ LAYERS = {
     # Pure math and argument checks: no Keras optimizer in sight.
     "tf_largebatch._version": MATH,
     "tf_largebatch.validation": MATH,
+    "tf_largebatch.atomic_files": MATH,
     "tf_largebatch.optimizers.rules": MATH,
     "tf_largebatch.optimizers.gsnr": MATH,
     # The optimizer core: the Keras seam and the base class, split by job.
@@ -79,6 +80,7 @@ LAYERS = {
     "tf_largebatch.study.cli": CLI,
     # The command line and the package's front door.
     "tf_largebatch.cli": CLI,
+    "tf_largebatch.startup": CLI,
     "tf_largebatch": CLI,
     "tf_largebatch_cli": CLI,
 }

@@ -169,12 +169,10 @@ def test_every_shipped_config_builds_in_smoke_form(path):
         warmup = full.warmup_steps()
         assert float(schedule(warmup)) == pytest.approx(peak, rel=1e-6)
         if warmup:
-            assert float(schedule(0)) == pytest.approx(full.schedule.initial_learning_rate, abs=1e-12)
+            assert float(schedule(0)) == pytest.approx(full.schedule.warmup_learning_rate, abs=1e-12)
     configs = config.load_config(path, smoke=True)
     strategy = strategy_lib.build_strategy(configs[0].strategy)  # as the runner does: VR needs its k replicas
     for cfg in configs:
-        train.check_callbacks(cfg)
-        train.check_keras_accumulation(cfg, strategy)
         with strategy.scope():
             model = config.build_model(cfg)
             optimizer = train.build_optimizer(cfg)

@@ -89,7 +89,7 @@ def test_one_file_per_row_and_no_other():
 def test_config_carries_table_12(row, batch, warmup_exp, numerator, lr_exp, denominator, accuracy):
     path = config_file(row, batch)
     (cfg,) = config.load_config(path)
-    assert cfg.task == "cifar10" and cfg.model.name == "resnet20" and cfg.model.args["depth"] == 56
+    assert cfg.task == "cifar10" and cfg.model.name == "resnet56" and cfg.model.args.get("depth", 56) == 56
     assert cfg.optimizer.name == OPTIMIZER_CLASS[row]
     if row.startswith("VR-"):
         assert cfg.optimizer.args["gamma"] == 0.1  # Table 12's note
@@ -115,3 +115,14 @@ def test_the_headline_rows():
     assert momentum.schedule.learning_rate == pytest.approx(1.28) and momentum.schedule.warmup_epochs == 16
     (adam,) = config.load_config(config_file("Adam", 4096))
     assert adam.schedule.learning_rate == pytest.approx(0.0192) and adam.schedule.warmup_epochs == 16
+
+
+def test_the_resnet56_model_has_56_layers_with_weights():
+    """The ``resnet56`` model name builds depth 56: 55 convolutions and the dense layer (He et al. 2016, §4.2)."""
+    import keras
+
+    from tf_largebatch.pipelines import models
+
+    model = models.resnet56(width=4)
+    weighted = [layer for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
+    assert len(weighted) == 56 and model.name == "resnet56"

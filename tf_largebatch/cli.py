@@ -17,65 +17,21 @@ Subcommands:
 Startup. Under the console script (``tf_largebatch_cli``) the package defers its
 imports, so parsing the command line, ``--help`` and ``--version`` never load
 TensorFlow. A subcommand that trains starts TensorFlow through
-:func:`start_tensorflow`, which first quiets TensorFlow's C++ and Python logging
+:func:`~tf_largebatch.startup.start_tensorflow`, which first quiets TensorFlow's C++ and Python logging
 (``--verbose`` keeps it) and then imports the whole package, so every class is
 registered with Keras as after ``import tf_largebatch``.
 """
 
 import argparse
-import contextlib
 import importlib.util
 import logging
-import os
 import sys
 
 from tf_largebatch._version import __version__
+from tf_largebatch import startup
+from tf_largebatch.startup import start_tensorflow  # noqa: F401 - also tf_largebatch.cli.start_tensorflow
 
 logger = logging.getLogger("tf_largebatch")
-
-
-# ------------------------------------------------------------------ startup
-@contextlib.contextmanager
-def _stderr_to_devnull():
-    """Sends file descriptor 2 to /dev/null inside the block (C++ writes there directly)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def start_tensorflow(verbose=False):
-    """Imports TensorFlow and the whole package, quietly unless ``verbose``.
-
-    Quiet means: ``TF_CPP_MIN_LOG_LEVEL=3`` (unless the user set it) for the C++
-    logging after start-up, the ``tensorflow`` and ``absl`` Python loggers at
-    ERROR, and file descriptor 2 silenced while TensorFlow's shared libraries
-    load: they log a few lines before absl's C++ logging is initialised, which no
-    setting suppresses. A failing import still raises its Python exception, after
-    stderr is restored. Must run before anything imports TensorFlow to have an
-    effect on its start-up lines.
-
-    Args:
-        verbose: bool, keep TensorFlow's own logging settings.
-    """
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    if verbose:
-        import tensorflow  # noqa: F401
-    else:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        for name in ("tensorflow", "absl"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        with _stderr_to_devnull():
-            import tensorflow  # noqa: F401
-    import tf_largebatch
-
-    tf_largebatch._import_all()
 
 
 def _configure_logging(verbose):
@@ -163,7 +119,7 @@ def _train(args):
         print(f"tf-largebatch: error: {missing}", file=sys.stderr)
         return 2
     # Validating a config builds its optimizer, so TensorFlow starts (quietly) first.
-    start_tensorflow(args.verbose)
+    startup.start_tensorflow(args.verbose)
     from tf_largebatch import config as config_lib
 
     try:
@@ -174,8 +130,9 @@ def _train(args):
     if args.dry_run:
         import yaml
 
-        for cfg in configs:
-            print(yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
+        # One YAML document per phase, each opened by '---' (yaml.safe_load_all reads them back).
+        print(yaml.safe_dump_all([config_lib.to_dict(cfg) for cfg in configs], sort_keys=False,
+                                 explicit_start=True), end="")
         return 0
     from tf_largebatch.pipelines import train
 

@@ -18,8 +18,10 @@ runner wraps the optimizer in :class:`tf_largebatch.optimizers.LossScaleOptimize
 (dynamic loss scaling whose overflow decision agrees across replicas).
 """
 
+import dataclasses
 import json
 import os
+from typing import Callable
 
 _PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
@@ -91,38 +93,102 @@ def _local_value(value):
     return values[0] if values else value
 
 
+def _tpu(strategy_cfg):
+    tf = _tf()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+        tpu=strategy_cfg.tpu or "local", zone=strategy_cfg.tpu_zone, project=strategy_cfg.tpu_project
+    )
+    if strategy_cfg.tpu:
+        tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def _mirrored(strategy_cfg):
+    tf = _tf()
+    if strategy_cfg.num_cpu_replicas:
+        # Reduce through one device: CPU collectives keyed by group collide
+        # when a process builds several strategies (tests, several runs),
+        # and gain nothing between logical CPUs of one host.
+        try:
+            devices = logical_cpus(strategy_cfg.num_cpu_replicas)
+        except ValueError as error:
+            raise ValueError(f"`strategy.num_cpu_replicas`: {error}") from None
+        return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    return tf.distribute.MirroredStrategy(strategy_cfg.devices or None)
+
+
+def _multi_worker(strategy_cfg):
+    del strategy_cfg  # the cluster comes from TF_CONFIG
+    if "TF_CONFIG" not in os.environ:
+        raise ValueError("`strategy.type` is 'multi_worker' but the TF_CONFIG environment variable is not set")
+    json.loads(os.environ["TF_CONFIG"])  # a clear JSON error before the collective setup
+    return _multi_worker_strategy_class()()
+
+
+def _one_device(strategy_cfg):
+    del strategy_cfg
+    tf = _tf()
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+
+
+def _mirrored_replicas(strategy_cfg):
+    if strategy_cfg.devices:
+        return len(strategy_cfg.devices)
+    return strategy_cfg.num_cpu_replicas  # None: every local GPU, known once TensorFlow lists them
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyType:
+    """A ``strategy.type`` of a config.
+
+    Args:
+        name: the ``strategy.type`` that selects it.
+        build: ``build(strategy_cfg) -> tf.distribute.Strategy``.
+        replicas: ``replicas(strategy_cfg) -> int or None``: replicas per step
+            where the config alone says it (None: known only once built).
+        fields: the ``strategy`` keys only this type reads (the other
+            types' keys are errors in a config of this one).
+        all_reduce_in_replica_context: whether Keras's own gradient
+            accumulation fails over several replicas of it (Keras 3 all-reduces
+            inside a ``tf.cond`` there; ``MirroredStrategy`` cannot).
+    """
+
+    name: str
+    build: Callable
+    replicas: Callable
+    fields: tuple = ()
+    all_reduce_in_replica_context: bool = False
+
+
+#: Every ``strategy.type``, by name.
+STRATEGIES = {
+    spec.name: spec for spec in (
+        StrategyType("one_device", _one_device, lambda cfg: 1),
+        StrategyType("mirrored", _mirrored, _mirrored_replicas, ("devices", "num_cpu_replicas"),
+                     all_reduce_in_replica_context=True),
+        StrategyType("multi_worker", _multi_worker, lambda cfg: None, all_reduce_in_replica_context=True),
+        StrategyType("tpu", _tpu, lambda cfg: None, ("tpu", "tpu_zone", "tpu_project")),
+    )
+}
+
+
+def strategy_type(name):
+    """The :class:`StrategyType` called ``name``.
+
+    Raises:
+        ValueError: for an unknown name (listing the known ones).
+    """
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"`strategy.type` must be one of {', '.join(STRATEGIES)}. Received: {name!r}") from None
+
+
 def build_strategy(strategy_cfg):
     """A ``tf.distribute.Strategy`` for ``strategy_cfg`` (a ``StrategyConfig``)."""
-    tf = _tf()
-    kind = strategy_cfg.type
-    if kind == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-            tpu=strategy_cfg.tpu or "local", zone=strategy_cfg.tpu_zone, project=strategy_cfg.tpu_project
-        )
-        if strategy_cfg.tpu:
-            tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    if kind == "mirrored":
-        if strategy_cfg.num_cpu_replicas:
-            # Reduce through one device: CPU collectives keyed by group collide
-            # when a process builds several strategies (tests, several runs),
-            # and gain nothing between logical CPUs of one host.
-            try:
-                devices = logical_cpus(strategy_cfg.num_cpu_replicas)
-            except ValueError as error:
-                raise ValueError(f"`strategy.num_cpu_replicas`: {error}") from None
-            return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
-        return tf.distribute.MirroredStrategy(strategy_cfg.devices or None)
-    if kind == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("`strategy.type` is 'multi_worker' but the TF_CONFIG environment variable is not set")
-        json.loads(os.environ["TF_CONFIG"])  # a clear JSON error before the collective setup
-        return _multi_worker_strategy_class()()
-    if kind == "one_device":
-        gpus = tf.config.list_logical_devices("GPU")
-        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
-    raise ValueError(f"`strategy.type` must be one of tpu, mirrored, multi_worker, one_device. Received: {kind!r}")
+    return strategy_type(strategy_cfg.type).build(strategy_cfg)
 
 
 def set_precision(precision):

@@ -6,8 +6,9 @@ The layer is split by job, with no import of the pipelines at import time:
 - :mod:`~tf_largebatch.config.typecheck`: YAML values against their annotations;
 - :mod:`~tf_largebatch.config.arguments`: arguments against a callable's
   signature (optimizers, models, callbacks);
-- :mod:`~tf_largebatch.config.registry`: the tasks (with their smoke
-  overrides), models and optimizers a config can name;
+- :mod:`~tf_largebatch.config.registry`: the tasks (input, objective, metric
+  names, synthetic batches, smoke overrides), models, schedules and optimizers a
+  config can name (strategies: :data:`tf_largebatch.strategy.STRATEGIES`);
 - :mod:`~tf_largebatch.config.checks`: checks across keys;
 - :mod:`~tf_largebatch.config.environment`: checks of the machine, before training;
 - :mod:`~tf_largebatch.config.loading`: YAML, ``--set``, ``--smoke``, phases;

@@ -11,12 +11,13 @@ import importlib.util
 
 import numpy as np
 
+from tf_largebatch import strategy as strategy_lib
 from tf_largebatch.config import registry
 from tf_largebatch.config.arguments import check_arguments
 from tf_largebatch.config.building import (RUNNER_OPTIMIZER_ARGS, build_optimizer, optimizer_class,
                                            uses_keras_weight_decay_exclusions)
 from tf_largebatch.config.errors import ConfigError, describe
-from tf_largebatch.config.schema import REQUIRED, value_at
+from tf_largebatch.config.schema import REQUIRED, ScheduleConfig, value_at
 
 # A batch beyond this is a typo, not a pod: tensor dimensions are 32-bit on accelerators.
 MAX_GLOBAL_BATCH_SIZE = 2**31 - 1
@@ -29,13 +30,7 @@ def _check_positive(path, value, minimum=1):
 
 def known_replicas(strategy_cfg):
     """Replicas per step where the config alone says it, else None (TPU, all GPUs, multi-worker)."""
-    if strategy_cfg.type == "one_device":
-        return 1
-    if strategy_cfg.type == "mirrored":
-        if strategy_cfg.devices:
-            return len(strategy_cfg.devices)
-        return strategy_cfg.num_cpu_replicas
-    return None
+    return strategy_lib.strategy_type(strategy_cfg.type).replicas(strategy_cfg)
 
 
 def check_experiment(cfg):
@@ -49,6 +44,10 @@ def check_experiment(cfg):
         raise ConfigError("loss.label_smoothing", f"expected a number in [0, 1), got {cfg.loss.label_smoothing!r}")
     _check_callbacks(cfg)
     check_optimizer(cfg)
+    if cfg.callbacks.gsnr_monitor is not None:
+        _check_gsnr_monitor(cfg)
+    check_best_metric(cfg)
+    check_keras_accumulation(cfg, known_replicas(cfg.strategy))
     _check_model(cfg)
     _check_dataset_name(cfg.data)
 
@@ -103,6 +102,12 @@ def _check_training(cfg):
 
 def _check_schedule(cfg):
     s = cfg.schedule
+    spec = registry.SCHEDULES.get(s.name, "schedule.name")
+    defaults = ScheduleConfig()
+    for field in registry.SCHEDULE_VARIANT_FIELDS:
+        if field not in spec.fields and getattr(s, field) != getattr(defaults, field):
+            readers = [n for n in registry.SCHEDULES.names() if field in registry.SCHEDULES.get(n, "").fields]
+            raise _variant_fields_error("schedule", field, s.name, readers)
     if s.warmup_steps is not None and s.warmup_epochs is not None:
         raise ConfigError("schedule", "expected at most one of 'warmup_steps' and 'warmup_epochs'")
     if not s.learning_rate > 0:
@@ -129,7 +134,19 @@ def _check_data(cfg):
         raise ConfigError("data.mask_rate", f"expected a number in (0, 1), got {d.mask_rate!r}")
 
 
+def _variant_fields_error(section, given, chosen, readers):
+    """The error for a key of ``section`` that the chosen variant does not read."""
+    return ConfigError(f"{section}.{given}", f"not read by {section} {chosen!r} (only by "
+                       f"{', '.join(readers)}); drop it or change {section}.{'type' if section == 'strategy' else 'name'}")
+
+
 def _check_strategy(cfg):
+    kind = strategy_lib.strategy_type(cfg.strategy.type)
+    for other in strategy_lib.STRATEGIES.values():
+        for field in other.fields:
+            if field not in kind.fields and getattr(cfg.strategy, field) not in (None, "", []):
+                readers = [t.name for t in strategy_lib.STRATEGIES.values() if field in t.fields]
+                raise _variant_fields_error("strategy", field, kind.name, readers)
     if cfg.strategy.type == "mirrored" and cfg.strategy.devices and cfg.strategy.num_cpu_replicas:
         raise ConfigError("strategy", "expected at most one of 'devices' and 'num_cpu_replicas'")
     _check_positive("strategy.num_cpu_replicas", cfg.strategy.num_cpu_replicas)
@@ -142,8 +159,6 @@ def _check_callbacks(cfg):
     if c.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("callbacks.tensorboard", "needs the tensorboard package "
                           "(pip install tensorboard), or set it to false")
-    if c.gsnr_monitor is not None:
-        _check_gsnr_monitor(cfg)
 
 
 def _check_profile_batch(c, path="callbacks.profile_batch"):
@@ -213,16 +228,65 @@ def _check_keras_form_runner_args(cfg, arguments, path):
 
 
 def _check_gsnr_monitor(cfg, path="callbacks.gsnr_monitor"):
-    """GSNRMonitor reads the statistics a VR optimizer computes; its arguments
-    are checked against its constructor."""
-    from tf_largebatch import optimizers
-    from tf_largebatch.callbacks import GSNRMonitor
+    """GSNRMonitor reads the gradient statistics the optimizer records: the
+    optimizer is asked with the callback's own test
+    (``tf_largebatch.callbacks.records_gradient_statistics``); the callback's
+    arguments are checked against its constructor."""
+    import tensorflow as tf
 
-    if not issubclass(optimizer_class(cfg.optimizer), optimizers.VR):
-        raise ConfigError(path, f"needs a VR optimizer (VR, VRSGD, VRMomentum, VRAdam, VRLAMB, VRLARS), "
-                          f"got {cfg.optimizer.name!r}")
+    from tf_largebatch.callbacks import GSNRMonitor, records_gradient_statistics
+
+    with tf.Graph().as_default():
+        optimizer = build_optimizer(cfg.optimizer, learning_rate=0.1, gradient_accumulation_steps=None)
+    if not records_gradient_statistics(optimizer):
+        raise ConfigError(path, f"needs an optimizer that records gradient statistics: a VR optimizer, or one "
+                          f"of this package with optimizer.{cfg.optimizer.arguments_key}.record_gradient_statistics: true; "
+                          f"{cfg.optimizer.name!r} as configured records none")
     check_arguments(cfg.callbacks.gsnr_monitor, GSNRMonitor, path, "GSNRMonitor",
                     set_elsewhere={"global_batch_size": "training.global_batch_size"})
+
+
+def check_best_metric(cfg):
+    """A ConfigError for a ``callbacks.best_metric`` the task does not log.
+
+    A ``val_`` best metric in a phase without evaluation keeps no best
+    checkpoint (the default, ``val_loss``, is not an error there).
+    """
+    best = cfg.callbacks.best_metric
+    if best is None:
+        return
+    names = list(registry.TASKS.get(cfg.task, "task").metrics)
+    allowed = names + [f"val_{n}" for n in names]
+    if best not in allowed:
+        raise ConfigError("callbacks.best_metric", f"{best!r} is not a metric of task {cfg.task!r}; expected one "
+                          f"of {', '.join(allowed)}, or null for no best checkpoint")
+
+
+def check_keras_accumulation(cfg, replicas):
+    """A ConfigError for a Keras optimizer with gradient accumulation over several
+    replicas of a ``MirroredStrategy``/``MultiWorkerMirroredStrategy``: Keras 3
+    all-reduces inside a ``tf.cond`` there, which fails at the first step
+    ("merge_call called while defining a new graph"). This package's
+    optimizers accumulate differently and are not affected.
+
+    Args:
+        cfg: the phase's config.
+        replicas: replicas per step (``None``: not known yet; nothing to check).
+    """
+    from tf_largebatch.pipelines.schedule_in_updates import counts_micro_steps
+
+    accumulation = cfg.training.gradient_accumulation_steps
+    kind = strategy_lib.strategy_type(cfg.strategy.type)
+    if accumulation < 2 or not replicas or replicas < 2 or not kind.all_reduce_in_replica_context:
+        return
+    cls = optimizer_class(cfg.optimizer)
+    if counts_micro_steps(cls):
+        raise ConfigError(
+            "training.gradient_accumulation_steps",
+            f"Keras's {cls.__name__} cannot accumulate gradients over {replicas} "
+            f"MirroredStrategy replicas (Keras all-reduces inside a tf.cond, which fails at the first step); use "
+            f"1, one replica, or an optimizer of this package; got {accumulation}",
+        )
 
 
 def _check_model(cfg, path="model"):

@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 
+from tf_largebatch.config.checks import check_keras_accumulation, known_replicas
 from tf_largebatch.config.errors import ConfigError
 from tf_largebatch.config.schema import PATH_KEYS, value_at
 
@@ -86,6 +87,24 @@ def _check_machine(cfg, smoke):
         raise ConfigError(key, f"{value!r} is a placeholder: set it to your own location "
                           f"(--set {key}=gs://my-bucket/...)")
     check_writable_directory(cfg.training.model_dir, "training.model_dir")
+    check_keras_accumulation(cfg, known_replicas(s) or replicas_on_this_machine(s))
+
+
+def replicas_on_this_machine(strategy_cfg):
+    """Replicas of a strategy whose config does not say them, from this machine
+    without starting TensorFlow's runtime: every local GPU (at least one
+    device), times the workers of ``TF_CONFIG`` for ``multi_worker``;
+    ``None`` for a TPU."""
+    if strategy_cfg.type == "tpu":
+        return None
+    import tensorflow as tf
+
+    local = max(1, len(tf.config.list_physical_devices("GPU")))  # physical: no runtime start
+    if strategy_cfg.type != "multi_worker":
+        return local
+    cluster = json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
+    workers = sum(len(cluster.get(role, ())) for role in ("chief", "worker"))
+    return local * max(1, workers)
 
 
 def check_writable_directory(directory, path):

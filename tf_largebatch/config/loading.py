@@ -205,18 +205,27 @@ def _check_phase_name(name, path):
 
 
 def _smoke_merge(raw, patch):
-    """``patch`` (the smoke overrides, or nothing) merged over ``raw``. Smoke sets
-    the learning rate, so a Keras-form ``optimizer.config.learning_rate`` (which
+    """``patch`` (the smoke overrides, or nothing) merged over ``raw``, with the
+    schedule's own smoke keys (``ScheduleSpec.smoke``). Smoke sets the learning rate, so a Keras-form ``optimizer.config.learning_rate`` (which
     must agree with it) is dropped."""
     merged = deep_merge(raw, patch)
+    schedule = merged.get("schedule")
+    if patch and isinstance(schedule, dict):
+        try:
+            spec = registry.SCHEDULES.get(schedule.get("name", "constant"), "schedule.name")
+        except ConfigError:
+            spec = None  # reported with the rest of the config
+        if spec is not None:
+            merged["schedule"] = deep_merge(schedule, spec.smoke)
     optimizer = merged.get("optimizer")
     if patch and isinstance(optimizer, dict) and isinstance(optimizer.get("config"), dict):
         optimizer["config"].pop("learning_rate", None)
     return merged
 
 
-def _build(merged):
+def _build(merged, phase=""):
     cfg = build_dataclass(ExperimentConfig, merged, "")
+    cfg.phase = phase
     expand_paths(cfg)
     check_experiment(cfg)
     return cfg
@@ -248,9 +257,8 @@ def resolve_phases(raw, *, smoke=False, overrides=()):
         _check_phase_name(name, prefix + "name")
         merged = _smoke_merge(deep_merge(raw, phase), patch)
         merged = apply_overrides(merged, common + per_phase.get(index, []))
-        merged["phase"] = name
         try:
-            configs.append(_build(merged))
+            configs.append(_build(merged, name))
         except ConfigError as error:
             raise _phase_error(error, prefix, phase) from None
     names = [c.phase for c in configs]

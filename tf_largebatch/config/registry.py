@@ -1,4 +1,4 @@
-"""The explicit registry of tasks, models and optimizers a config can name.
+"""The explicit registry of tasks, models, schedules and optimizers a config can name.
 
 In the style of Model Garden's factories (``task_factory``,
 ``exp_factory``): each task, model and optimizer family is registered once
@@ -9,9 +9,10 @@ or built, so importing the registry (``--help``) loads neither TensorFlow nor
 the pipelines.
 
 A task names its input pipeline (a module with ``make_datasets(cfg)``), the
-models that fit it, the data keys the runner hands to the model builder, and
-its ``--smoke`` overrides: what shrinks a config so it trains end to end on a
-CPU in seconds.
+models that fit it, the data keys the runner hands to the model builder, its
+loss and metrics, the metric names ``fit`` logs, its synthetic batches, and its
+``--smoke`` overrides: what shrinks a config so it trains end to end on a CPU in
+seconds. A schedule names its builder and the ``schedule`` keys only it reads.
 
 References:
     TensorFlow Model Garden, ``official/core/task_factory.py`` and
@@ -102,7 +103,7 @@ class ModelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-    """A task: its input pipeline, the models that fit it, and its smoke overrides.
+    """A task: its input pipeline, the models that fit it, what it trains on, and its smoke overrides.
 
     Args:
         name: the ``task`` that selects it.
@@ -111,6 +112,13 @@ class TaskSpec:
         model_inputs: ``{builder argument: data key}`` the runner hands to the
             model builder (not allowed in ``model.args``).
         smoke: the sections ``--smoke`` merges over a config of this task.
+        objective: ``'module:function'``, ``function(cfg) -> (loss, metrics,
+            weighted_metrics)`` for ``Model.compile``.
+        metrics: the names ``fit`` logs for the task (without ``val_``): what
+            ``callbacks.best_metric`` may name.
+        synthetic_batch: ``'module:function'``, ``function(cfg) ->
+            make_batch(seed, index)`` drawing a batch of the input's structure
+            (``data.synthetic``).
     """
 
     name: str
@@ -118,21 +126,71 @@ class TaskSpec:
     models: tuple
     model_inputs: dict
     smoke: dict
+    objective: str
+    metrics: tuple
+    synthetic_batch: str
 
     def load_inputs(self):
         return _load(self.input_module)
 
+    def load_objective(self):
+        return _load(self.objective)
+
+    def load_synthetic_batch(self):
+        return _load(self.synthetic_batch)
+
 
 def _check_cifar_resnet_depth(args, path):
-    depth = args.get("depth", 20)
-    if isinstance(depth, int) and (depth < 8 or (depth - 2) % 6):
-        raise ConfigError(f"{path}.depth", f"expected 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, 110), got {depth}")
+    from tf_largebatch.pipelines.resnet_depth import blocks_per_stage  # no TensorFlow import
+
+    try:
+        if "depth" in args:  # the builders' defaults (20, 56) are valid
+            blocks_per_stage(args["depth"])
+    except ValueError as error:
+        raise ConfigError(f"{path}.depth", str(error)) from None
 
 
 MODELS = Registry("model")
 MODELS.register(ModelSpec("resnet50", "tf_largebatch.pipelines.models:resnet50"))
 MODELS.register(ModelSpec("resnet20", "tf_largebatch.pipelines.models:resnet20", _check_cifar_resnet_depth))
+MODELS.register(ModelSpec("resnet56", "tf_largebatch.pipelines.models:resnet56", _check_cifar_resnet_depth))
 MODELS.register(ModelSpec("bert", "tf_largebatch.pipelines.models:bert_pretrainer"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleSpec:
+    """A ``schedule.name``: its builder and the keys only it reads.
+
+    Args:
+        name: the ``schedule.name`` that selects it.
+        builder: ``'module:function'``, ``function(cfg)`` -> the learning rate
+            (a schedule in optimizer updates, or a float).
+        fields: the ``schedule`` keys this schedule reads beyond the common
+            ones (``learning_rate``, the warm-up, ``decay_steps``); the other
+            schedules' keys are errors in a config of this one.
+        smoke: ``schedule`` keys ``--smoke`` sets for this schedule.
+    """
+
+    name: str
+    builder: str
+    fields: tuple = ()
+    smoke: dict = dataclasses.field(default_factory=dict)
+
+    def load(self):
+        return _load(self.builder)
+
+
+SCHEDULES = Registry("schedule")
+SCHEDULES.register(ScheduleSpec("constant", "tf_largebatch.pipelines.learning_rates:constant"))
+SCHEDULES.register(ScheduleSpec("warmup_polynomial", "tf_largebatch.pipelines.learning_rates:warmup_polynomial",
+                                ("power", "end_learning_rate")))
+SCHEDULES.register(ScheduleSpec("warmup_cosine", "tf_largebatch.pipelines.learning_rates:warmup_cosine",
+                                ("alpha",)))
+SCHEDULES.register(ScheduleSpec("warmup_step", "tf_largebatch.pipelines.learning_rates:warmup_step",
+                                ("boundaries", "boundaries_epochs", "decay_rate"),
+                                smoke={"boundaries": [1], "boundaries_epochs": None}))
+#: The keys of ``schedule`` that only some schedules read.
+SCHEDULE_VARIANT_FIELDS = tuple(sorted({f for name in SCHEDULES.names() for f in SCHEDULES.get(name, "").fields}))
 
 
 # What every task's --smoke changes: a small learning rate (the published peak
@@ -152,14 +210,16 @@ _SMOKE_COMMON = {
         "verbose": 2,
         "model_dir": "/tmp/tf_largebatch_smoke",
     },
-    "schedule": {"learning_rate": 0.01, "warmup_steps": 1, "warmup_epochs": None, "decay_steps": None,
-                 "boundaries": [1], "boundaries_epochs": None},
+    # (and each schedule's own smoke keys: ScheduleSpec.smoke)
+    "schedule": {"learning_rate": 0.01, "warmup_steps": 1, "warmup_epochs": None, "decay_steps": None},
     "data": {"shuffle_buffer": 8, "cache": False},
 }
 
 _IMAGE_INPUTS = {"image_size": "data.image_size"}
 
 TASKS = Registry("task")
+_CLASSIFICATION_METRICS = ("loss", "accuracy")
+
 TASKS.register(TaskSpec(
     "imagenet", "tf_largebatch.pipelines.imagenet", ("resnet50",), _IMAGE_INPUTS,
     # ResNet-50 is slow to compile twice: one device with 2 accumulation
@@ -171,10 +231,16 @@ TASKS.register(TaskSpec(
         "strategy": {"type": "one_device", "num_cpu_replicas": None},
         "training": {"global_batch_size": 8, "gradient_accumulation_steps": 2},
     }),
+    objective="tf_largebatch.pipelines.objectives:imagenet",
+    metrics=(*_CLASSIFICATION_METRICS, "top5_accuracy"),
+    synthetic_batch="tf_largebatch.pipelines.synthetic:image_batch_maker",
 ))
 TASKS.register(TaskSpec(
-    "cifar10", "tf_largebatch.pipelines.cifar", ("resnet20",), _IMAGE_INPUTS,
+    "cifar10", "tf_largebatch.pipelines.cifar", ("resnet20", "resnet56"), _IMAGE_INPUTS,
     deep_merge(_SMOKE_COMMON, {"data": {"image_size": 32}, "model": {"args": {"depth": 8, "width": 4}}}),
+    objective="tf_largebatch.pipelines.objectives:cifar10",
+    metrics=_CLASSIFICATION_METRICS,
+    synthetic_batch="tf_largebatch.pipelines.synthetic:image_batch_maker",
 ))
 TASKS.register(TaskSpec(
     "bert_pretraining", "tf_largebatch.pipelines.bert", ("bert",),
@@ -182,6 +248,9 @@ TASKS.register(TaskSpec(
     deep_merge(_SMOKE_COMMON, {
         "model": {"args": {"num_layers": 1, "num_heads": 2, "hidden_dim": 16, "intermediate_dim": 32}},
     }),
+    objective="tf_largebatch.pipelines.objectives:bert_pretraining",
+    metrics=("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy"),
+    synthetic_batch="tf_largebatch.pipelines.synthetic:bert_batch_maker",
 ))
 
 

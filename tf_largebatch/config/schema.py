@@ -6,12 +6,14 @@ unless marked required; unknown keys are errors)::
     name: resnet50_lars_32k_v3-1024        # required
     source: "MLPerf ..."                    # where the numbers come from
     task: imagenet | cifar10 | bert_pretraining            # required (see registry)
-    strategy:  {type: one_device|mirrored|multi_worker|tpu, tpu, devices, num_cpu_replicas}
+    strategy:  {type: one_device|mirrored|multi_worker|tpu, tpu, tpu_zone, tpu_project | devices,
+                num_cpu_replicas}              # keys of another type are errors
     precision: float32 | mixed_bfloat16 | mixed_float16
     data:      {name, data_dir, synthetic, train_files, eval_files, image_size, seq_length, ...}
     model:     {name, args: {...}}          # args checked against the builder
     optimizer: {name, args: {...}}          # or Keras's own {class_name, config}
-    schedule:  {name, learning_rate, warmup_steps | warmup_epochs, ...}
+    schedule:  {name, learning_rate, warmup_steps | warmup_epochs, warmup_learning_rate,
+                decay_steps, <the keys of the named schedule>}
     loss:      {label_smoothing}
     training:  {global_batch_size, steps | epochs, steps_per_loop, steps_per_execution,
                 gradient_accumulation_steps, model_dir, ...}
@@ -28,9 +30,10 @@ task in :mod:`~tf_largebatch.config.registry`.
 
 import dataclasses
 import math
-from typing import Literal, Optional, Union
+from typing import ClassVar, Literal, Optional, Union
 
 from tf_largebatch.config.errors import ConfigError
+from tf_largebatch.strategy import STRATEGIES
 
 
 @dataclasses.dataclass
@@ -44,7 +47,7 @@ class StrategyConfig:
     TPU name or ``grpc://`` address in ``tpu``; empty on a TPU VM).
     """
 
-    type: Literal["one_device", "mirrored", "multi_worker", "tpu"] = "one_device"
+    type: Literal[tuple(STRATEGIES)] = "one_device"
     tpu: Optional[str] = None
     tpu_zone: Optional[str] = None
     tpu_project: Optional[str] = None
@@ -152,15 +155,18 @@ class OptimizerConfig:
 class ScheduleConfig:
     """The learning-rate schedule, from :mod:`tf_largebatch.schedules`.
 
-    ``name``: ``constant``; ``warmup_polynomial`` (``power``,
-    ``end_learning_rate``); ``warmup_cosine`` (``alpha``); ``warmup_step``
-    (``boundaries_epochs`` or ``boundaries``, ``decay_rate``). ``learning_rate``
-    is the peak (post-warm-up) value for the config's global batch size. The
+    ``name`` (registered in :data:`tf_largebatch.config.registry.SCHEDULES`):
+    ``constant``; ``warmup_polynomial`` (``power``, ``end_learning_rate``);
+    ``warmup_cosine`` (``alpha``); ``warmup_step`` (``boundaries_epochs`` or
+    ``boundaries``, ``decay_rate``); a key of another schedule is an error.
+    ``learning_rate`` is the peak (post-warm-up) value for the config's global
+    batch size, ``warmup_learning_rate`` the value at step 0 (the start of the
+    linear warm-up; Model Garden's ``warmup.linear.warmup_learning_rate``). The
     warm-up is ``warmup_steps`` or ``warmup_epochs``; the decay runs from the
     end of the warm-up to the last training step unless ``decay_steps`` is set.
     """
 
-    name: Literal["constant", "warmup_polynomial", "warmup_cosine", "warmup_step"] = "constant"
+    name: str = "constant"
     learning_rate: float = 0.0
     warmup_steps: Optional[int] = None
     warmup_epochs: Optional[float] = None
@@ -171,7 +177,7 @@ class ScheduleConfig:
     boundaries: Optional[list[int]] = None
     boundaries_epochs: Optional[list[float]] = None
     decay_rate: float = 0.1
-    initial_learning_rate: float = 0.0
+    warmup_learning_rate: float = 0.0
 
 
 @dataclasses.dataclass
@@ -215,7 +221,7 @@ class CallbacksConfig:
     keep the best checkpoint on this metric (null: none); ``profile_batch``:
     TensorBoard profiling, a batch number or ``"start,stop"``;
     ``gsnr_monitor``: arguments of :class:`tf_largebatch.callbacks.GSNRMonitor`
-    (VR optimizers only).
+    (an optimizer that records gradient statistics: VR, or ``record_gradient_statistics``).
     """
 
     tensorboard: bool = True
@@ -243,6 +249,11 @@ class ExperimentConfig:
     callbacks: CallbacksConfig = dataclasses.field(default_factory=CallbacksConfig)
     phase: str = ""
 
+    #: Set by the loader (``phase``: a phase's ``name``), never given in a file.
+    INTERNAL_KEYS: ClassVar[tuple] = ("phase",)
+    #: Top-level keys of a file that are not sections of one phase (read by the loader).
+    FILE_KEYS: ClassVar[tuple] = ("phases", "smoke")
+
     # ------------------------------------------------------------ derived values
     @property
     def micro_batch_size(self):
@@ -269,6 +280,13 @@ class ExperimentConfig:
 
 # Keys without a usable default (checked after merging, with the phase's path).
 REQUIRED = ("name", "task", "training.global_batch_size", "model.name")
+
+# Keys renamed since an earlier release: the old key is an error naming the new one.
+RENAMED_KEYS = {
+    # Model Garden's ``initial_learning_rate`` is the peak of a decay; here the
+    # value meant the start of the warm-up, which Model Garden calls ``warmup_learning_rate``.
+    "schedule.initial_learning_rate": "schedule.warmup_learning_rate",
+}
 
 # Keys that hold files or directories: ``~`` and ``$VARIABLES`` are expanded in them.
 PATH_KEYS = ("training.model_dir", "training.initial_weights", "data.data_dir", "data.train_files",

@@ -100,11 +100,25 @@ def build_dataclass(cls, raw, path):
     if not isinstance(raw, dict):
         raise ConfigError(path or "<top level>", f"expected a mapping, got {describe(raw)}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
+    internal = set(getattr(cls, "INTERNAL_KEYS", ()))
+    fields = {f.name for f in dataclasses.fields(cls)} - internal
     kwargs = {}
     for key, value in raw.items():
         key_path = f"{path}.{key}" if path else str(key)
         if key not in fields:
-            raise ConfigError(key_path, f"unknown key; expected one of: {', '.join(sorted(fields))}")
+            raise ConfigError(key_path, _unknown_key_message(cls, key_path, fields))
         kwargs[key] = check_value(hints[key], value, key_path)
     return cls(**kwargs)
+
+
+def _unknown_key_message(cls, key_path, fields):
+    """``unknown key; expected one of ...`` (the file's own top-level keys included),
+    or the new name of a renamed key."""
+    from tf_largebatch.config.schema import RENAMED_KEYS
+
+    if key_path in RENAMED_KEYS:
+        return f"renamed to {RENAMED_KEYS[key_path]} (same meaning); use that key"
+    known = ", ".join(sorted(fields | set(getattr(cls, "FILE_KEYS", ()))))
+    if key_path.rsplit(".", 1)[-1] in getattr(cls, "INTERNAL_KEYS", ()):
+        return f"set by the loader, not a key of a file (a phase's name is phases[].name); expected one of: {known}"
+    return f"unknown key; expected one of: {known}"

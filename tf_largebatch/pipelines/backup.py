@@ -1,26 +1,29 @@
-"""Backups that survive an interruption at any moment: written atomically, with a fallback.
+"""Backups that survive an interruption at any moment, through ``tf.train.CheckpointManager``.
 
-Keras's ``BackupAndRestore`` writes ``latest.weights.h5`` in place and the
-loop number in a separate ``training_metadata.json``: a kill while the
-weights are written leaves a truncated file that every rerun fails on, and a
-kill between the two files resumes newer weights at an older loop (one loop
-of optimizer steps too many). :class:`LoopBackup` keeps the loop number in the
-file name of one weights file (model and optimizer state), writes it under a
-temporary name and renames it into place, keeps the previous backup, and on
-restore falls back from an unreadable backup to the one before, with a warning.
+After every loop :class:`LoopBackup` writes model and optimizer state with the
+loop number inside the same checkpoint (``backup/ckpt-<loop>``).
+``tf.train.CheckpointManager`` writes each checkpoint completely before it
+records it in its state file (``backup/checkpoint``, itself replaced
+atomically) and keeps the newest ``keep`` (2: the current and a fallback). On
+restore, a checkpoint that cannot be read (a file truncated or damaged after
+it was recorded) is skipped with a warning for the one before; a checkpoint
+whose write a kill interrupted was never recorded and is not considered.
+
+Why not ``keras.callbacks.BackupAndRestore``: Keras 3.15 writes
+``latest.weights.h5`` in place and the loop number in a separate
+``training_metadata.json``, so a kill while the weights are written leaves a
+truncated file that every rerun fails on, and a kill between the two files
+resumes newer weights at an older loop (one loop of optimizer steps too many);
+it keeps no previous backup to fall back to. ``CheckpointManager`` serves
+every one of these: atomic recording, the step in the checkpoint, retention.
 """
 
 import logging
-import os
-import re
 
 import keras
 import tensorflow as tf
 
 logger = logging.getLogger(__name__)
-
-_INCOMING = "incoming.weights.h5"
-_BACKUP = re.compile(r"^loop-(\d+)\.weights\.h5$")
 
 
 class LoopBackup(keras.callbacks.Callback):
@@ -42,17 +45,20 @@ class LoopBackup(keras.callbacks.Callback):
             raise ValueError(f"`keep` must be an integer >= 1. Received: keep={keep!r}")
         self.directory = directory
         self.keep = keep
+        self._loop = None
+        self._manager = None
+
+    def _manager_for(self, model):
+        if self._manager is None:
+            self._loop = tf.Variable(0, dtype=tf.int64, trainable=False, name="loop")
+            checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, loop=self._loop)
+            self._manager = tf.train.CheckpointManager(checkpoint, self.directory, max_to_keep=self.keep)
+        return self._manager
 
     def backups(self):
-        """``[(loop, path), ...]`` of the backups present, newest first."""
-        if not tf.io.gfile.isdir(self.directory):
-            return []
-        found = []
-        for name in tf.io.gfile.listdir(self.directory):
-            match = _BACKUP.match(name)
-            if match:
-                found.append((int(match.group(1)), os.path.join(self.directory, name)))
-        return sorted(found, reverse=True)
+        """Paths of the recorded backups (``.../ckpt-<loop>``), newest first."""
+        state = tf.train.get_checkpoint_state(self.directory) if tf.io.gfile.isdir(self.directory) else None
+        return list(reversed(state.all_model_checkpoint_paths)) if state else []
 
     def restore(self, model):
         """Loads the newest readable backup into ``model``; returns its loop (0 if none).
@@ -65,28 +71,27 @@ class LoopBackup(keras.callbacks.Callback):
             return 0
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)  # so its state is restored too
-        for loop, path in found:
+        manager = self._manager_for(model)
+        for path in found:
             try:
-                model.load_weights(path)
-            except Exception as error:  # noqa: BLE001 - h5py/Keras raise several kinds for a damaged file
+                manager.checkpoint.restore(path).assert_existing_objects_matched()
+            except Exception as error:  # noqa: BLE001 - TensorFlow raises several kinds for a damaged file
                 message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 logger.warning("backup %s is unreadable (%s); falling back to the previous backup", path, message)
                 continue
+            loop = int(self._loop.numpy())
             logger.info("resuming after loop %d from %s", loop, path)
             return loop
         raise RuntimeError(
-            f"no backup in {self.directory} can be read ({', '.join(p for _, p in found)}); "
+            f"no backup in {self.directory} can be read ({', '.join(found)}); "
             "delete the directory to start the phase over"
         )
 
     def save(self, loop):
-        """Writes the backup of ``loop`` atomically, then drops backups beyond ``keep``."""
-        tf.io.gfile.makedirs(self.directory)
-        incoming = os.path.join(self.directory, _INCOMING)
-        self.model.save_weights(incoming, overwrite=True)
-        tf.io.gfile.rename(incoming, os.path.join(self.directory, f"loop-{loop:06d}.weights.h5"), overwrite=True)
-        for _, path in self.backups()[self.keep:]:
-            tf.io.gfile.remove(path)
+        """Writes the backup of ``loop`` (recorded once complete), then drops backups beyond ``keep``."""
+        manager = self._manager_for(self.model)
+        self._loop.assign(loop)
+        manager.save(checkpoint_number=loop)
 
     def on_epoch_end(self, epoch, logs=None):
         self.save(epoch + 1)

@@ -7,6 +7,9 @@ precision but the softmax cross-entropy runs in float32).
 
 import keras
 
+from tf_largebatch.layers import ChannelPadShortcut
+from tf_largebatch.pipelines.resnet_depth import blocks_per_stage
+
 RESNET50_VERSIONS = ("v1.5", "v1")
 
 
@@ -62,34 +65,6 @@ def resnet50(num_classes=1000, version="v1.5", image_size=224):
     return keras.Model(inputs, logits, name="resnet50")
 
 
-@keras.saving.register_keras_serializable(package="tf_largebatch")
-class ChannelPadShortcut(keras.layers.Layer):
-    """The parameter-free "option A" shortcut of CIFAR ResNets.
-
-    Subsamples by ``stride`` and zero-pads the channel axis by ``pad`` on each
-    side, so the identity path matches a block that halves the resolution and
-    doubles the width (He et al. 2016, §4.2, option A).
-    """
-
-    def __init__(self, stride, pad, **kwargs):
-        super().__init__(**kwargs)
-        self.stride = int(stride)
-        self.pad = int(pad)
-
-    def call(self, inputs):
-        x = inputs[:, :: self.stride, :: self.stride, :]
-        return keras.ops.pad(x, [[0, 0], [0, 0], [0, 0], [self.pad, self.pad]])
-
-    def compute_output_shape(self, input_shape):
-        b, h, w, c = input_shape
-        h = None if h is None else (h + self.stride - 1) // self.stride
-        w = None if w is None else (w + self.stride - 1) // self.stride
-        return (b, h, w, c + 2 * self.pad)
-
-    def get_config(self):
-        return {**super().get_config(), "stride": self.stride, "pad": self.pad}
-
-
 def resnet20(num_classes=10, depth=20, width=16, l2_regularization=0.0, image_size=32):
     """The CIFAR ResNet of He et al. (2016, §4.2): depth = 6n + 2.
 
@@ -111,9 +86,10 @@ def resnet20(num_classes=10, depth=20, width=16, l2_regularization=0.0, image_si
         He et al., "Deep Residual Learning for Image Recognition", 2016, §4.2;
         Zhao et al., SNGM, §7.1 (ResNet20 on CIFAR-10).
     """
-    if depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"`depth` must be 6n + 2 with n >= 1. Received: depth={depth}")
-    blocks = (depth - 2) // 6
+    try:
+        blocks = blocks_per_stage(depth)
+    except ValueError as error:
+        raise ValueError(f"`depth`: {error}") from None
     regularizer = keras.regularizers.L2(l2_regularization) if l2_regularization else None
 
     def conv(x, filters, stride, name):
@@ -143,6 +119,19 @@ def resnet20(num_classes=10, depth=20, width=16, l2_regularization=0.0, image_si
     x = keras.layers.Dense(num_classes, kernel_regularizer=regularizer, name="logits_dense")(x)
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name=f"resnet{depth}")
+
+
+def resnet56(num_classes=10, depth=56, width=16, l2_regularization=0.0, image_size=32):
+    """ResNet-56, the CIFAR ResNet of He et al. (2016, §4.2) with 9 blocks per stage (0.85 M parameters).
+
+    :func:`resnet20` with ``depth`` 56 by default; the arguments are the same.
+
+    References:
+        He et al., "Deep Residual Learning for Image Recognition", 2016, §4.2
+        and Table 6; Jiang et al., VRGD, §7.1 (ResNet-56 on CIFAR-10).
+    """
+    return resnet20(num_classes=num_classes, depth=depth, width=width, l2_regularization=l2_regularization,
+                    image_size=image_size)
 
 
 def bert_pretrainer(

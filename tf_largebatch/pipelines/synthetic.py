@@ -103,22 +103,40 @@ def repeated_batches(make_batch, seed):
     return indices.map(lambda i: make_batch(seed, i)).cache().repeat().prefetch(tf.data.AUTOTUNE)
 
 
-def batch_maker(cfg):
-    """``make_batch(seed, index)`` for ``cfg``'s task, at ``cfg.micro_batch_size``."""
-    data = cfg.data
-    if cfg.task == "bert_pretraining":
-        vocabulary_size = cfg.model.args.get("vocabulary_size", 30522)
-        return lambda seed, i: bert_batch(
-            seed, i, batch_size=cfg.micro_batch_size, seq_length=data.seq_length,
-            max_predictions_per_seq=data.max_predictions_per_seq, vocabulary_size=vocabulary_size,
-        )
-    from tf_largebatch.pipelines import cifar, imagenet
+def _model_default(cfg, argument):
+    """``model.args[argument]`` of ``cfg``, else the model builder's default."""
+    import inspect
 
-    default_classes = {"imagenet": imagenet.NUM_CLASSES, "cifar10": cifar.NUM_CLASSES}[cfg.task]
-    num_classes = cfg.model.args.get("num_classes", default_classes)
+    from tf_largebatch.config import registry
+
+    if argument in cfg.model.args:
+        return cfg.model.args[argument]
+    builder = registry.MODELS.get(cfg.model.name, "model.name").load()
+    return inspect.signature(builder).parameters[argument].default
+
+
+def image_batch_maker(cfg):
+    """``make_batch(seed, index)`` of :func:`image_batch` at ``cfg``'s micro-batch and image size."""
+    num_classes = _model_default(cfg, "num_classes")
     return lambda seed, i: image_batch(
-        seed, i, batch_size=cfg.micro_batch_size, image_size=data.image_size, num_classes=num_classes
+        seed, i, batch_size=cfg.micro_batch_size, image_size=cfg.data.image_size, num_classes=num_classes
     )
+
+
+def bert_batch_maker(cfg):
+    """``make_batch(seed, index)`` of :func:`bert_batch` at ``cfg``'s micro-batch and sequence shapes."""
+    vocabulary_size = _model_default(cfg, "vocabulary_size")
+    return lambda seed, i: bert_batch(
+        seed, i, batch_size=cfg.micro_batch_size, seq_length=cfg.data.seq_length,
+        max_predictions_per_seq=cfg.data.max_predictions_per_seq, vocabulary_size=vocabulary_size,
+    )
+
+
+def batch_maker(cfg):
+    """``make_batch(seed, index)`` for ``cfg``'s task (its registry entry's ``synthetic_batch``)."""
+    from tf_largebatch.config import registry
+
+    return registry.TASKS.get(cfg.task, "task").load_synthetic_batch()(cfg)
 
 
 def make_datasets(cfg):

@@ -188,7 +188,7 @@ def run(args, verbose=False):
         config, output_dir = config_from_args(args)
     except UsageError as error:
         return _error(error)
-    from tf_largebatch.cli import start_tensorflow
+    from tf_largebatch.startup import start_tensorflow
 
     start_tensorflow(verbose)
     from tf_largebatch.study import api, grid, tasks
