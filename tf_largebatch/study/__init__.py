@@ -18,14 +18,14 @@ import typing
 
 _NAMES = {
     "StudyResult": "api", "run": "api", "run_task": "api", "StudyConfig": "grid", "Task": "tasks",
-    "cifar10_task": "tasks", "make_task": "tasks", "teacher_student_task": "tasks",
+    "cifar10_task": "tasks", "digits_task": "tasks", "make_task": "tasks", "teacher_student_task": "tasks",
 }
 __all__ = sorted(_NAMES)
 
 if typing.TYPE_CHECKING:
     from tf_largebatch.study.api import StudyResult, run, run_task
     from tf_largebatch.study.grid import StudyConfig
-    from tf_largebatch.study.tasks import Task, cifar10_task, make_task, teacher_student_task
+    from tf_largebatch.study.tasks import Task, cifar10_task, digits_task, make_task, teacher_student_task
 
 
 def __getattr__(name):
