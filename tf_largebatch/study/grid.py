@@ -92,8 +92,8 @@ class StudyConfig:
     schedule_lengths: int = 3
     max_widening: int = 2
     warmup_fraction: float = 0.1
-    budget_examples: int = 2**16
-    min_steps: int = 64
+    budget_examples: int = 2**14
+    min_steps: int = 32
     max_steps: int = 4096
     eval_spacing: float = 0.05
     gradient_samples: int = 4

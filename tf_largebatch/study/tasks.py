@@ -78,6 +78,8 @@ TEACHER_STUDENT_TARGETS = (0.70, 0.75)
 CIFAR10_TARGETS = (0.45, 0.5)
 #: Fraction of the training data the built-in tasks and :func:`make_task` keep apart for validation.
 VALIDATION_FRACTION = 0.2
+#: Training examples of :func:`digits_task` (1,797 images: 359 test, 288 validation).
+DIGITS_TRAIN_SIZE = 1150
 
 
 def carve_validation(split, fraction=VALIDATION_FRACTION, seed=0):
