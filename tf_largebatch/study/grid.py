@@ -356,7 +356,8 @@ class GridRunner:
 
         key = (recipe.name, batch_size)
         if key not in self._trainers:
-            self._trainers.clear()  # one cell at a time: keep memory flat
+            # One batch size at a time (its widening rounds revisit every optimizer): keep memory flat.
+            self._trainers = {k: v for k, v in self._trainers.items() if k[1] == batch_size}
             samples = self.config.gradient_samples if recipe.needs_gradient_samples() else 1
             self._trainers[key] = CompiledTrainer(
                 model_fn=lambda: build_model(self.task.model_fn),

@@ -54,7 +54,8 @@ def styles(optimizers):
 
 def _finish(figure, axis, path, title):
     axis.grid(True, which="both", alpha=0.25)
-    axis.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if title:
         axis.set_title(title, fontsize=10)
     figure.tight_layout()
@@ -119,7 +120,8 @@ def plot_steps_to_target(result, path, title=None):
         axis.set_ylabel(f"steps to {100 * target:.1f}% test accuracy")
         axis.grid(True, which="both", alpha=0.25)
         axis.set_title(f"target {100 * target:.1f}%", fontsize=10)
-    axes[0][-1].legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.suptitle(title or "Steps to target: mean and 95 % t interval over seeds; lines: the fit "
                     "S_min (1 + B_crit / B), band: its bootstrap 95 % interval;\nbelow: residuals "
                     "(grey: within the does-not-fit threshold)", fontsize=9)
@@ -172,7 +174,7 @@ def plot_learning_rate_sensitivity(result, path, title=None):
                 axis.plot([p["factor"]], [top], marker="x" if p["diverged"] else "o", color=s["color"],
                           markerfacecolor="none", linestyle="none", markersize=8)
     axis.set_xscale("log", base=2)
-    if reached_values:
+    if reached_values and min(reached_values) > 0:
         axis.set_yscale("log")
     axis.set_xlabel("learning rate / selected learning rate")
     axis.set_ylabel(f"validation steps to {100 * result['targets'][-1]:.1f}%")

@@ -203,7 +203,7 @@ def _format(value, spec, missing="-"):
 
 def _interval_text(cell):
     if cell["reached"] == 0:
-        return "not reached" if cell["n"] else "-"
+        return "not reached" if cell["n"] or cell["trials"] else "-"
     text = f"{cell['mean_steps']:.0f}"
     if cell["low_steps"] is not None:
         text += f" [{cell['low_steps']:.0f},{cell['high_steps']:.0f}]"
