@@ -98,8 +98,10 @@ def run_task(task, config, output_dir, progress=True, stream=None):
     if largest > len(task.train):
         raise ValueError(f"`batch_sizes`: {largest} is larger than the training set ({len(task.train)} examples).")
     resolved = [recipes.resolve(name) for name in config.optimizers]
-    if [r.name for r in resolved] != list(config.optimizers):
-        config = dataclasses.replace(config, optimizers=tuple(r.name for r in resolved))
+    names = [r.name for r in resolved]
+    if len(set(names)) != len(names):
+        raise ValueError(f"`optimizers` must name each optimizer once. Received: {names}")
+    config = dataclasses.replace(config, optimizers=tuple(resolved))
     build_model(task.model_fn)  # a bad model_fn fails here, before the output directory exists
     runner_check = GridRunner.check_contenders(resolved)
     if runner_check:
@@ -137,7 +139,7 @@ def run_task(task, config, output_dir, progress=True, stream=None):
               file=sys.stderr)
     runs = store.runs
     transfers = {r.name: r.transfer_from for r in resolved if r.transfer_from}
-    result = report.analyse(runs, runner.plan, list(task.targets), list(config.optimizers), transfers,
+    result = report.analyse(runs, runner.plan, list(task.targets), names, transfers,
                             list(config.batch_sizes), (config.gradient_samples, config.noise_micro_batch))
     paths = report.write_outputs(output_dir, header, runs, result, runner.plan)
     table = report.tables(result)
@@ -192,9 +194,10 @@ def run(model_fn, train, test, target, output_dir, optimizers=recipes.DEFAULT_OP
         target: an accuracy in (0, 1], or an increasing (loose, tight) pair, that
             "steps to target" counts to.
         output_dir: where the results go.
-        optimizers: names (package, Keras or :data:`tf_largebatch.study.recipes.RECIPES`);
-            ``"NAME-untuned"`` adds an untuned-transfer contender of ``NAME``. The
-            first is the reference of the paired comparisons.
+        optimizers: names (package, Keras or :data:`tf_largebatch.study.recipes.RECIPES`)
+            or :class:`tf_largebatch.study.recipes.Recipe` objects (your own
+            setting); ``"NAME-untuned"`` adds an untuned-transfer contender of
+            ``NAME``. The first is the reference of the paired comparisons.
         batch_sizes: increasing batch sizes, each at most the training-set size.
         progress: a progress bar (True) or one line per finished run (False).
         name: the task's name in the outputs.

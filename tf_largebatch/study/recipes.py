@@ -169,8 +169,11 @@ def resolve(name):
 
     Lookup order: :data:`RECIPES` (exact, then case-insensitive), then
     :func:`find_optimizer_class`. ``NAME-untuned`` is the untuned-transfer
-    contender of ``NAME``.
+    contender of ``NAME``. A :class:`Recipe` is returned as it is (a user's own
+    optimizer setting).
     """
+    if isinstance(name, Recipe):
+        return name
     recipe = builtin(name)
     if recipe is not None:
         return recipe
