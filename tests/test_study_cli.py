@@ -154,8 +154,10 @@ def test_results_agree_with_the_curves_and_the_summary(tiny_study):
     noisy = [r for r in document["runs"] if r["noise"]]
     assert noisy and all(r["batch_size"] == 16 and r["seed"] in (1, 2) for r in noisy)
     # Sensitivity at the largest batch: the selected rate times 2^-2 .. 2^2, never part of the selection.
-    for name, sensitivity in document["sensitivity"].items():
-        assert [p["factor"] for p in sensitivity["points"]] == pytest.approx([0.25, 0.5, 1, 2, 4])
+    for name, by_target in document["sensitivity"].items():
+        assert set(by_target) == {"0.3", "0.5"}
+        for sensitivity in by_target.values():
+            assert [p["factor"] for p in sensitivity["points"]] == pytest.approx([0.25, 0.5, 1, 2, 4])
 
 
 def test_interrupted_study_resumes_without_redoing_finished_runs(tmp_path, monkeypatch, capsys):

@@ -77,7 +77,7 @@ def add_arguments(parser):
                         help="test examples (teacher_student: default 8192; cifar10: default all; not for digits)")
     parser.add_argument("--target", default=None,
                         help="the accuracy 'steps to target' counts to, or a loose,tight pair (default: the "
-                        "task's own: digits 0.9,0.95)")
+                        "task's own: digits 0.85,0.93)")
     parser.add_argument("--budget-examples", type=int, default=None,
                         help="examples of the longest initial schedule: clip(this / batch size, --min-steps, "
                         "--max-steps) steps, grown when a selection sits at that edge (default: 16384 on digits, "

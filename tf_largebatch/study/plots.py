@@ -157,14 +157,15 @@ def plot_learning_rate_sensitivity(result, path, title=None):
     """Figure 3: validation steps to the tight target vs learning-rate factor at the largest batch; crosses:
     diverged, open circles at the top: target not reached."""
     optimizers = [o for o in result["optimizers"] if o in result["sensitivity"]]
+    tight = f"{result['targets'][-1]:g}"
     figure, axis = plt.subplots(figsize=(9.0, 5.2))
     style = styles(result["optimizers"])
-    reached_values = [p["steps_to_target"] for o in optimizers for p in result["sensitivity"][o]["points"]
+    reached_values = [p["steps_to_target"] for o in optimizers for p in result["sensitivity"][o][tight]["points"]
                       if p["steps_to_target"] is not None]
     top = max(reached_values) * 1.5 if reached_values else 1.0
     for optimizer in optimizers:
         s = style[optimizer]
-        points = result["sensitivity"][optimizer]["points"]
+        points = result["sensitivity"][optimizer][tight]["points"]
         reached = [(p["factor"], p["steps_to_target"]) for p in points if p["steps_to_target"] is not None]
         if reached:
             axis.plot(*zip(*reached), color=s["color"], linestyle=s["linestyle"], marker=s["marker"],

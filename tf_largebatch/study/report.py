@@ -121,7 +121,8 @@ def analyse(runs, plan, targets, optimizers, transfers, batch_sizes, noise_setti
         setting = plan["selected"].get((name, batch_sizes[-1], tight)) or plan["selected"].get(
             (name, batch_sizes[-1], targets[0]))
         if keys and setting:
-            sensitivity[name] = analysis.sensitivity([store[k] for k in keys if k in store], setting[0], tight)
+            chosen = [store[k] for k in keys if k in store]
+            sensitivity[name] = {f"{t:g}": analysis.sensitivity(chosen, setting[0], t) for t in targets}
     for cell in cells:
         fit = fits[f"{cell['optimizer']}@{cell['target']}"]
         index = batch_sizes.index(cell["batch_size"])
@@ -286,13 +287,17 @@ def tables(result):
         band = f" [{noise['low']:.0f},{noise['high']:.0f}]" if noise["low"] is not None else ""
         lines.append(f"  {name:<16} {noise['b_simple']:.0f}{band} from {noise['checkpoints']} checkpoints: {agree}")
     if result["sensitivity"]:
-        lines += ["", f"Learning-rate sensitivity at B = {batch_sizes[-1]} (validation, one seed; reported apart "
-                  "from the selection): range around the selected rate that reaches the target, and where "
-                  "divergence starts:"]
-        for name, s in result["sensitivity"].items():
-            span = ("none" if s["reaching_low"] is None else
-                    f"{s['reaching_low']:.3g}-{s['reaching_high']:.3g} ({s['reaching_high'] / s['reaching_low']:.0f}x)")
-            lines.append(f"  {name:<16} reaches: {span}; diverges from: "
+        lines += ["", f"Learning-rate sensitivity at B = {batch_sizes[-1]} (selected rate x 2^-2..2^2 at the "
+                  "selected length, validation, one seed; reported apart from the selection): the range around the "
+                  "selected rate that reaches each target, and where divergence starts:"]
+        for name, by_target in result["sensitivity"].items():
+            spans = []
+            for t, s in by_target.items():
+                spans.append(f"{100 * float(t):g}%: " + ("none" if s["reaching_low"] is None else
+                             f"{s['reaching_low']:.3g}-{s['reaching_high']:.3g} "
+                             f"({s['reaching_high'] / s['reaching_low']:.0f}x)"))
+            s = by_target[f"{tight:g}"]
+            lines.append(f"  {name:<16} reaches {'; '.join(spans)}; diverges from: "
                          f"{_format(s['diverges_from'], '.3g', 'no divergence in the range')}")
     lines += ["", "Headline (only what the intervals support):"] + ["  " + line for line in headline(result)]
     return "\n".join(lines)
@@ -302,14 +307,16 @@ def headline(result):
     """The few sentences the study stands behind, from the paired comparisons and the fits."""
     tight = result["targets"][-1]
     out = []
-    significant = [c for c in result["paired_comparisons"] if c["target"] == tight and c["significant"]]
-    others = [c for c in result["paired_comparisons"] if c["target"] == tight and not c["significant"]]
-    out += [comparison_sentence(c) for c in significant]
-    if others:
+    comparisons = [c for c in result["paired_comparisons"] if c["target"] == tight]
+    out += [comparison_sentence(c) for c in comparisons if c["significant"]]
+    for verdict, chosen in (("no significant difference", [c for c in comparisons if not c["significant"]
+                                                           and c["n"] >= 2]),
+                            ("too few seeds reached the target on both sides to compare",
+                             [c for c in comparisons if c["n"] < 2])):
         by_name = {}
-        for c in others:
+        for c in chosen:
             by_name.setdefault(c["optimizer"], []).append(f"B = {c['batch_size']} (n = {c['n']})")
-        out += [f"{name} vs {result['optimizers'][0]}: no significant difference at " + ", ".join(where)
+        out += [f"{name} vs {result['optimizers'][0]}: {verdict} at " + ", ".join(where)
                 for name, where in by_name.items()]
     for key, fit in result["fits"].items():
         if fit["target"] != tight or fit["s_min"] is None:
