@@ -64,3 +64,15 @@ def test_best_run_is_fewest_steps_then_best_accuracy():
     assert analysis.best_run([slow, fast, early], 0.5) is early
 
 
+
+
+def test_best_setting_needs_every_tuning_seed_and_ranks_by_the_mean():
+    lucky = [make_run(accuracy=(0.1, 0.6, 0.7, 0.8)), make_run(accuracy=(0.1, 0.2, 0.3, 0.4))]   # one seed misses
+    steady = [make_run(accuracy=(0.1, 0.3, 0.6, 0.9)), make_run(accuracy=(0.1, 0.4, 0.6, 0.9))]  # 16.7 and 15
+    assert analysis.best_setting({"lucky": lucky, "steady": steady}, 0.5) == ("steady", True)
+    faster = [make_run(accuracy=(0.1, 0.5, 0.7, 0.8)), make_run(accuracy=(0.1, 0.3, 0.9, 0.9))]  # 10 and 13.3
+    assert analysis.best_setting({"steady": steady, "faster": faster}, 0.5) == ("faster", True)
+    # Nobody reaches 0.95 on every seed: the highest mean best accuracy, marked as not reached.
+    assert analysis.best_setting({"lucky": lucky, "steady": steady}, 0.95) == ("steady", False)
+    crashed = [make_run(accuracy=(0.1, 0.2, None, None), diverged=True)]
+    assert analysis.best_setting({"crashed": crashed}, 0.5) == (None, False)

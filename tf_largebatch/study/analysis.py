@@ -80,6 +80,38 @@ def best_run(runs, target, split="validation"):
     return min(candidates, key=lambda run: _rank(run, target, split))
 
 
+def best_setting(groups, target, split="validation"):
+    """The selected setting: the fewest mean steps to ``target`` over its tuning seeds, every seed reaching it.
+
+    Args:
+        groups: ``{setting: [runs]}``, one run per tuning seed of each setting
+            (a setting is e.g. ``(learning_rate, length)``).
+        target: the accuracy counted to.
+        split: the selection split.
+
+    Returns:
+        ``(setting, reached)``: the setting whose every seed reached ``target``
+        with the fewest mean steps (``reached`` True); if none did, the one with
+        the highest mean best accuracy among those with no divergence before the
+        target (``reached`` False); ``(None, False)`` if there is no such setting.
+    """
+    ranked = []
+    for setting, runs in groups.items():
+        runs = [run for run in runs if run is not None]
+        if not runs:
+            continue
+        steps = [run_steps_to_target(run, target, split) for run in runs]
+        if all(s is not None for s in steps):
+            ranked.append(((0, float(np.mean(steps))), setting))
+        elif not any(run["diverged"] for run in runs):
+            accuracy = float(np.mean([run[f"best_{split}_accuracy"] or 0.0 for run in runs]))
+            ranked.append(((1, -accuracy), setting))
+    if not ranked:
+        return None, False
+    key, setting = min(ranked, key=lambda item: item[0])
+    return setting, key[0] == 0
+
+
 def noise_estimates(run, samples, micro_batch):
     """Per noise checkpoint of one run: ``(step, [|G|^2 per probe], [tr(Sigma) per probe])``.
 

@@ -100,6 +100,9 @@ def add_arguments(parser):
     parser.add_argument("--seeds", type=int, default=None,
                         help=f"reporting seeds per cell, the same for every optimizer (default: {DEFAULT_SEEDS}, "
                         f"--quick {QUICK_SEEDS})")
+    parser.add_argument("--tuning-seeds", type=int, default=2,
+                        help="seeds of every tuning run; a setting is selected on their mean validation steps, "
+                        "each reaching the target (default: %(default)s)")
     parser.add_argument("--output-dir", default=None,
                         help=f"results directory; the same directory resumes (default: ./{DEFAULT_OUTPUT_DIR}, "
                         f"--quick ./{DEFAULT_OUTPUT_DIR}-quick)")
@@ -217,6 +220,7 @@ def config_from_args(args):
            "a number in (0, 1)")
     seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if quick else DEFAULT_SEEDS)
     _check("--seeds", seeds >= 1, seeds, "an integer >= 1")
+    _check("--tuning-seeds", args.tuning_seeds >= 1, args.tuning_seeds, "an integer >= 1")
     budget = args.budget_examples if args.budget_examples is not None else defaults["budget_examples"]
     min_steps, max_steps = args.min_steps, args.max_steps
     _check("--budget-examples", budget >= 1, budget, "an integer >= 1")
@@ -227,7 +231,8 @@ def config_from_args(args):
         optimizers=tuple(optimizers), batch_sizes=tuple(batch_sizes), num_learning_rates=args.learning_rates,
         learning_rate_factor=args.lr_factor, lr_multiplier=lr_multiplier, schedule_lengths=args.schedule_lengths,
         budget_examples=budget, min_steps=min_steps, max_steps=max_steps, eval_spacing=args.eval_spacing,
-        gradient_samples=args.gradient_samples, seed=args.seed, seeds=seeds, max_widening=1 if quick else 2,
+        gradient_samples=args.gradient_samples, seed=args.seed, seeds=seeds, tuning_seeds=args.tuning_seeds,
+        max_widening=1 if quick else 2,
         xla=args.xla,
     )
     return config, output_dir, targets

@@ -2,14 +2,15 @@
 
 Per batch size (smallest first), for every *tuned* optimizer:
 
-1. **Tuning grid** (seed ``seed``, selection on the validation split): the same
+1. **Tuning grid** (``tuning_seeds`` seeds, selection on the validation split): the same
    relative grid for everyone, ``num_learning_rates`` peak learning rates a
    factor ``learning_rate_factor`` apart, geometrically centred on the
    optimizer's scaling rule (:mod:`tf_largebatch.study.recipes`), times
    ``schedule_lengths`` schedule lengths, each half the next, the longest the
    batch size's budget ``clip(budget_examples / B, min_steps, max_steps)``.
-   For every target the selected setting has the fewest validation steps to
-   the target. When any optimizer's selection sits at an edge of the grid, the
+   For every target the selected setting has the fewest mean validation steps
+   to the target over its tuning seeds, every seed reaching it (one lucky seed
+   does not win a selection). When any optimizer's selection sits at an edge of the grid, the
    grid grows on that side *for every optimizer at that batch size* (one more
    learning rate; or a schedule twice as long, or half as long), at most
    ``max_widening`` times per side and dimension: everyone keeps the same number
@@ -76,6 +77,9 @@ class StudyConfig:
             micro-batches of each noise-scale probe.
         seed: seed of the tuning runs (and of the built-in tasks' data).
         seeds: reporting seeds per cell (``seed + 1 .. seed + seeds``).
+        tuning_seeds: seeds of every tuning run (``seed``, ``seed + 1000``, ...,
+            apart from the reporting seeds); a setting is selected on the mean
+            of its seeds' validation steps, every seed reaching the target.
         sensitivity_steps: learning rates on each side of the selected one in
             the sensitivity runs at the largest batch size.
         noise_probes: independent probes per noise-scale measurement.
@@ -99,6 +103,7 @@ class StudyConfig:
     gradient_samples: int = 4
     seed: int = 0
     seeds: int = 3
+    tuning_seeds: int = 2
     sensitivity_steps: int = 2
     noise_probes: int = 4
     noise_micro_batch: int = 32
@@ -123,6 +128,7 @@ class StudyConfig:
         validation.check_positive_int("gradient_samples", self.gradient_samples, minimum=2)
         validation.check_positive_int("seed", self.seed, minimum=0)
         validation.check_positive_int("seeds", self.seeds)
+        validation.check_positive_int("tuning_seeds", self.tuning_seeds)
         validation.check_positive_int("sensitivity_steps", self.sensitivity_steps, minimum=0)
         validation.check_positive_int("noise_probes", self.noise_probes)
         validation.check_positive_int("noise_micro_batch", self.noise_micro_batch)
@@ -168,6 +174,15 @@ class StudyConfig:
             "seed": self.seed,
             "noise": [self.noise_probes, self.noise_micro_batch],
         }
+
+
+#: Seed offsets of the tuning runs are multiples of this, apart from the reporting seeds (1 .. seeds).
+TUNING_SEED_STRIDE = 1000
+
+
+def tuning_offsets(count):
+    """Seed offsets of the tuning runs: 0, 1000, 2000, ... (``count`` of them)."""
+    return [TUNING_SEED_STRIDE * i for i in range(count)]
 
 
 def evaluation_steps(length, spacing):
@@ -330,7 +345,8 @@ class GridRunner:
         self._train = (tf.constant(task.train.x), tf.constant(task.train.y))
         self._splits = {"validation": (task.validation.x, task.validation.y), "test": (task.test.x, task.test.y)}
         cells = len(self.tuned) * len(config.batch_sizes)
-        self.planned = cells * (config.num_learning_rates * config.schedule_lengths + config.seeds * 1) \
+        self.planned = cells * (config.num_learning_rates * config.schedule_lengths * config.tuning_seeds
+                                + config.seeds) \
             + len(self.transfers) * len(config.batch_sizes) * config.seeds
         self.done = 0
         self.plan = {"tuning": {}, "selected": {}, "reporting": {}, "reporting_setting": {}, "sensitivity": {},
@@ -405,24 +421,23 @@ class GridRunner:
         return key
 
     # ----------------------------------------------------------- tuning
-    def _select(self, keys, target):
-        runs = [self.store.get(key) for key in keys]
-        return analysis.best_run(runs, target, split="validation")
+    def _select(self, recipe, batch_size, target):
+        """``((i, j), reached)``: the grid indices of the selected setting (:func:`analysis.best_setting`)."""
+        groups = {}
+        for key, indices in self._indices[(recipe.name, batch_size)].items():
+            groups.setdefault(indices, []).append(self.store.get(key))
+        return analysis.best_setting(groups, target, split="validation")
 
     def _edges(self, batch_size, grid):
         """Which sides of the grid some optimizer's selection sits on: ``{("lr"|"length", -1|+1)}``."""
         edges = set()
         for recipe in self.tuned:
-            keys = self.plan["tuning"][(recipe.name, batch_size)]
-            runs = [self.store.get(key) for key in keys]
             for target in self.task.targets:
-                best = analysis.best_run(runs, target, split="validation")
-                reached = best is not None and analysis.run_steps_to_target(best, target, "validation") is not None
+                best, reached = self._select(recipe, batch_size, target)
                 if best is None:
                     edges.add(("lr", -1))
                     continue
-                i, j = self._indices[(recipe.name, batch_size)][run_key(*[best[f] for f in (
-                    "optimizer", "batch_size", "learning_rate", "length", "seed_offset")])]
+                i, j = best
                 if grid.lr_high > grid.lr_low:
                     if i == grid.lr_high:
                         edges.add(("lr", 1))
@@ -446,11 +461,12 @@ class GridRunner:
                 for i, j in grid.points():
                     lr = config.learning_rate(recipe, batch_size, i)
                     length = config.length(batch_size, j)
-                    key = run_key(recipe.name, batch_size, lr, length, 0)
-                    if key not in indices:
-                        self._run(recipe, batch_size, lr, length, 0)
-                        keys.append(key)
-                        indices[key] = (i, j)
+                    for offset in tuning_offsets(config.tuning_seeds):
+                        key = run_key(recipe.name, batch_size, lr, length, offset)
+                        if key not in indices:
+                            self._run(recipe, batch_size, lr, length, offset)
+                            keys.append(key)
+                            indices[key] = (i, j)
             grown = False
             for dimension, side in sorted(self._edges(batch_size, grid)):
                 if grid.widened.get((dimension, side), 0) >= config.max_widening:
@@ -464,15 +480,15 @@ class GridRunner:
                 grown = True
                 extra = (grid.length_high - grid.length_low + 1) if dimension == "lr" else \
                     (grid.lr_high - grid.lr_low + 1)
-                self.planned += extra * len(self.tuned)
+                self.planned += extra * len(self.tuned) * config.tuning_seeds
             if not grown:
                 break
         for recipe in self.tuned:
             for target in self.task.targets:
-                best = self._select(self.plan["tuning"][(recipe.name, batch_size)], target)
-                reached = best is not None and analysis.run_steps_to_target(best, target, "validation") is not None
+                best, reached = self._select(recipe, batch_size, target)
                 self.plan["selected"][(recipe.name, batch_size, target)] = (
-                    (best["learning_rate"], best["length"]) if reached else None)
+                    (run_key("", 0, config.learning_rate(recipe, batch_size, best[0]), 0, 0)[2],
+                     config.length(batch_size, best[1])) if reached else None)
 
     # -------------------------------------------------------- reporting
     def _report(self, recipe, batch_size, source):
