@@ -2,11 +2,13 @@
 
 ``tf-largebatch demo`` runs one offline (:mod:`tf_largebatch.study.cli`);
 :func:`run` runs one on your own ``keras.Model`` builder and data. The pieces:
-:mod:`~tf_largebatch.study.tasks` (data, model, target),
-:mod:`~tf_largebatch.study.recipes` (optimizers and their scaling rules),
+:mod:`~tf_largebatch.study.tasks` (data with a validation split, model, targets),
+:mod:`~tf_largebatch.study.recipes` (optimizers, their scaling rules, untuned contenders),
 :mod:`~tf_largebatch.study.engine` (compiled training),
-:mod:`~tf_largebatch.study.grid` (the learning-rate grid, resumable),
-:mod:`~tf_largebatch.study.analysis` (steps to target, critical batch, noise scale),
+:mod:`~tf_largebatch.study.grid` (the protocol: tuning, reporting seeds, sensitivity; resumable),
+:mod:`~tf_largebatch.study.analysis` (steps to target, selection, noise scale),
+:mod:`~tf_largebatch.study.statistics` (t intervals, paired comparisons, bootstrap),
+:mod:`~tf_largebatch.study.scaling_fit` (McCandlish's fit, residuals, "does not fit"),
 :mod:`~tf_largebatch.study.report` and :mod:`~tf_largebatch.study.plots` (outputs).
 
 The names below load on first use, so the command line's flag checks
