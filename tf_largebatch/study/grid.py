@@ -43,8 +43,6 @@ import dataclasses
 import math
 import time
 
-import numpy as np
-
 from tf_largebatch import validation
 from tf_largebatch.study import analysis, recipes
 from tf_largebatch.study.store import finite_or_none, run_key
