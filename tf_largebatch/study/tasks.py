@@ -206,7 +206,8 @@ def teacher_student_task(
 
     bayes = float(np.mean(teacher_label[num_train:] == y[num_train:]))
     description = (
-        f"teacher-student: {num_train} train / {num_test} test Gaussian inputs (d={input_dim}), "
+        f"teacher-student: {num_train} train (a fifth kept for validation) / {num_test} test Gaussian inputs "
+        f"(d={input_dim}), "
         f"{num_classes} classes sampled from a random tanh teacher ({teacher_width} hidden, "
         f"temperature {temperature}), seed {seed}; the teacher itself scores {bayes:.2%} on the test set"
     )
