@@ -204,3 +204,16 @@ def test_sensitivity_reports_the_reaching_range_and_where_divergence_starts():
     got = analysis.sensitivity(runs, 0.1, 0.5)
     assert (got["reaching_low"], got["reaching_high"], got["diverges_from"]) == (0.025, 0.2, 0.4)
     assert [p["factor"] for p in got["points"]] == pytest.approx([0.25, 0.5, 1, 2, 4])
+
+
+def test_critical_batch_trend_reads_the_intervals():
+    def fit(b_crit, low, high):
+        return {"b_crit": b_crit, "b_crit_low": low, "b_crit_high": high, "does_not_fit": False}
+
+    result = {"targets": [0.8, 0.9], "optimizers": ["A", "B", "C"],
+              "fits": {"A@0.8": fit(50, 40, 60), "A@0.9": fit(120, 90, 150),
+                       "B@0.8": fit(50, 40, 60), "B@0.9": fit(55, 45, 70),
+                       "C@0.8": fit(50, 40, 60), "C@0.9": {**fit(200, 150, 250), "does_not_fit": True}}}
+    lines = report.critical_batch_trend(result)
+    assert lines[0].startswith("A: B_crit grows") and "no change" in lines[1] and len(lines) == 2
+    assert report.critical_batch_trend({**result, "targets": [0.9]}) == []

@@ -318,6 +318,7 @@ def headline(result):
             by_name.setdefault(c["optimizer"], []).append(f"B = {c['batch_size']} (n = {c['n']})")
         out += [f"{name} vs {result['optimizers'][0]}: {verdict} at " + ", ".join(where)
                 for name, where in by_name.items()]
+    out += critical_batch_trend(result)
     for key, fit in result["fits"].items():
         if fit["target"] != tight or fit["s_min"] is None:
             continue
@@ -327,4 +328,27 @@ def headline(result):
         elif fit["b_crit_low"] is not None:
             out.append(f"{fit['optimizer']}: maximal useful batch B_crit = {fit['b_crit']:.0f} (95 % interval "
                        f"{fit['b_crit_low']:.0f}-{_format(fit['b_crit_high'], '.0f')})")
+    return out
+
+
+def critical_batch_trend(result):
+    """Whether ``B_crit`` grows from the loose to the tight target, as far as the bootstrap intervals show."""
+    if len(result["targets"]) < 2:
+        return []
+    loose, tight = result["targets"][0], result["targets"][-1]
+    out = []
+    for name in result["optimizers"]:
+        a, b = result["fits"][f"{name}@{loose}"], result["fits"][f"{name}@{tight}"]
+        if a["does_not_fit"] or b["does_not_fit"] or None in (a["b_crit_low"], a["b_crit_high"], b["b_crit_low"],
+                                                                 b["b_crit_high"]):
+            continue
+        if b["b_crit_low"] > a["b_crit_high"]:
+            verdict = "grows"
+        elif b["b_crit_high"] < a["b_crit_low"]:
+            verdict = "shrinks"
+        else:
+            verdict = "shows no change beyond its intervals"
+        out.append(f"{name}: B_crit {verdict} from the {100 * loose:g}% to the {100 * tight:g}% target "
+                   f"({a['b_crit']:.0f} [{a['b_crit_low']:.0f}, {a['b_crit_high']:.0f}] -> {b['b_crit']:.0f} "
+                   f"[{b['b_crit_low']:.0f}, {b['b_crit_high']:.0f}])")
     return out
