@@ -139,6 +139,22 @@ def test_recipes_resolve_package_keras_and_study_names():
     assert recipes.builtin("LAMB") is recipes.RECIPES["LAMB"] and recipes.builtin("Lion") is None
 
 
+def test_a_recipe_with_a_factory_builds_a_wrapper_and_declares_its_samples():
+    """The slot an optimizer that wraps another (e.g. AdaScale around MSGD) fills as one recipe entry."""
+    built = []
+
+    def factory(learning_rate, **kwargs):
+        built.append(kwargs)
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, **kwargs)
+
+    wrapped = recipes.Recipe("Wrapped(MSGD)", "keras", "SGD", 0.0125, "linear", factory=factory,
+                             gradient_samples=True, transfer_from="MSGD")
+    optimizer = wrapped.build(0.5, gradient_accumulation_steps=4)
+    assert float(optimizer.learning_rate) == 0.5 and optimizer.gradient_accumulation_steps == 4
+    assert built == [{"gradient_accumulation_steps": 4}] and wrapped.needs_gradient_samples()
+    assert recipes.resolve(wrapped) is wrapped
+
+
 def test_learning_rate_grid_is_centred_on_the_scaling_rule():
     linear = recipes.Recipe("x", "keras", "SGD", 0.1, "linear")
     square_root = recipes.Recipe("y", "keras", "SGD", 0.1, "sqrt")

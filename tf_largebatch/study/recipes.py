@@ -18,7 +18,8 @@ every batch size it runs the learning rate and schedule length that the study
 selected for its ``transfer_from`` optimizer at the smallest batch size, on the
 same seeds, and is reported beside the tuned optimizers. It measures how much of
 the tuning a method saves (e.g. an adaptive-learning-rate wrapper such as
-AdaScale, added as one :data:`RECIPES` entry with ``transfer_from="MSGD"``).
+AdaScale, added as one :data:`RECIPES` entry with ``transfer_from="MSGD"``, a
+``factory`` that wraps the inner optimizer and ``gradient_samples=True``).
 """
 
 import dataclasses
@@ -46,6 +47,12 @@ class Recipe:
         transfer_from: None for a tuned optimizer; for an untuned-transfer
             contender, the name of the tuned optimizer whose smallest-batch
             selection it reuses at every batch size.
+        factory: None, or ``factory(learning_rate, **kwargs) -> optimizer`` for an
+            optimizer that is not built from a learning rate alone (a wrapper
+            around an inner optimizer); it receives ``kwargs`` and
+            ``gradient_accumulation_steps`` like the class would.
+        gradient_samples: None (decided from the class: the VR family), or
+            whether the optimizer needs k >= 2 gradient samples per step.
     """
 
     name: str
@@ -55,6 +62,8 @@ class Recipe:
     rule: str
     kwargs: tuple = ()
     transfer_from: str = None
+    factory: object = None
+    gradient_samples: bool = None
 
     def centre_learning_rate(self, batch_size):
         """The scaling rule's peak learning rate at ``batch_size``."""
@@ -64,7 +73,9 @@ class Recipe:
         return find_optimizer_class(self.class_name, self.source)[1]
 
     def needs_gradient_samples(self):
-        """True for the VR optimizers: their GSNR needs k >= 2 gradient samples per step."""
+        """True for the VR optimizers (their GSNR needs k >= 2 gradient samples per step), or as declared."""
+        if self.gradient_samples is not None:
+            return bool(self.gradient_samples)
         from tf_largebatch.optimizers import VR
 
         return issubclass(self.optimizer_class(), VR)
@@ -74,6 +85,8 @@ class Recipe:
         kwargs = {**dict(self.kwargs), **extra}
         if gradient_accumulation_steps:
             kwargs["gradient_accumulation_steps"] = gradient_accumulation_steps
+        if self.factory is not None:
+            return self.factory(learning_rate, **kwargs)
         return self.optimizer_class()(learning_rate=learning_rate, **kwargs)
 
     def describe(self):
