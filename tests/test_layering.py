@@ -75,6 +75,8 @@ LAYERS = {
     "tf_largebatch.study.plots": PIPELINES,
     "tf_largebatch.study.recipes": PIPELINES,
     "tf_largebatch.study.report": PIPELINES,
+    "tf_largebatch.study.scaling_fit": PIPELINES,
+    "tf_largebatch.study.statistics": PIPELINES,
     "tf_largebatch.study.store": PIPELINES,
     "tf_largebatch.study.tasks": PIPELINES,
     "tf_largebatch.study.cli": CLI,

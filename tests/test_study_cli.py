@@ -1,36 +1,48 @@
 """``tf-largebatch demo``: tiny real studies through the CLI entry point.
 
-A two-optimizer, two-batch-size study writes every output, and the numbers in
-them agree with the recorded curves (steps to target recomputed here by hand,
-best learning rates re-selected here); an interrupted study resumes without
-redoing finished runs; a grid where every run diverges still finishes and plots;
-every bad flag exits 2 naming the flag before any directory exists.
+A two-optimizer, two-batch-size study on the digits writes every output, and the
+numbers in them agree with the recorded curves: steps to each target on each
+split recomputed here by hand, the selection re-made here from the validation
+steps of the tuning runs (the same number for every optimizer), the reporting
+seeds the same for every optimizer, each cell's mean and t interval recomputed
+from them. An interrupted study resumes without redoing finished runs; a grid
+where every run diverges still finishes and plots; every bad flag exits 2
+naming the flag before any directory exists, and before TensorFlow starts.
 """
 
 import csv
 import json
 import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import textwrap
 
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from tf_largebatch import cli
 from tf_largebatch.study import grid
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TARGETS = (0.3, 0.5)
 TINY = [
     "--optimizers", "SNGM,VRMomentum",
     "--batch-sizes", "16,64",
-    "--train-size", "1024",
-    "--test-size", "256",
-    "--budget-examples", "1024",
+    "--budget-examples", "512",
     "--min-steps", "8",
     "--max-steps", "64",
-    "--evaluations", "4",
-    "--learning-rates", "3",
-    "--target", "0.25",
+    "--eval-spacing", "0.25",
+    "--learning-rates", "2",
+    "--schedule-lengths", "2",
+    "--target", "0.3,0.5",
     "--seeds", "2",
     "--no-progress",
 ]
+T_975_DF1 = 12.706204736174707  # Student t, 97.5 % quantile, 1 degree of freedom (tables)
 
 
 def read_csv(path):
@@ -56,6 +68,7 @@ def tiny_study(tmp_path_factory):
 
 def hand_steps_to_target(points, target):
     """First crossing of ``target``, linear between evaluations (written out again here)."""
+    points = [(s, a) for s, a in points if a is not None]
     if points[0][1] >= target:
         return points[0][0]
     for (s0, a0), (s1, a1) in zip(points, points[1:]):
@@ -73,69 +86,83 @@ def test_tiny_study_writes_every_output(tiny_study):
     for name in ("steps_to_target.png", "accuracy.png", "lr_sensitivity.png"):
         assert (output_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (output_dir / "table.txt").read_text().strip() in printed
-    assert "B_noise" in printed and str(output_dir.resolve()) in printed
+    assert "Headline" in printed and "B_simple" in printed and str(output_dir.resolve()) in printed
+    assert "UCI digits" in printed
 
 
 def test_results_agree_with_the_curves_and_the_summary(tiny_study):
     _, output_dir, _ = tiny_study
     rows = read_csv(output_dir / "results.csv")
-    for column in ("optimizer", "batch_size", "learning_rate", "steps", "steps_to_target", "final_test_accuracy",
-                   "best_test_accuracy", "diverged"):
-        assert column in rows[0]
-    document = json.loads((output_dir / "results.json").read_text())
-    assert document["target_test_accuracy"] == 0.25
-    noise_keys = [key for key in document if "noise" in key]
-    assert noise_keys and document[noise_keys[0]]["b_noise"] > 0
-    assert document[noise_keys[0]]["gradient_samples"] == 4
     curves = read_csv(output_dir / "curves.csv")
-    # Budgets: clip(1024 / B, 8, 64) steps, each run evaluated at 0 and 4 more points.
-    budget = {16: 64, 64: 16}
-    main_rows = [r for r in rows if r["seed"] == "0"]
-    assert {(r["optimizer"], int(r["batch_size"])) for r in main_rows} == {
-        (o, b) for o in ("SNGM", "VRMomentum") for b in (16, 64)}
+    for column in ("optimizer", "batch_size", "learning_rate", "length", "seed", "role", "diverged",
+                   "validation_steps_to_0.5", "test_steps_to_0.3"):
+        assert column in rows[0]
+    run_id = ("optimizer", "batch_size", "learning_rate", "length", "seed")
+    by_run = {}
+    for c in curves:
+        by_run.setdefault(tuple(c[k] for k in run_id), []).append(c)
     for row in rows:
-        batch_size = int(row["batch_size"])
-        assert int(row["steps"]) == budget[batch_size]
+        points = by_run[tuple(row[k] for k in run_id)]
+        steps = [int(c["step"]) for c in points]
+        assert steps[0] == 0 and steps == sorted(steps)
+        assert all(b - a <= max(1, 0.25 * a) for a, b in zip(steps, steps[1:]))  # --eval-spacing 0.25
         assert int(row["gradient_samples"]) == (4 if row["optimizer"] == "VRMomentum" else 1)
-        points = [(int(c["step"]), number(c["test_accuracy"])) for c in curves
-                  if (c["optimizer"], c["batch_size"], c["learning_rate"], c["seed"])
-                  == (row["optimizer"], row["batch_size"], row["learning_rate"], row["seed"])]
-        checkpoints = sorted({round(i * budget[batch_size] / 4) for i in range(5)})
-        if row["diverged"] == "True":  # stopped at its first bad evaluation
-            assert [s for s, _ in points] == checkpoints[:len(points)]
-            assert points[-1][0] == int(row["diverged_at_step"]) == int(row["steps_run"]) < budget[batch_size]
-        else:
-            assert [s for s, _ in points] == checkpoints
-        assert number(row["best_test_accuracy"]) == pytest.approx(max(a for s, a in points[1:] if a is not None))
-        expected = None if row["diverged"] == "True" else hand_steps_to_target(points, 0.25)
-        if expected is None:
-            assert row["steps_to_target"] == ""
-        else:
-            assert number(row["steps_to_target"]) == pytest.approx(expected)
+        for split in ("validation", "test"):
+            for target in TARGETS:
+                expected = hand_steps_to_target([(int(c["step"]), number(c[f"{split}_accuracy"])) for c in points],
+                                                target)
+                got = number(row[f"{split}_steps_to_{target:g}"])
+                assert (got is None and expected is None) or got == pytest.approx(expected)
+        if row["diverged"] == "False" and steps[-1] < int(row["length"]):  # stopped early: every target reached
+            assert all(number(row[f"{s}_steps_to_0.5"]) is not None for s in ("validation", "test"))
     summary = read_csv(output_dir / "summary.csv")
+    tuning = [r for r in rows if "tuning" in r["role"]]
+    for batch_size in ("16", "64"):
+        trials = {o: len([r for r in tuning if (r["optimizer"], r["batch_size"]) == (o, batch_size)])
+                  for o in ("SNGM", "VRMomentum")}
+        assert trials["SNGM"] == trials["VRMomentum"] >= 8  # equal tuning for everyone
+        assert {r["seed"] for r in tuning} == {"0", "1000"}  # two tuning seeds, apart from the reporting ones
     for cell in summary:
-        group = [r for r in main_rows if (r["optimizer"], r["batch_size"]) == (cell["optimizer"], cell["batch_size"])
-                 and r["diverged"] == "False"]
-        reached = [r for r in group if r["steps_to_target"] != ""]
-        if reached:
-            best = min(reached, key=lambda r: float(r["steps_to_target"]))
-        else:
-            best = max(group, key=lambda r: float(r["best_test_accuracy"]))
-        assert float(cell["best_learning_rate"]) == pytest.approx(float(best["learning_rate"]))
-        assert len(group) == int(cell["runs"]) - int(cell["diverged_runs"]) >= 3 - int(cell["diverged_runs"])
-    # Sensitivity: at the largest batch the grid grows upwards until a run diverges (at most 3 more).
-    for optimizer in ("SNGM", "VRMomentum"):
-        largest = sorted((r for r in main_rows if r["optimizer"] == optimizer and r["batch_size"] == "64"),
-                         key=lambda r: float(r["learning_rate"]))
-        smallest_batch = [r for r in main_rows if r["optimizer"] == optimizer and r["batch_size"] == "16"]
-        assert largest[-1]["diverged"] == "True" or len(largest) >= 3 + 3
-        assert len(largest) > len(smallest_batch) - 2 * 2  # more than the small batch's grid minus its widening
-    # Seed spread: the best learning rate at the largest batch, run again with seed 1.
-    for optimizer in ("SNGM", "VRMomentum"):
-        cell = next(c for c in summary if c["optimizer"] == optimizer and c["batch_size"] == "64")
-        again = [r for r in rows if r["optimizer"] == optimizer and r["seed"] == "1"]
-        assert [float(r["learning_rate"]) for r in again] == pytest.approx([float(cell["best_learning_rate"])])
-        assert int(again[0]["batch_size"]) == 64
+        target = float(cell["target"])
+        group = [r for r in tuning if (r["optimizer"], r["batch_size"]) == (cell["optimizer"], cell["batch_size"])]
+        settings = {}
+        for r in group:
+            settings.setdefault((float(r["learning_rate"]), int(r["length"])), []).append(
+                number(r[f"validation_steps_to_{target:g}"]))
+        assert all(len(v) == 2 for v in settings.values())
+        reached = {k: np.mean(v) for k, v in settings.items() if None not in v}  # both tuning seeds reach it
+        if not reached:
+            assert cell["learning_rate"] == "" and cell["n"] == "0"
+            continue
+        best = min(reached, key=reached.get)  # selection on the mean validation steps
+        assert float(cell["learning_rate"]) == pytest.approx(best[0])
+        assert int(cell["length"]) == best[1] and int(cell["trials"]) == len(group)
+        reporting = [r for r in rows if "reporting" in r["role"] and (r["optimizer"], r["batch_size"]) == (
+            cell["optimizer"], cell["batch_size"]) and float(r["learning_rate"]) == float(cell["learning_rate"])
+            and r["length"] == cell["length"]]
+        assert sorted(r["seed"] for r in reporting) == ["1", "2"]  # the same seeds for every optimizer
+        steps = [number(r[f"test_steps_to_{target:g}"]) for r in reporting]
+        steps = [s for s in steps if s is not None]
+        assert int(cell["n"]) == 2 and int(cell["reached"]) == len(steps)
+        if len(steps) == 2:
+            mean, half = np.mean(steps), T_975_DF1 * np.std(steps, ddof=1) / math.sqrt(2)
+            assert float(cell["mean_steps"]) == pytest.approx(mean)
+            assert (float(cell["low_steps"]), float(cell["high_steps"])) == pytest.approx((mean - half, mean + half))
+    document = json.loads((output_dir / "results.json").read_text())
+    assert document["targets"] == list(TARGETS)
+    for key in ("fits", "paired_comparisons", "noise_scale", "sensitivity", "interval", "evaluation_bound"):
+        assert key in document
+    fit = document["fits"]["SNGM@0.5"]
+    for key in ("residuals", "does_not_fit", "b_crit_low", "b_crit_high", "threshold"):
+        assert key in fit
+    # Noise probes ran along the smallest batch's reporting runs only.
+    noisy = [r for r in document["runs"] if r["noise"]]
+    assert noisy and all(r["batch_size"] == 16 and r["seed"] in (1, 2) for r in noisy)
+    # Sensitivity at the largest batch: the selected rate times 2^-2 .. 2^2, never part of the selection.
+    for name, by_target in document["sensitivity"].items():
+        assert set(by_target) == {"0.3", "0.5"}
+        for sensitivity in by_target.values():
+            assert [p["factor"] for p in sensitivity["points"]] == pytest.approx([0.25, 0.5, 1, 2, 4])
 
 
 def test_interrupted_study_resumes_without_redoing_finished_runs(tmp_path, monkeypatch, capsys):
@@ -143,12 +170,13 @@ def test_interrupted_study_resumes_without_redoing_finished_runs(tmp_path, monke
     calls = []
 
     def interrupt_third(*args, **kwargs):
-        calls.append((args[0].batch_size, args[2]))
+        calls.append((args[0].batch_size, args[2], args[3]))
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real_train_run(*args, **kwargs)
 
-    flags = ["demo", *TINY, "--optimizers", "SNGM", "--seeds", "1", "--output-dir", str(tmp_path)]
+    flags = ["demo", *TINY, "--optimizers", "SNGM", "--seeds", "1", "--tuning-seeds", "1", "--output-dir",
+             str(tmp_path)]
     monkeypatch.setattr(grid, "train_run", interrupt_third)
     assert cli.main(flags) == 130
     stored = (tmp_path / "runs.jsonl").read_text().splitlines()
@@ -160,18 +188,19 @@ def test_interrupted_study_resumes_without_redoing_finished_runs(tmp_path, monke
         stream.write('{"optimizer": "SNGM", "batch_si')
     calls.clear()
     monkeypatch.setattr(grid, "train_run",
-                        lambda *a, **k: calls.append((a[0].batch_size, a[2])) or real_train_run(*a, **k))
+                        lambda *a, **k: calls.append((a[0].batch_size, a[2], a[3])) or real_train_run(*a, **k))
     assert cli.main(flags) == 0
     rows = read_csv(tmp_path / "results.csv")
     assert len(rows) == len(calls) + 2
-    first_two = {(json.loads(line)["batch_size"], json.loads(line)["learning_rate"]) for line in stored}
-    assert not first_two & {(b, float(f"{lr:.10g}")) for b, lr in calls}  # stored runs not trained again
+    first_two = {(json.loads(line)["batch_size"], json.loads(line)["learning_rate"], json.loads(line)["length"])
+                 for line in stored}
+    assert not first_two & {(b, float(f"{lr:.10g}"), n) for b, lr, n in calls}  # stored runs not trained again
     assert "already done" in capsys.readouterr().out
     # The same command once more trains nothing.
     calls.clear()
     assert cli.main(flags) == 0 and calls == []
     # Other settings in the same directory: a clear error, nothing mixed.
-    assert cli.main([*flags, "--evaluations", "3"]) == 2
+    assert cli.main([*flags, "--eval-spacing", "0.5"]) == 2
     assert "other settings" in capsys.readouterr().err
 
 
@@ -180,12 +209,12 @@ def test_a_grid_where_every_run_diverges_finishes_and_plots(tmp_path, capsys):
                      "--output-dir", str(tmp_path)])
     assert code == 0
     rows = read_csv(tmp_path / "results.csv")
-    assert rows and all(r["diverged"] == "True" and r["steps_to_target"] == "" for r in rows)
-    assert all(int(r["steps_run"]) < int(r["steps"]) for r in rows)  # stopped early
+    assert rows and all(r["diverged"] == "True" and r["test_steps_to_0.5"] == "" for r in rows)
+    assert all(int(r["steps_run"]) < int(r["length"]) for r in rows)  # stopped early
     summary = read_csv(tmp_path / "summary.csv")
-    assert all(c["best_learning_rate"] == "" and c["runs"] == c["diverged_runs"] for c in summary)
-    # Every run diverged, so the grid widened downwards (twice) at every cell.
-    assert all(int(c["runs"]) == 3 + 2 for c in summary)
+    assert all(c["learning_rate"] == "" and c["n"] == "0" for c in summary)
+    # Every run diverged, so the grid widened downwards (twice) for everyone: (2 + 2) rates x 2 lengths x 2 seeds.
+    assert all(int(c["trials"]) == 16 for c in summary)
     for name in ("steps_to_target.png", "accuracy.png", "lr_sensitivity.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "not reached" in capsys.readouterr().out
@@ -194,27 +223,60 @@ def test_a_grid_where_every_run_diverges_finishes_and_plots(tmp_path, capsys):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--batch-sizes", "64,4096", "--train-size", "1024"], "--train-size"),
-        (["--batch-sizes", "262144"], "--batch-sizes"),
-        (["--train-size", "1"], "--train-size"),
+        (["--dataset", "teacher_student", "--batch-sizes", "64,4096", "--train-size", "1024"], "--train-size"),
+        (["--dataset", "teacher_student", "--batch-sizes", "262144"], "--batch-sizes"),
+        (["--batch-sizes", "2048"], "--batch-sizes"),
+        (["--dataset", "teacher_student", "--train-size", "1"], "--train-size"),
+        (["--train-size", "100"], "--train-size"),
+        (["--data-dir", "/tmp"], "--data-dir"),
+        (["--optimizers", ""], "--optimizers"),
+        (["--optimizers", "MSGD,,SNGM"], "--optimizers"),
+        (["--batch-sizes", ""], "--batch-sizes"),
+        (["--gradient-samples", "3"], "--gradient-samples must divide every batch size"),
+        (["--optimizers", "SNGM-untuned"], "must be in --optimizers"),
+        (["--target", "0.9,0.8"], "--target"),
+        (["--target", "0.5,"], "--target"),
+        (["--eval-spacing", "0"], "--eval-spacing"),
+        (["--schedule-lengths", "0"], "--schedule-lengths"),
         (["--lr-multiplier", "inf"], "--lr-multiplier"),
         (["--lr-multiplier", "nan"], "--lr-multiplier"),
         (["--lr-multiplier", "-1"], "--lr-multiplier"),
         (["--seed", "-1"], "--seed"),
         (["--optimizers", "SNGM,Nope"], "unknown optimizer 'Nope'"),
         (["--optimizers", "SNGM,SNGM"], "--optimizers"),
-        (["--batch-sizes", "30"], "--gradient-samples"),
+        (["--optimizers", "SNGM,sngm"], "--optimizers"),
+        (["--batch-sizes", "30"], "--batch-sizes"),
         (["--batch-sizes", "a,b"], "--batch-sizes"),
         (["--target", "1.5"], "--target"),
         (["--learning-rates", "1"], "--learning-rates"),
         (["--lr-factor", "1"], "--lr-factor"),
         (["--seeds", "0"], "--seeds"),
+        (["--tuning-seeds", "0"], "--tuning-seeds"),
         (["--max-steps", "4", "--min-steps", "8"], "--max-steps"),
     ],
 )
 def test_bad_flags_exit_2_naming_the_flag_and_create_nothing(flags, message, tmp_path, capsys):
     assert cli.main(["demo", *flags, "--output-dir", str(tmp_path / "out")]) == 2
-    assert message in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert message in error and "got None" not in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_flags_are_checked_before_tensorflow_starts(tmp_path):
+    """A name that needs Keras to resolve does not start TensorFlow before another flag's error."""
+    code = textwrap.dedent("""
+        import sys
+        from tf_largebatch_cli import main
+        status = main(["demo", "--optimizers", "MCLR,Lion", "--seed", "-1", "--output-dir", "out"])
+        print("MODULES", "tensorflow" in sys.modules, "keras" in sys.modules)
+        sys.exit(status)
+    """)
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=environment, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2 and "--seed" in result.stderr
+    assert "MODULES False False" in result.stdout
+    assert not re.search(r"^[IWEF]\d{4} |absl::InitializeLog|oneDNN", result.stderr, re.M)
     assert not (tmp_path / "out").exists()
 
 
@@ -234,13 +296,13 @@ def test_cifar10_study_runs_on_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
         code = cli.main(["demo", "--dataset", "cifar10", "--optimizers", "SNGM", "--batch-sizes", "16,32",
                          "--train-size", "64", "--test-size", "32", "--budget-examples", "64", "--min-steps", "2",
-                         "--max-steps", "4",
-                         "--evaluations", "2", "--learning-rates", "2", "--seeds", "1", "--target", "0.1",
+                         "--max-steps", "4", "--schedule-lengths", "1", "--eval-spacing", "0.5",
+                         "--learning-rates", "2", "--seeds", "1", "--target", "0.1",
                          "--no-progress", "--output-dir", str(tmp_path)])
     assert code == 0
     document = json.loads((tmp_path / "results.json").read_text())
     assert "CIFAR-10" in document["task"]
-    assert {run["steps"] for run in document["runs"]} == {4, 2}
+    assert {4, 2} <= {run["length"] for run in document["runs"]}
     assert all(math.isfinite(run["best_test_accuracy"]) for run in document["runs"])
 
 

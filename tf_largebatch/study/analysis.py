@@ -1,30 +1,34 @@
 """The scaling analysis of a batch-size study: pure functions on recorded runs.
 
 Protocol (Shallue et al., "Measuring the Effects of Data Parallelism on Neural
-Network Training", JMLR 2019): for every batch size, tune the learning rate and
-measure the number of *steps to reach a target* test metric; plot steps against
-batch size on log-log axes next to perfect scaling (steps halve when the batch
-doubles). McCandlish et al., "An Empirical Model of Large-Batch Training" (2018),
-predict the bend: ``S = S_min (1 + B_crit / B)``, with ``B_crit`` close to the
-gradient noise scale ``B_noise = tr(Sigma) / |G|^2``.
+Network Training", JMLR 2019): for every batch size, tune the learning rate (and
+here the schedule length) on a validation split and measure the number of *steps
+to reach a target* accuracy on the test split, over several seeds. McCandlish et
+al., "An Empirical Model of Large-Batch Training" (2018), predict the bend:
+``S = S_min (1 + B_crit / B)`` (:mod:`tf_largebatch.study.scaling_fit`), with
+``B_crit`` close to the gradient noise scale ``B_simple = tr(Sigma) / |G|^2``
+(:func:`noise_scale`).
 
 A *run* here is a dict with at least ``optimizer``, ``batch_size``,
 ``learning_rate``, ``diverged`` and ``curve`` (``{"step": [...],
-"test_accuracy": [...]}``), as :mod:`tf_largebatch.study.grid` records it.
+"validation_accuracy": [...], "test_accuracy": [...]}``), as
+:mod:`tf_largebatch.study.grid` records it.
 """
 
 import math
 
 import numpy as np
 
-from tf_largebatch.callbacks import noise_estimates_from_gradient_statistics
+from tf_largebatch.callbacks import unbiased_noise_estimates
+from tf_largebatch.study import statistics
 
 
 def steps_to_target(steps, values, target):
     """First step at which ``values`` reaches ``target`` (>=), interpolated linearly.
 
     Between two evaluations ``(s0, v0)`` and ``(s1, v1)`` with ``v0 < target <=
-    v1`` the crossing is at ``s0 + (s1 - s0) (target - v0) / (v1 - v0)``.
+    v1`` the crossing is at ``s0 + (s1 - s0) (target - v0) / (v1 - v0)``; it
+    lies in ``[s0, s1]``, so its error is at most ``s1 - s0``.
 
     Args:
         steps: increasing optimizer steps of the evaluations.
@@ -47,215 +51,164 @@ def steps_to_target(steps, values, target):
     return None
 
 
-def run_steps_to_target(run, target):
-    """Steps to ``target`` test accuracy of one run; ``None`` if diverged or never reached."""
-    if run["diverged"]:
-        return None
-    return steps_to_target(run["curve"]["step"], run["curve"]["test_accuracy"], target)
+def run_steps_to_target(run, target, split="test"):
+    """Steps to ``target`` accuracy on ``split`` of one run; ``None`` if never reached.
 
-
-def _rank(run, target):
-    """Sort key: reached the target in fewer steps first, then higher best accuracy."""
-    steps = run_steps_to_target(run, target)
-    return (steps is None, steps if steps is not None else 0.0, -run["best_test_accuracy"])
-
-
-def best_run(runs, target):
-    """The run with the fewest steps to target among ``runs`` that did not diverge.
-
-    If none reaches the target, the one with the highest best test accuracy.
-    ``None`` if every run diverged (or ``runs`` is empty).
+    A run that reached the target and diverged later has reached it.
     """
-    candidates = [run for run in runs if not run["diverged"]]
+    if run is None:
+        return None
+    return steps_to_target(run["curve"]["step"], run["curve"][f"{split}_accuracy"], target)
+
+
+def _rank(run, target, split):
+    """Sort key: reached the target in fewer steps first, then higher best accuracy."""
+    steps = run_steps_to_target(run, target, split)
+    return (steps is None, steps if steps is not None else 0.0, -(run[f"best_{split}_accuracy"] or 0.0))
+
+
+def best_run(runs, target, split="validation"):
+    """The run with the fewest steps to ``target`` on ``split`` (the selection).
+
+    If none reaches the target, the one with the highest best accuracy among
+    those that did not diverge. ``None`` if there is no such run.
+    """
+    candidates = [run for run in runs
+                  if run is not None and (not run["diverged"] or run_steps_to_target(run, target, split) is not None)]
     if not candidates:
         return None
-    return min(candidates, key=lambda run: _rank(run, target))
+    return min(candidates, key=lambda run: _rank(run, target, split))
 
 
-def widening_direction(runs, target):
-    """Where the learning-rate grid of one (optimizer, batch size) must grow, if anywhere.
-
-    Returns ``+1`` when the best run has the largest learning rate tried, ``-1``
-    when it has the smallest (or when every run diverged: go lower), else 0.
-    """
-    if not runs:
-        return 0
-    rates = sorted(run["learning_rate"] for run in runs)
-    best = best_run(runs, target)
-    if best is None:
-        return -1
-    if best["learning_rate"] == rates[-1]:
-        return 1
-    if best["learning_rate"] == rates[0]:
-        return -1
-    return 0
-
-
-def maximal_useful_batch(batch_sizes, steps, tolerance=2.0):
-    """The largest batch size still within ``tolerance`` x of perfect scaling.
-
-    Perfect scaling from the smallest batch ``B0`` with steps ``S0`` (that
-    reached the target) is ``S0 B0 / B``; a batch size is useful while its steps
-    are at most ``tolerance`` times that. The walk goes up from ``B0`` and stops
-    at the first batch size that fails (or never reached the target).
+def best_setting(groups, target, split="validation"):
+    """The selected setting: the fewest mean steps to ``target`` over its tuning seeds, every seed reaching it.
 
     Args:
-        batch_sizes: increasing batch sizes.
-        steps: steps to target at each (``None``: not reached).
-        tolerance: float >= 1.
+        groups: ``{setting: [runs]}``, one run per tuning seed of each setting
+            (a setting is e.g. ``(learning_rate, length)``).
+        target: the accuracy counted to.
+        split: the selection split.
 
     Returns:
-        The batch size, or ``None`` if the smallest did not reach the target.
+        ``(setting, reached)``: the setting whose every seed reached ``target``
+        with the fewest mean steps (``reached`` True); if none did, the one with
+        the highest mean best accuracy among those with no divergence before the
+        target (``reached`` False); ``(None, False)`` if there is no such setting.
     """
-    pairs = sorted(zip(batch_sizes, steps))
-    if not pairs or pairs[0][1] is None:
-        return None
-    base_batch, base_steps = pairs[0]
-    useful = base_batch
-    for batch_size, value in pairs[1:]:
-        if value is None or value > tolerance * base_steps * base_batch / batch_size:
-            break
-        useful = batch_size
-    return useful
+    ranked = []
+    for setting, runs in groups.items():
+        runs = [run for run in runs if run is not None]
+        if not runs:
+            continue
+        steps = [run_steps_to_target(run, target, split) for run in runs]
+        if all(s is not None for s in steps):
+            ranked.append(((0, float(np.mean(steps))), setting))
+        elif not any(run["diverged"] for run in runs):
+            accuracy = float(np.mean([run[f"best_{split}_accuracy"] or 0.0 for run in runs]))
+            ranked.append(((1, -accuracy), setting))
+    if not ranked:
+        return None, False
+    key, setting = min(ranked, key=lambda item: item[0])
+    return setting, key[0] == 0
 
 
-def fit_critical_batch(batch_sizes, steps):
-    """Fits ``S = S_min (1 + B_crit / B)`` to steps-to-target by relative least squares.
+def noise_estimates(run, samples, micro_batch):
+    """Per noise checkpoint of one run: ``(step, [|G|^2 per probe], [tr(Sigma) per probe])``.
 
-    With ``a = S_min`` and ``c = S_min B_crit`` the model is linear, ``S = a + c /
-    B``; minimising the relative residuals ``sum ((S_i - a - c / B_i) / S_i)^2``
-    (steps span orders of magnitude) is a linear least-squares problem. Points
-    that did not reach the target (``None``) are left out.
+    Each probe holds ``|G_big|^2`` over ``samples * micro_batch`` examples and
+    the mean ``|G_small|^2`` over its micro-batches of ``micro_batch``; McCandlish
+    et al.'s unbiased estimators (App. A.1,
+    :func:`tf_largebatch.callbacks.unbiased_noise_estimates`) turn them into
+    ``|G|^2`` and ``tr(Sigma)``.
+    """
+    out = []
+    for step, big, small in run.get("noise") or []:
+        pairs = [unbiased_noise_estimates(s, b, micro_batch, samples * micro_batch) for b, s in zip(big, small)]
+        out.append((step, [g for g, _ in pairs], [t for _, t in pairs]))
+    return out
+
+
+def noise_scale(runs, samples, micro_batch, target, split="test"):
+    """``B_simple = tr(Sigma) / |G|^2`` along runs up to their target, with a bootstrap standard error.
+
+    Pools every probe taken before each run reached ``target`` on ``split`` (all
+    probes of a run that never reached it), averages ``|G|^2`` and ``tr(Sigma)``
+    separately and divides (as McCandlish et al. recommend). The standard error
+    and 95 % interval come from a bootstrap over checkpoints (run, step), each
+    resampled with all its probes (fixed seed).
 
     Returns:
-        ``{"s_min", "b_crit", "points"}``. With fewer than 2 points both are
-        ``None``. If the best fit has ``S_min <= 0`` (no bend within the
-        measured range: steps fall as fast as ``1 / B`` or faster), ``s_min`` is
-        0 and ``b_crit`` is ``inf``; if it has ``c < 0`` (steps do not fall with
-        the batch), ``b_crit`` is 0 and ``s_min`` is the mean of the steps.
-
-    References:
-        McCandlish et al., "An Empirical Model of Large-Batch Training", 2018,
-        eq. (2.11) and Figure 4.
+        ``{"b_simple", "standard_error", "low", "high", "checkpoints", "series"}``
+        (``series``: per run seed and step, that checkpoint's own ratio), or
+        ``b_simple`` None if there are no probes or the mean ``|G|^2`` is not positive.
     """
-    points = [(float(b), float(s)) for b, s in zip(batch_sizes, steps) if s is not None and s > 0]
-    result = {"s_min": None, "b_crit": None, "points": len(points)}
-    if len(points) < 2:
+    units, series = [], []
+    for run in runs:
+        reached = run_steps_to_target(run, target, split)
+        for step, squares, traces in noise_estimates(run, samples, micro_batch):
+            if reached is not None and step > reached:
+                break
+            units.append((float(np.sum(squares)), float(np.sum(traces)), len(squares)))
+            mean_square = float(np.mean(squares))
+            series.append({"seed": run["seed"], "step": step,
+                           "b_simple": float(np.mean(traces)) / mean_square if mean_square > 0 else None})
+    result = {"b_simple": None, "standard_error": None, "low": None, "high": None, "checkpoints": len(units),
+              "series": series}
+    if not units:
         return result
-    batch = np.array([b for b, _ in points])
-    measured = np.array([s for _, s in points])
-    design = np.stack([1.0 / measured, 1.0 / (batch * measured)], axis=1)
-    (a, c), *_ = np.linalg.lstsq(design, np.ones_like(measured), rcond=None)
-    if a <= 0:
-        result.update(s_min=0.0, b_crit=math.inf)
-    elif c < 0:
-        result.update(s_min=float(measured.mean()), b_crit=0.0)
-    else:
-        result.update(s_min=float(a), b_crit=float(c / a))
+
+    def ratio(chosen):
+        square = sum(u[0] for u in chosen)
+        return sum(u[1] for u in chosen) / square if square > 0 else None
+
+    value = ratio(units)
+    if value is None:
+        return result
+    rng = np.random.default_rng(statistics.BOOTSTRAP_SEED)
+    draws = [ratio([units[i] for i in rng.integers(0, len(units), len(units))])
+             for _ in range(statistics.BOOTSTRAP_RESAMPLES)]
+    draws = [d for d in draws if d is not None and math.isfinite(d)]
+    if len(units) >= 2 and draws:
+        low, high = np.quantile(draws, [0.025, 0.975])
+        result.update(standard_error=float(np.std(draws, ddof=1)), low=float(low), high=float(high))
+    result["b_simple"] = value
     return result
 
 
-def fitted_steps(fit, batch_size):
-    """``S_min (1 + B_crit / B)`` of a :func:`fit_critical_batch` result (None if no fit)."""
-    if fit["s_min"] is None or not math.isfinite(fit["b_crit"]):
+def intervals_agree(low_a, high_a, low_b, high_b):
+    """Whether two intervals overlap (``None`` if either is missing)."""
+    if None in (low_a, high_a, low_b, high_b):
         return None
-    return fit["s_min"] * (1.0 + fit["b_crit"] / batch_size)
+    return bool(low_a <= high_b and low_b <= high_a)
 
 
-def noise_scale(statistics, num_samples, batch_size):
-    """McCandlish et al.'s simple noise scale ``B_simple = tr(Sigma) / |G|^2`` over several steps.
-
-    Each step's unbiased estimates of ``|G|^2`` and ``tr(Sigma)`` come from the
-    package's own formula
-    (:func:`tf_largebatch.callbacks.noise_estimates_from_gradient_statistics`);
-    as the paper recommends, they are averaged separately and then divided.
+def sensitivity(runs, centre_learning_rate, target, split="validation"):
+    """The learning-rate sensitivity around a selected learning rate.
 
     Args:
-        statistics: per step, ``(mean_square, variance)``, the sums over every
-            variable of an optimizer's ``gradient_statistics()``.
-        num_samples: k >= 2 gradient samples per step.
-        batch_size: examples per step, over all samples.
+        runs: the sensitivity runs (one seed, one schedule length), any order.
+        centre_learning_rate: the selected learning rate they surround.
+        target: the accuracy counted to.
 
     Returns:
-        ``{"b_noise", "gradient_square_norm", "trace_covariance", "steps"}``;
-        ``b_noise`` is ``None`` when the averaged ``|G|^2`` is not positive.
+        ``{"points": [{"learning_rate", "factor", "steps_to_target", "diverged"}...],
+        "reaching_low", "reaching_high"`` (the contiguous range of learning rates
+        around the centre that reached the target), ``"diverges_from"`` (the
+        smallest learning rate above the centre that diverged, or None)``}``.
     """
-    if not statistics:
-        raise ValueError("`statistics` must hold at least one step, got none.")
-    estimates = [
-        noise_estimates_from_gradient_statistics(mean_square, variance, num_samples, batch_size)
-        for mean_square, variance in statistics
-    ]
-    gradient_square_norm = float(np.mean([g for g, _ in estimates]))
-    trace_covariance = float(np.mean([t for _, t in estimates]))
-    return {
-        "b_noise": trace_covariance / gradient_square_norm if gradient_square_norm > 0 else None,
-        "gradient_square_norm": gradient_square_norm,
-        "trace_covariance": trace_covariance,
-        "steps": len(statistics),
-    }
-
-
-def summarize(runs, target, optimizers, batch_sizes):
-    """Per (optimizer, batch size) the best run, and per optimizer the scaling numbers.
-
-    Returns:
-        ``(cells, per_optimizer)``: ``cells[(optimizer, batch_size)]`` is a dict with
-        ``best_learning_rate``, ``steps_to_target``, ``best_test_accuracy``,
-        ``final_test_accuracy``, ``runs``, ``diverged_runs`` (None values when every
-        run diverged); ``per_optimizer[optimizer]`` holds ``maximal_useful_batch``,
-        ``s_min`` and ``b_crit``.
-    """
-    cells = {}
-    for optimizer in optimizers:
-        for batch_size in batch_sizes:
-            group = [r for r in runs if r["optimizer"] == optimizer and r["batch_size"] == batch_size
-                     and r["seed_offset"] == 0]
-            if not group:
-                continue
-            best = best_run(group, target)
-            cells[(optimizer, batch_size)] = {
-                "optimizer": optimizer,
-                "batch_size": batch_size,
-                "runs": len(group),
-                "diverged_runs": sum(r["diverged"] for r in group),
-                "best_learning_rate": best["learning_rate"] if best else None,
-                "steps_to_target": run_steps_to_target(best, target) if best else None,
-                "best_test_accuracy": best["best_test_accuracy"] if best else None,
-                "final_test_accuracy": best["final_test_accuracy"] if best else None,
-                "learning_rate_at_edge": widening_direction(group, target) != 0,
-            }
-    per_optimizer = {}
-    for optimizer in optimizers:
-        measured = [(b, cells[(optimizer, b)]["steps_to_target"]) for b in batch_sizes if (optimizer, b) in cells]
-        fit = fit_critical_batch([b for b, _ in measured], [s for _, s in measured])
-        per_optimizer[optimizer] = {
-            "maximal_useful_batch": maximal_useful_batch([b for b, _ in measured], [s for _, s in measured]),
-            "s_min": fit["s_min"],
-            "b_crit": fit["b_crit"],
-            "fit_points": fit["points"],
-        }
-    return cells, per_optimizer
-
-
-def seed_spread(runs, target, optimizer, batch_size, learning_rate):
-    """Mean, standard deviation, min and max over seeds of one configuration's results."""
-    group = [r for r in runs if r["optimizer"] == optimizer and r["batch_size"] == batch_size
-             and r["learning_rate"] == learning_rate]
-    accuracies = [r["best_test_accuracy"] for r in group if not r["diverged"]]
-    steps = [run_steps_to_target(r, target) for r in group]
-    reached = [s for s in steps if s is not None]
-    return {
-        "optimizer": optimizer,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "seeds": len(group),
-        "diverged": sum(r["diverged"] for r in group),
-        "best_test_accuracy_mean": float(np.mean(accuracies)) if accuracies else None,
-        "best_test_accuracy_std": float(np.std(accuracies)) if accuracies else None,
-        "best_test_accuracy_min": min(accuracies) if accuracies else None,
-        "best_test_accuracy_max": max(accuracies) if accuracies else None,
-        "steps_to_target_min": min(reached) if reached else None,
-        "steps_to_target_max": max(reached) if reached else None,
-        "reached_target": len(reached),
-    }
+    points = []
+    for run in sorted(runs, key=lambda r: r["learning_rate"]):
+        points.append({"learning_rate": run["learning_rate"], "factor": run["learning_rate"] / centre_learning_rate,
+                       "steps_to_target": run_steps_to_target(run, target, split), "diverged": run["diverged"]})
+    centre = min(range(len(points)), key=lambda i: abs(math.log(points[i]["factor"]))) if points else None
+    low = high = None
+    if centre is not None and points[centre]["steps_to_target"] is not None:
+        lo = hi = centre
+        while lo > 0 and points[lo - 1]["steps_to_target"] is not None:
+            lo -= 1
+        while hi < len(points) - 1 and points[hi + 1]["steps_to_target"] is not None:
+            hi += 1
+        low, high = points[lo]["learning_rate"], points[hi]["learning_rate"]
+    above = [p["learning_rate"] for p in points[(centre or 0) + 1:] if p["diverged"]] if points else []
+    return {"points": points, "reaching_low": low, "reaching_high": high,
+            "diverges_from": min(above) if above else None}

@@ -20,8 +20,9 @@ class StudyResult:
     """What a study produced.
 
     Attributes:
-        result: the analysis (``summary``, ``per_optimizer``, ``noise_scale``,
-            ``seed_spread_at_largest_batch``, ``target_test_accuracy``).
+        result: the analysis (``summary``, ``fits``, ``paired_comparisons``,
+            ``noise_scale``, ``sensitivity``, ``targets``;
+            :func:`tf_largebatch.study.report.analyse`).
         runs: every finished run (dicts, with their curves).
         table: the printed report.
         paths: the files written, by name.
@@ -58,7 +59,7 @@ class _Progress:
             what = "noise-scale measurement"
         else:
             what = (f"{run['optimizer']:>10} B={run['batch_size']:<5} lr={run['learning_rate']:<10.4g} "
-                    f"seed={run['seed']}")
+                    f"length={run['length']:<5} seed={run['seed']}")
         if resumed:
             print(f"[{done}/{planned}] {what}: already done", file=self.stream, flush=True)
             return
@@ -66,7 +67,7 @@ class _Progress:
             print(f"[{done}/{planned}] {what}: done", file=self.stream, flush=True)
             return
         outcome = (f"diverged at step {run['diverged_at_step']}" if run["diverged"]
-                   else f"best test acc {100 * run['best_test_accuracy']:.2f}%")
+                   else f"best validation acc {100 * run['best_validation_accuracy']:.2f}%")
         print(f"[{done}/{planned}] {what}: {run['steps_run']} steps, {outcome} ({run['cpu_seconds']:.1f} s CPU)",
               file=self.stream, flush=True)
 
@@ -82,7 +83,7 @@ def run_task(task, config, output_dir, progress=True, stream=None):
     outputs of what is done and returns with ``interrupted=True``.
 
     Args:
-        task: a :class:`tf_largebatch.study.tasks.Task` (with ``model_fn`` and ``target``).
+        task: a :class:`tf_largebatch.study.tasks.Task` (with ``model_fn`` and ``targets``).
         config: a :class:`tf_largebatch.study.grid.StudyConfig`.
         output_dir: directory of the results (created; a study there with the
             same settings is resumed).
@@ -96,22 +97,34 @@ def run_task(task, config, output_dir, progress=True, stream=None):
     largest = config.batch_sizes[-1]
     if largest > len(task.train):
         raise ValueError(f"`batch_sizes`: {largest} is larger than the training set ({len(task.train)} examples).")
+    resolved = [recipes.resolve(name) for name in config.optimizers]
+    names = [r.name for r in resolved]
+    if len(set(names)) != len(names):
+        raise ValueError(f"`optimizers` must name each optimizer once. Received: {names}")
+    config = dataclasses.replace(config, optimizers=tuple(resolved))
     build_model(task.model_fn)  # a bad model_fn fails here, before the output directory exists
+    runner_check = GridRunner.check_contenders(resolved)
+    if runner_check:
+        raise ValueError(runner_check)
     store = RunStore(output_dir, config.fingerprint(task))
-    steps_by_batch = {b: config.steps(b) for b in config.batch_sizes}
     header = {
         "task": task.description,
         "bayes_test_accuracy": task.bayes_test_accuracy,
         "config": dataclasses.asdict(config),
-        "steps_by_batch_size": {str(b): s for b, s in steps_by_batch.items()},
-        "optimizers": {name: recipes.resolve(name).describe() for name in config.optimizers},
+        "initial_budget_steps": {str(b): config.budget(b) for b in config.batch_sizes},
+        "optimizer_recipes": {r.name: r.describe() for r in resolved},
         "base_batch_size": recipes.BASE_BATCH_SIZE,
-        "protocol": "Shallue et al. 2019: per batch size, tune the learning rate and count steps to the target; "
-                    "McCandlish et al. 2018: S = S_min (1 + B_crit / B)",
+        "protocol": "Shallue et al. 2019: per batch size, tune learning rate and schedule length on a validation "
+                    "split, count steps to each target on the test split over reporting seeds; McCandlish et al. "
+                    "2018: S = S_min (1 + B_crit / B)",
+        "evaluation_bound": f"a crossing is placed within max(1 step, {100 * config.eval_spacing:g} % of its step)",
     }
-    print(f"Task: {task.description}; target: {100 * task.target:.1f}% test accuracy", file=stream)
-    print(f"{len(config.optimizers)} optimizers x {len(config.batch_sizes)} batch sizes x >= "
-          f"{config.num_learning_rates} learning rates; writing to {output_dir}", file=stream, flush=True)
+    targets = ", ".join(f"{100 * t:.1f}%" for t in task.targets)
+    print(f"Task: {task.description}; targets: {targets} accuracy (selection on validation, report on test)",
+          file=stream)
+    print(f"{len(config.optimizers)} optimizers x {len(config.batch_sizes)} batch sizes; tuning grid "
+          f"{config.num_learning_rates} learning rates x {config.schedule_lengths} schedule lengths; "
+          f"{config.seeds} reporting seeds; writing to {output_dir}", file=stream, flush=True)
     reporter = _Progress(progress, stream)
     runner = GridRunner(task, config, store, on_run_end=reporter)
     interrupted = False
@@ -125,17 +138,17 @@ def run_task(task, config, output_dir, progress=True, stream=None):
         print(f"\nInterrupted: keeping the {len(store.runs)} finished runs; the same command resumes.",
               file=sys.stderr)
     runs = store.runs
-    result = report.analyse(runs, task.target, list(config.optimizers), list(config.batch_sizes), steps_by_batch,
-                            store.extras.get("noise_scale"))
-    paths = report.write_outputs(output_dir, header, runs, result)
-    table = report.tables(result, list(config.optimizers), list(config.batch_sizes), steps_by_batch)
+    transfers = {r.name: r.transfer_from for r in resolved if r.transfer_from}
+    result = report.analyse(runs, runner.plan, list(task.targets), names, transfers,
+                            list(config.batch_sizes), (config.gradient_samples, config.noise_micro_batch))
+    paths = report.write_outputs(output_dir, header, runs, result, runner.plan)
+    table = report.tables(result)
     if not math.isnan(task.bayes_test_accuracy):
         table += f"\n(the teacher itself scores {100 * task.bayes_test_accuracy:.2f}% test accuracy)"
     paths["table.txt"] = output_dir / "table.txt"
     write_text_atomically(paths["table.txt"], table + "\n")
     if runs:
-        for path in plots.plot_all(runs, result, list(config.optimizers), list(config.batch_sizes), steps_by_batch,
-                                   output_dir, bayes_accuracy=task.bayes_test_accuracy):
+        for path in plots.plot_all(result, output_dir):
             paths[path.name] = path
     print("\n" + table, file=stream)
     print(f"\nResults in {output_dir.resolve()}: " + ", ".join(sorted(paths)), file=stream, flush=True)
@@ -143,15 +156,18 @@ def run_task(task, config, output_dir, progress=True, stream=None):
 
 
 def run(model_fn, train, test, target, output_dir, optimizers=recipes.DEFAULT_OPTIMIZERS,
-        batch_sizes=StudyConfig.batch_sizes, progress=True, name="custom", **config):
+        batch_sizes=StudyConfig.batch_sizes, progress=True, name="custom", validation_data=None, **config):
     """A batch-size scaling study of your own model and data.
 
-    For each optimizer and batch size it tunes the peak learning rate on a grid
-    centred on the optimizer's scaling rule, counts the steps to reach ``target``
-    test accuracy, and reports the best learning rates, the maximal useful batch
-    size, the fit ``S = S_min (1 + B_crit / B)`` and the gradient noise scale, in
-    files and figures under ``output_dir`` (see ``docs/study.md``). Running it
-    again with the same arguments resumes: finished runs are skipped.
+    For each optimizer and batch size it tunes the peak learning rate and the
+    schedule length on a validation split (carved from ``train`` unless
+    ``validation_data`` is given), runs the selected setting with ``seeds``
+    reporting seeds (the same for every optimizer), counts their steps to each
+    target on ``test``, and reports means with 95 % intervals, paired
+    comparisons between optimizers, the fit ``S = S_min (1 + B_crit / B)`` with
+    its residuals and bootstrap interval, and the gradient noise scale along the
+    runs, in files and figures under ``output_dir`` (see ``docs/study.md``).
+    Running it again with the same arguments resumes: finished runs are skipped.
 
     Example::
 
@@ -162,8 +178,8 @@ def run(model_fn, train, test, target, output_dir, optimizers=recipes.DEFAULT_OP
             return keras.Sequential([keras.Input((20,)), keras.layers.Dense(64, activation="relu"),
                                      keras.layers.Dense(3)])
 
-        outcome = tf_largebatch.study.run(model_fn, (x_train, y_train), (x_test, y_test), target=0.9,
-                                output_dir="my_study", batch_sizes=(32, 128, 512, 2048))
+        outcome = tf_largebatch.study.run(model_fn, (x_train, y_train), (x_test, y_test), target=(0.85, 0.9),
+                                          output_dir="my_study", batch_sizes=(32, 128, 512, 2048))
         print(outcome.table)
 
     Args:
@@ -174,16 +190,21 @@ def run(model_fn, train, test, target, output_dir, optimizers=recipes.DEFAULT_OP
         train: ``(x, y)`` arrays or a finite ``tf.data.Dataset`` of ``(x, y)``
             (examples or batches); held in memory, minibatches drawn from it
             with replacement inside the compiled training loop.
-        test: the same for the test set (evaluated whole, ``evaluations`` times per run).
-        target: test accuracy in (0, 1] that "steps to target" counts to.
+        test: the same for the test set (reporting only).
+        target: an accuracy in (0, 1], or an increasing (loose, tight) pair, that
+            "steps to target" counts to.
         output_dir: where the results go.
-        optimizers: names (package, Keras or :data:`tf_largebatch.study.recipes.RECIPES`).
+        optimizers: names (package, Keras or :data:`tf_largebatch.study.recipes.RECIPES`)
+            or :class:`tf_largebatch.study.recipes.Recipe` objects (your own
+            setting); ``"NAME-untuned"`` adds an untuned-transfer contender of
+            ``NAME``. The first is the reference of the paired comparisons.
         batch_sizes: increasing batch sizes, each at most the training-set size.
         progress: a progress bar (True) or one line per finished run (False).
         name: the task's name in the outputs.
+        validation_data: the selection split; default a seeded fifth of ``train``.
         **config: any other field of :class:`tf_largebatch.study.grid.StudyConfig`
-            (``num_learning_rates``, ``learning_rate_factor``, ``lr_multiplier``,
-            ``budget_examples``, ``min_steps``, ``max_steps``, ``seeds``, ...).
+            (``num_learning_rates``, ``schedule_lengths``, ``budget_examples``,
+            ``min_steps``, ``max_steps``, ``seeds``, ``eval_spacing``, ...).
 
     Returns:
         A :class:`StudyResult`.
@@ -196,10 +217,10 @@ def run(model_fn, train, test, target, output_dir, optimizers=recipes.DEFAULT_OP
         Network Training", JMLR 2019. McCandlish et al., "An Empirical Model of
         Large-Batch Training", 2018.
     """
-    task = make_task(model_fn, train, test, target, name=name)
     study_config = StudyConfig(optimizers=tuple(optimizers), batch_sizes=tuple(batch_sizes), **config)
     for optimizer in study_config.optimizers:
         recipes.resolve(optimizer)
+    task = make_task(model_fn, train, test, target, name=name, validation_data=validation_data)
     outcome = run_task(task, study_config, output_dir, progress=progress)
     if outcome.interrupted:
         raise KeyboardInterrupt

@@ -5,7 +5,7 @@ optimizer once and compiles (XLA, one device) two functions:
 
 * a *chunk* of ``n`` training steps inside one ``tf.while_loop`` (minibatches drawn
   in the graph, i.i.d. with replacement, from the training set held as a tensor);
-* an evaluation of the test set (a plain graph function).
+* an evaluation of a held-out split (a plain graph function).
 
 The training chunk can be XLA-compiled (``jit_compile``). XLA pays only where the
 per-step overhead dominates (small batches, thousands of steps); at larger
@@ -13,59 +13,61 @@ batches the matrix products dominate and the seconds XLA needs to compile buy
 nothing, so the grid decides per batch size
 (:meth:`tf_largebatch.study.grid.StudyConfig.jit_compile`).
 
-The peak learning rate lives in a variable that scales a fixed schedule shape, and
-every run starts by restoring the weights and the optimizer's freshly built state,
-so all learning rates and seeds of one (optimizer, batch size) reuse the same
-compiled functions. Optimizers that need ``k >= 2`` gradient samples per step (the
+The peak learning rate and the schedule's length live in variables
+(:class:`RunSchedule`), and every run starts by restoring the weights and the
+optimizer's freshly built state, so all learning rates, schedule lengths and seeds
+of one (optimizer, batch size) reuse the same compiled functions. Evaluation runs
+on named splits (validation for selection, test for reporting), and
+:meth:`CompiledTrainer.gradient_noise` measures the gradient noise scale at the
+current weights. Optimizers that need ``k >= 2`` gradient samples per step (the
 VR family) get them from ``gradient_accumulation_steps=k`` micro-batches, which the
 package makes equal to ``k`` replicas.
 """
 
 
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_largebatch import schedules
 
 
 @keras.saving.register_keras_serializable(package="tf_largebatch")
-class PeakScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """``peak * shape(step)``, with ``peak`` a variable one can change between runs.
+class RunSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to ``peak``, then cosine decay to 0 at ``length``; both are variables.
 
-    Changing the peak learning rate then needs no new trace or compilation.
+    With ``w = round(warmup_fraction * length)`` and ``d = max(length - w, 1)``::
+
+        lr(s) = peak * s / w                                   s < w
+        lr(s) = peak * (1 + cos(pi * min(s - w, d) / d)) / 2   otherwise
+
+    (the shape of :class:`tf_largebatch.schedules.WarmupCosineDecay`). Changing the
+    peak or the length between runs needs no new trace or compilation.
 
     Args:
-        shape: a ``LearningRateSchedule`` peaking at 1 (e.g.
-            ``tf_largebatch.schedules.WarmupCosineDecay(1.0, ...)``).
-        peak: float > 0, the initial peak learning rate.
+        peak: float > 0, the peak learning rate.
+        length: int >= 1, the schedule's length in steps.
+        warmup_fraction: float in [0, 1), the fraction of ``length`` spent warming up.
     """
 
-    def __init__(self, shape, peak=1.0):
+    def __init__(self, peak=1.0, length=1, warmup_fraction=0.1):
         super().__init__()
-        self.shape = shape
+        self.warmup_fraction = float(warmup_fraction)
         self.peak = tf.Variable(float(peak), trainable=False, dtype=tf.float32, name="peak_learning_rate")
+        self.length = tf.Variable(float(length), trainable=False, dtype=tf.float32, name="schedule_length")
 
     def __call__(self, step):
-        return self.peak * self.shape(step)
+        step = tf.cast(step, tf.float32)
+        warmup = tf.round(self.warmup_fraction * self.length)
+        decay = tf.maximum(self.length - warmup, 1.0)
+        rising = step / tf.maximum(warmup, 1.0)
+        falling = 0.5 * (1.0 + tf.cos(np.pi * tf.minimum(step - warmup, decay) / decay))
+        return self.peak * tf.where(step < warmup, rising, falling)
 
     def get_config(self):
-        return {"shape": keras.saving.serialize_keras_object(self.shape), "peak": float(self.peak.numpy())}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(keras.saving.deserialize_keras_object(config["shape"]), config["peak"])
-
-
-def schedule_shape(total_steps, warmup_fraction):
-    """The one schedule shape of every run: linear warm-up to 1, then cosine decay to 0.
-
-    Args:
-        total_steps: int >= 1, the run's step budget.
-        warmup_fraction: float in [0, 1), the fraction of it spent warming up.
-    """
-    warmup_steps = int(round(warmup_fraction * total_steps))
-    return schedules.WarmupCosineDecay(1.0, warmup_steps=warmup_steps, decay_steps=max(total_steps - warmup_steps, 1))
+        return {"peak": float(self.peak.numpy()), "length": int(self.length.numpy()),
+                "warmup_fraction": self.warmup_fraction}
 
 
 def _slices(count, size):
@@ -80,10 +82,10 @@ class CompiledTrainer:
         optimizer_fn: ``optimizer_fn(learning_rate, gradient_accumulation_steps)
             -> keras optimizer`` (``gradient_accumulation_steps`` is None or k).
         train: ``(x, y)`` arrays of the training set.
-        test: ``(x, y)`` arrays of the test set.
+        splits: ``{name: (x, y)}`` of the held-out splits to evaluate (e.g.
+            ``validation`` and ``test``).
         batch_size: examples per optimizer step.
-        total_steps: steps of every run (the schedule's length).
-        warmup_fraction: fraction of ``total_steps`` in warm-up.
+        warmup_fraction: fraction of each run's schedule length in warm-up.
         gradient_samples: k micro-batches per step (1: no accumulation).
         loss_fn: ``loss_fn(y, logits)`` -> per-example losses.
         eval_batch_size: examples per slice of the test-set evaluation.
@@ -91,30 +93,29 @@ class CompiledTrainer:
             TensorFlow graph (False: no compilation time, more per-step overhead).
     """
 
-    def __init__(self, model_fn, optimizer_fn, train, test, batch_size, total_steps, warmup_fraction=0.1,
+    def __init__(self, model_fn, optimizer_fn, train, splits, batch_size, warmup_fraction=0.1,
                  gradient_samples=1, loss_fn=None, eval_batch_size=8192, jit_compile=True):
         if batch_size % gradient_samples:
             raise ValueError(
                 f"batch size {batch_size} is not divisible into {gradient_samples} gradient samples"
             )
         self.batch_size = int(batch_size)
-        self.total_steps = int(total_steps)
         self.gradient_samples = int(gradient_samples)
         self.loss_fn = loss_fn or keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
         self.model = model_fn()
-        self.schedule = PeakScaledSchedule(schedule_shape(total_steps, warmup_fraction))
+        self.schedule = RunSchedule(warmup_fraction=warmup_fraction)
         self.optimizer = optimizer_fn(self.schedule, self.gradient_samples if self.gradient_samples > 1 else None)
         self.optimizer.build(self.model.trainable_variables)
         self._initial_optimizer_state = [np.array(v.numpy()) for v in self.optimizer.variables]
         self._train_x = tf.constant(train[0])
         self._train_y = tf.constant(train[1])
-        self._test_x = tf.constant(test[0])
-        self._test_y = tf.constant(test[1])
-        self._eval_slices = _slices(len(test[1]), eval_batch_size)
+        self._splits = {name: (tf.constant(x), tf.constant(y), _slices(len(y), eval_batch_size))
+                        for name, (x, y) in splits.items()}
         self.jit_compile = bool(jit_compile)
         self._train_chunk = tf.function(self._train_chunk_fn, jit_compile=self.jit_compile)
-        # A few dozen calls per run: compiling it would cost more than it saves.
-        self._evaluate = tf.function(self._evaluate_fn)
+        # Many short calls per run: compiling them would cost more than it saves.
+        self._evaluate = {name: tf.function(functools.partial(self._evaluate_fn, name)) for name in self._splits}
+        self._gradient_noise = tf.function(self._gradient_noise_fn)
 
     # ----------------------------------------------------------- graph code
     def _loss(self, x, y):
@@ -155,23 +156,51 @@ class CompiledTrainer:
         _, loss_sum = tf.while_loop(lambda i, _: i < num_steps, body, (tf.constant(0), tf.constant(0.0)))
         return loss_sum / tf.cast(num_steps, tf.float32)
 
-    def _evaluate_fn(self):
+    def _evaluate_fn(self, name):
+        x_all, y_all, slices = self._splits[name]
         loss_sum, correct = 0.0, 0.0
-        for start, stop in self._eval_slices:
-            logits = self.model(self._test_x[start:stop], training=False)
-            y = self._test_y[start:stop]
+        for start, stop in slices:
+            logits = self.model(x_all[start:stop], training=False)
+            y = y_all[start:stop]
             loss_sum += tf.reduce_sum(self.loss_fn(y, logits))
             correct += tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32))
-        count = float(self._eval_slices[-1][1])
+        count = float(slices[-1][1])
         return loss_sum / count, correct / count
 
+    def _gradient_noise_fn(self, seed, step, probes, samples, micro_batch):
+        variables = self.model.trainable_variables
+        num_train = tf.shape(self._train_y)[0]
+
+        def probe(p, big, small):
+            def sample(j, total, square_sum):
+                indices = tf.random.stateless_uniform([micro_batch], seed=tf.stack([seed, step * 1024 + p * 64 + j]),
+                                                      maxval=num_train, dtype=tf.int32)
+                with tf.GradientTape() as tape:
+                    logits = self.model(tf.gather(self._train_x, indices), training=False)
+                    loss = tf.reduce_mean(self.loss_fn(tf.gather(self._train_y, indices), logits))
+                grads = tape.gradient(loss, variables)
+                return (j + 1, [t + g for t, g in zip(total, grads)],
+                        square_sum + tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads]))
+
+            zeros = [tf.zeros_like(v) for v in variables]
+            _, total, square_sum = tf.while_loop(lambda j, *_: j < samples, sample, (0, zeros, tf.constant(0.0)))
+            k = tf.cast(samples, tf.float32)
+            big_square = tf.add_n([tf.reduce_sum(tf.square(t / k)) for t in total])
+            return p + 1, big.write(p, big_square), small.write(p, square_sum / k)
+
+        _, big, small = tf.while_loop(
+            lambda p, *_: p < probes, probe,
+            (0, tf.TensorArray(tf.float32, size=probes), tf.TensorArray(tf.float32, size=probes)))
+        return big.stack(), small.stack()
+
     # -------------------------------------------------------------- driving
-    def reset(self, initial_weights, peak_learning_rate):
-        """Restores ``initial_weights`` and the optimizer's freshly built state; sets the peak."""
+    def reset(self, initial_weights, peak_learning_rate, length):
+        """Restores ``initial_weights`` and the optimizer's freshly built state; sets the schedule."""
         self.model.set_weights(initial_weights)
         for variable, value in zip(self.optimizer.variables, self._initial_optimizer_state):
             variable.assign(value)
         self.schedule.peak.assign(float(peak_learning_rate))
+        self.schedule.length.assign(float(length))
 
     def learning_rate(self, step):
         return float(self.schedule(tf.constant(step, tf.float32)).numpy())
@@ -180,7 +209,23 @@ class CompiledTrainer:
         """Runs ``num_steps`` optimizer steps from ``start_step``; returns their mean training loss."""
         return float(self._train_chunk(tf.constant(start_step), tf.constant(num_steps), tf.constant(seed)).numpy())
 
-    def evaluate(self):
-        """``(test_loss, test_accuracy)`` of the current weights."""
-        loss, accuracy = self._evaluate()
+    def evaluate(self, split):
+        """``(loss, accuracy)`` of the current weights on the held-out ``split`` (a name of ``splits``)."""
+        loss, accuracy = self._evaluate[split]()
         return float(loss.numpy()), float(accuracy.numpy())
+
+    def gradient_noise(self, seed, step, probes=4, samples=4, micro_batch=32):
+        """Squared gradient norms at the current weights, for the noise scale (no update is made).
+
+        Each of ``probes`` independent probes draws ``samples`` micro-batches of
+        ``micro_batch`` training examples (stateless in ``seed``, ``step``) and
+        returns ``|G_big|^2`` (the norm of their mean, ``samples * micro_batch``
+        examples) and the mean of ``|G_small|^2`` over the micro-batches, the
+        inputs of :func:`tf_largebatch.callbacks.unbiased_noise_estimates`.
+
+        Returns:
+            ``(big_square_norms, small_square_norms)``, NumPy arrays of length ``probes``.
+        """
+        big, small = self._gradient_noise(tf.constant(seed), tf.constant(step), tf.constant(probes),
+                                          tf.constant(samples), tf.constant(micro_batch))
+        return big.numpy(), small.numpy()

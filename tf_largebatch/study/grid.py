@@ -1,40 +1,53 @@
-"""The grid runner: every (optimizer, batch size, learning rate) of a study, resumably.
+"""The study's protocol: tuning on validation, reporting seeds on test, resumably.
 
-For each batch size (smallest first) and optimizer, the learning-rate grid has
-``num_learning_rates`` values spaced by ``learning_rate_factor`` and centred on
-the optimizer's scaling rule (:mod:`tf_largebatch.study.recipes`), shifted by
-``lr_multiplier``. When the best value (fewest steps to target,
-:func:`tf_largebatch.study.analysis.best_run`) sits at an edge of what was
-tried, the grid grows by one value on that side, at most ``max_widening`` times
-per side. At the largest batch size the grid also grows upwards until a run
-diverges (at most ``sensitivity_steps`` values: the learning-rate sensitivity),
-and the best learning rate is run again with ``seeds - 1`` other seeds (initial
-weights and minibatch order).
+Per batch size (smallest first), for every *tuned* optimizer:
 
-Every run has the same schedule shape (linear warm-up, cosine decay,
-:func:`tf_largebatch.study.engine.schedule_shape`) over its batch size's step
-budget, is evaluated on the test set ``evaluations`` times, and stops early when
-it diverges (a non-finite loss, or a test loss above the initial one). Each
-finished run goes to the :class:`~tf_largebatch.study.store.RunStore` at once.
+1. **Tuning grid** (``tuning_seeds`` seeds, selection on the validation split): the same
+   relative grid for everyone, ``num_learning_rates`` peak learning rates a
+   factor ``learning_rate_factor`` apart, geometrically centred on the
+   optimizer's scaling rule (:mod:`tf_largebatch.study.recipes`), times
+   ``schedule_lengths`` schedule lengths, each half the next, the longest the
+   batch size's budget ``clip(budget_examples / B, min_steps, max_steps)``.
+   For every target the selected setting has the fewest mean validation steps
+   to the target over its tuning seeds, every seed reaching it (one lucky seed
+   does not win a selection). When any optimizer's selection sits at an edge of the grid, the
+   grid grows on that side *for every optimizer at that batch size* (one more
+   learning rate; or a schedule twice as long, or half as long), at most
+   ``max_widening`` times per side and dimension: everyone keeps the same number
+   of trials, and a budget that was too short grows until the selection sits
+   inside it.
+2. **Reporting seeds** (test split): the selected setting of each target run
+   again with seeds ``seed + 1 .. seed + seeds``, the same seeds (initial
+   weights and minibatch order) for every optimizer, so comparisons are paired.
 
-Once per task the gradient noise scale ``B_noise`` is measured early in training
-with the package's own statistics: SNGM with ``record_gradient_statistics=True``
-at the smallest batch size, ``k`` gradient samples per step from gradient
-accumulation, over the first ``noise_fraction`` of its budget
-(:func:`tf_largebatch.study.analysis.noise_scale`).
+An **untuned-transfer** contender (``recipe.transfer_from``) is never tuned: at
+every batch size its reporting seeds run the setting selected for its
+``transfer_from`` optimizer at the smallest batch size.
+
+**Sensitivity** (reported apart, never part of the selection): at the largest
+batch size each tuned optimizer's selected learning rate times
+``learning_rate_factor ** k``, ``k = -sensitivity_steps .. +sensitivity_steps``,
+at its selected length, on the validation split.
+
+Every run evaluates the validation and test splits at steps spaced at most
+``max(1, eval_spacing * step)`` apart (:func:`evaluation_steps`), so the
+interpolated crossing of a target is off by at most that much; it stops once
+every target is reached on both splits, or when it diverges (a non-finite loss,
+or a validation loss above its initial value). The reporting runs at the
+smallest batch size also measure the gradient noise scale along the way
+(:meth:`tf_largebatch.study.engine.CompiledTrainer.gradient_noise`) at steps
+1, 2, 4, ... until they stop.
 """
 
 import dataclasses
 import math
 import time
 
-import numpy as np
-
 from tf_largebatch import validation
 from tf_largebatch.study import analysis, recipes
 from tf_largebatch.study.store import finite_or_none, run_key
 
-NOISE_OPTIMIZER = "SNGM"
+SPLITS = ("validation", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,47 +55,56 @@ class StudyConfig:
     """What a study runs (the task aside).
 
     Attributes:
-        optimizers: optimizer names (:func:`tf_largebatch.study.recipes.resolve`).
+        optimizers: optimizer names (:func:`tf_largebatch.study.recipes.resolve`),
+            including untuned-transfer contenders (``"MSGD-untuned"``).
         batch_sizes: increasing global batch sizes.
         num_learning_rates: learning rates per (optimizer, batch size) before widening (>= 2).
         learning_rate_factor: ratio of neighbouring learning rates (> 1).
         lr_multiplier: multiplies every learning rate (> 0).
-        max_widening: extra learning rates allowed per side of the grid.
-        warmup_fraction: fraction of each run's steps in linear warm-up.
-        budget_examples: examples per run; a run's steps are
-            ``clip(budget_examples / B, min_steps, max_steps)``.
-        min_steps: fewest steps of any run.
-        max_steps: most steps of any run.
-        evaluations: test-set evaluations per run (besides step 0).
+        schedule_lengths: schedule lengths per (optimizer, batch size) before widening (>= 1),
+            each half the next.
+        max_widening: extra grid values allowed per side of each dimension.
+        warmup_fraction: fraction of each run's schedule in linear warm-up.
+        budget_examples: the longest initial schedule is
+            ``clip(budget_examples / B, min_steps, max_steps)`` steps.
+        min_steps: fewest steps of that longest initial schedule.
+        max_steps: most steps of that longest initial schedule.
+        eval_spacing: evaluations are at most ``max(1, eval_spacing * step)`` steps apart.
         gradient_samples: k gradient samples per step for the optimizers that
-            need them (the VR family), from gradient accumulation.
-        seed: seed of initial weights and minibatches of the main runs.
-        seeds: runs per optimizer at the largest batch and its best learning
-            rate (seeds ``seed .. seed + seeds - 1``).
-        noise_fraction: fraction of the noise run's budget the noise scale is averaged over.
-        sensitivity_steps: at the largest batch size, learning rates added above
-            the grid (one factor at a time) until a run diverges, for the
-            learning-rate sensitivity figure.
+            need them (the VR family), from gradient accumulation; also the
+            micro-batches of each noise-scale probe.
+        seed: seed of the tuning runs (and of the built-in tasks' data).
+        seeds: reporting seeds per cell (``seed + 1 .. seed + seeds``).
+        tuning_seeds: seeds of every tuning run (``seed``, ``seed + 1000``, ...,
+            apart from the reporting seeds); a setting is selected on the mean
+            of its seeds' validation steps, every seed reaching the target.
+        sensitivity_steps: learning rates on each side of the selected one in
+            the sensitivity runs at the largest batch size.
+        noise_probes: independent probes per noise-scale measurement.
+        noise_micro_batch: examples per micro-batch of a probe.
         xla: ``"auto"``, ``"on"`` or ``"off"``: XLA compilation of the training
             steps (:meth:`jit_compile`).
     """
 
     optimizers: tuple = recipes.DEFAULT_OPTIMIZERS
-    batch_sizes: tuple = (32, 128, 512, 2048, 8192)
+    batch_sizes: tuple = (16, 64, 256, 1024)
     num_learning_rates: int = 4
     learning_rate_factor: float = 2.0
     lr_multiplier: float = 1.0
+    schedule_lengths: int = 3
     max_widening: int = 2
     warmup_fraction: float = 0.1
-    budget_examples: int = 2**18
-    min_steps: int = 64
-    max_steps: int = 1024
-    evaluations: int = 32
+    budget_examples: int = 2**14
+    min_steps: int = 32
+    max_steps: int = 4096
+    eval_spacing: float = 0.05
     gradient_samples: int = 4
     seed: int = 0
     seeds: int = 3
-    noise_fraction: float = 0.25
-    sensitivity_steps: int = 3
+    tuning_seeds: int = 2
+    sensitivity_steps: int = 2
+    noise_probes: int = 4
+    noise_micro_batch: int = 32
     xla: str = "auto"
 
     def __post_init__(self):
@@ -94,17 +116,20 @@ class StudyConfig:
         validation.check_positive_int("num_learning_rates", self.num_learning_rates, minimum=2)
         validation.check_number("learning_rate_factor", self.learning_rate_factor, low=1.0, low_inclusive=False)
         validation.check_number("lr_multiplier", self.lr_multiplier, low=0.0, low_inclusive=False)
+        validation.check_positive_int("schedule_lengths", self.schedule_lengths)
         validation.check_positive_int("max_widening", self.max_widening, minimum=0)
         validation.check_number("warmup_fraction", self.warmup_fraction, low=0.0, high=1.0, high_inclusive=False)
         validation.check_positive_int("budget_examples", self.budget_examples)
         validation.check_positive_int("min_steps", self.min_steps)
         validation.check_positive_int("max_steps", self.max_steps, minimum=self.min_steps)
-        validation.check_positive_int("evaluations", self.evaluations)
+        validation.check_number("eval_spacing", self.eval_spacing, low=0.0, high=1.0, low_inclusive=False)
         validation.check_positive_int("gradient_samples", self.gradient_samples, minimum=2)
         validation.check_positive_int("seed", self.seed, minimum=0)
         validation.check_positive_int("seeds", self.seeds)
-        validation.check_number("noise_fraction", self.noise_fraction, low=0.0, high=1.0, low_inclusive=False)
+        validation.check_positive_int("tuning_seeds", self.tuning_seeds)
         validation.check_positive_int("sensitivity_steps", self.sensitivity_steps, minimum=0)
+        validation.check_positive_int("noise_probes", self.noise_probes)
+        validation.check_positive_int("noise_micro_batch", self.noise_micro_batch)
         if self.xla not in ("auto", "on", "off"):
             raise ValueError(f"`xla` must be 'auto', 'on' or 'off'. Received: xla={self.xla!r}")
         for batch_size in sizes:
@@ -112,91 +137,135 @@ class StudyConfig:
                 raise ValueError(f"`batch_sizes`: {batch_size} is not divisible by gradient_samples "
                                  f"({self.gradient_samples}), the micro-batches of the VR optimizers.")
 
-    def steps(self, batch_size):
-        """The step budget of every run at ``batch_size``."""
+    def budget(self, batch_size):
+        """The longest schedule of the initial grid at ``batch_size``."""
         return int(min(self.max_steps, max(self.min_steps, round(self.budget_examples / batch_size))))
+
+    def length(self, batch_size, index):
+        """Schedule length number ``index`` (0: the budget; -1: half of it; +1: twice; ...), at least 1 step."""
+        return max(1, int(round(self.budget(batch_size) * 2.0 ** index)))
+
+    def learning_rate(self, recipe, batch_size, index):
+        """Learning rate number ``index`` of the grid (0 .. num_learning_rates - 1 before widening)."""
+        centre = recipe.centre_learning_rate(batch_size) * self.lr_multiplier
+        return centre * self.learning_rate_factor ** (index - (self.num_learning_rates - 1) / 2.0)
 
     def jit_compile(self, batch_size):
         """Whether the runs at ``batch_size`` compile their steps with XLA (``xla``: auto, on, off).
 
         ``auto`` compiles only where many small steps make TensorFlow's per-op
-        overhead dominate (batch size <= 64 with >= 512 steps). Measured on a
-        2-core CPU with the default MLP (per step, graph vs XLA): MSGD 0.33 vs 0.37
-        ms at B = 128, 1.0 vs 1.05 ms at B = 512; VR-LAMB 1.6 vs 1.1 ms at B =
-        128, 2.9 vs 1.9 ms at B = 512, but XLA costs 1-4 s of compilation per
-        (optimizer, batch size), more than it saves over ~5 runs of 512-1024 steps.
+        overhead dominate (batch size <= 64 with a budget >= 512 steps). XLA
+        costs 1-4 s of compilation per (optimizer, batch size) on a 2-core CPU.
         """
         if self.xla == "auto":
-            return batch_size <= 64 and self.steps(batch_size) >= 512
+            return batch_size <= 64 and self.budget(batch_size) >= 512
         return self.xla == "on"
-
-    def initial_learning_rates(self, recipe, batch_size):
-        """The grid before widening: centred (geometrically) on the scaling rule's value."""
-        centre = recipe.centre_learning_rate(batch_size) * self.lr_multiplier
-        offset = (self.num_learning_rates - 1) / 2.0
-        return [centre * self.learning_rate_factor ** (i - offset) for i in range(self.num_learning_rates)]
 
     def fingerprint(self, task):
         """The settings every stored run depends on (a resumed study must match them)."""
         return {
             "task": task.description,
+            "targets": list(task.targets),
             "warmup_fraction": self.warmup_fraction,
-            "steps": {str(b): self.steps(b) for b in self.batch_sizes},
-            "evaluations": self.evaluations,
+            "eval_spacing": self.eval_spacing,
             "gradient_samples": self.gradient_samples,
             "seed": self.seed,
-            "noise_fraction": self.noise_fraction,
+            "noise": [self.noise_probes, self.noise_micro_batch],
         }
 
 
-def evaluation_steps(total_steps, evaluations):
-    """Steps at which a run is evaluated: 0, then ``evaluations`` about evenly spaced, the last at the end."""
-    return sorted({int(round(x)) for x in np.linspace(0, total_steps, evaluations + 1)})
+#: Seed offsets of the tuning runs are multiples of this, apart from the reporting seeds (1 .. seeds).
+TUNING_SEED_STRIDE = 1000
 
 
-def train_run(trainer, initial_weights, learning_rate, seed, evaluations):
-    """One run: reset, train the budget in compiled chunks, evaluate between them.
+def tuning_offsets(count):
+    """Seed offsets of the tuning runs: 0, 1000, 2000, ... (``count`` of them)."""
+    return [TUNING_SEED_STRIDE * i for i in range(count)]
 
-    Stops early (``diverged``) when the chunk's mean training loss or the test
-    loss is not finite, or the test loss exceeds its value at step 0. The test
-    loss is measured on the same examples every time, so unlike a minibatch
-    loss it has no sampling noise: a slow but sound run never trips it.
+
+def evaluation_steps(length, spacing):
+    """Steps at which a run is evaluated: 0, 1, 2, ..., then about ``1 + spacing`` apart, and ``length``.
+
+    Neighbours ``s < s'`` satisfy ``s' - s <= max(1, spacing * s)``, so a
+    target crossed between them is placed within that many steps.
+    """
+    steps = [0]
+    while steps[-1] < length:
+        steps.append(min(length, max(steps[-1] + 1, int(math.floor(steps[-1] * (1.0 + spacing))))))
+    return steps
+
+
+def _reached_everything(curve, targets):
+    return all(any(a is not None and a >= max(targets) for a in curve[f"{split}_accuracy"]) for split in SPLITS)
+
+
+def train_run(trainer, initial_weights, learning_rate, length, seed, targets, spacing, noise=None):
+    """One run: reset, train in compiled chunks, evaluate both splits between them.
+
+    Stops once every target is reached on both splits, or when it diverges (a
+    non-finite training or validation loss, or a validation loss above its value
+    at step 0; the validation loss is measured on the same examples every time,
+    so a slow but sound run never trips it). A target reached before a
+    divergence counts.
+
+    Args:
+        noise: None, or ``{"probes", "samples", "micro_batch"}``: measure the
+            gradient noise at steps 0, 1, 2, 4, ... (the first evaluation at or
+            after each) until the run stops.
 
     Returns:
         A dict: ``steps_run``, ``diverged``, ``diverged_at_step``,
-        ``final_test_accuracy``, ``best_test_accuracy``, ``final_train_loss``,
-        ``final_test_loss``, ``initial_test_loss``, ``cpu_seconds``, ``curve``.
+        ``best_validation_accuracy``, ``best_test_accuracy``, ``cpu_seconds``,
+        ``curve`` (per evaluation: ``step``, ``learning_rate``, ``train_loss``,
+        ``validation_loss``, ``validation_accuracy``, ``test_loss``,
+        ``test_accuracy``) and ``noise`` (``[[step, [|G_big|^2...], [|G_small|^2...]], ...]``).
     """
     start = time.process_time()
-    trainer.reset(initial_weights, learning_rate)
-    initial_loss, initial_accuracy = trainer.evaluate()
-    curve = {"step": [0], "learning_rate": [trainer.learning_rate(0)], "train_loss": [None],
-             "test_loss": [finite_or_none(initial_loss)], "test_accuracy": [initial_accuracy]}
-    diverged_at = None
-    checkpoints = evaluation_steps(trainer.total_steps, evaluations)
-    for begin, end in zip(checkpoints, checkpoints[1:]):
-        train_loss = trainer.train_steps(begin, end - begin, seed)
-        test_loss, test_accuracy = trainer.evaluate()
-        curve["step"].append(end)
-        curve["learning_rate"].append(trainer.learning_rate(end))
+    trainer.reset(initial_weights, learning_rate, length)
+    curve = {"step": [], "learning_rate": [], "train_loss": []}
+    curve.update({f"{split}_{what}": [] for split in SPLITS for what in ("loss", "accuracy")})
+    noise_series, next_probe = [], 0
+
+    def record(step, train_loss):
+        curve["step"].append(step)
+        curve["learning_rate"].append(trainer.learning_rate(step))
         curve["train_loss"].append(finite_or_none(train_loss))
-        curve["test_loss"].append(finite_or_none(test_loss))
-        curve["test_accuracy"].append(test_accuracy if math.isfinite(test_loss) else None)
-        if not (math.isfinite(train_loss) and math.isfinite(test_loss)) or test_loss > initial_loss:
+        for split in SPLITS:
+            loss, accuracy = trainer.evaluate(split)
+            curve[f"{split}_loss"].append(finite_or_none(loss))
+            curve[f"{split}_accuracy"].append(accuracy if math.isfinite(loss) else None)
+        return curve["validation_loss"][-1]
+
+    initial_loss = record(0, None)
+    diverged_at = None
+    checkpoints = evaluation_steps(length, spacing)
+    for begin, end in zip(checkpoints, checkpoints[1:]):
+        if noise is not None and begin >= next_probe:
+            big, small = trainer.gradient_noise(seed + 1_000_003, begin, noise["probes"], noise["samples"],
+                                                noise["micro_batch"])
+            noise_series.append([begin, [float(v) for v in big], [float(v) for v in small]])
+            next_probe = max(1, 2 * begin)
+        train_loss = trainer.train_steps(begin, end - begin, seed)
+        loss = record(end, train_loss)
+        if not math.isfinite(train_loss) or loss is None or (initial_loss is not None and loss > initial_loss):
             diverged_at = end
             break
-    accuracies = [a for a in curve["test_accuracy"][1:] if a is not None]
+        if _reached_everything(curve, targets):
+            break
+
+    def best(split):
+        values = [a for a in curve[f"{split}_accuracy"] if a is not None]
+        return max(values) if values else None
+
     return {
         "steps_run": curve["step"][-1],
         "diverged": diverged_at is not None,
         "diverged_at_step": diverged_at,
-        "final_test_accuracy": curve["test_accuracy"][-1],
-        "best_test_accuracy": max(accuracies) if accuracies else initial_accuracy,
-        "final_train_loss": curve["train_loss"][-1],
-        "final_test_loss": curve["test_loss"][-1],
-        "initial_test_loss": finite_or_none(initial_loss),
+        "best_validation_accuracy": best("validation"),
+        "best_test_accuracy": best("test"),
         "cpu_seconds": time.process_time() - start,
         "curve": curve,
+        "noise": noise_series,
     }
 
 
@@ -228,17 +297,36 @@ def build_model(model_fn):
     return model
 
 
+@dataclasses.dataclass
+class _Grid:
+    """The index ranges of one batch size's tuning grid, shared by every tuned optimizer."""
+
+    lr_low: int
+    lr_high: int
+    length_low: int
+    length_high: int
+    widened: dict = dataclasses.field(default_factory=dict)
+
+    def points(self):
+        return [(i, j) for i in range(self.lr_low, self.lr_high + 1) for j in range(self.length_low,
+                                                                                     self.length_high + 1)]
+
+
 class GridRunner:
-    """Runs a study's grid into a :class:`RunStore`, skipping what is stored.
+    """Runs a study's protocol into a :class:`RunStore`, skipping what is stored.
 
     Args:
         task: a :class:`tf_largebatch.study.tasks.Task`.
         config: a :class:`StudyConfig`.
         store: a :class:`RunStore`.
         on_run_end: ``on_run_end(run, done, planned, resumed)`` called after
-            each run (``run`` is None for the noise-scale measurement; ``done``
-            and ``planned`` count runs so far and the current estimate of all;
-            ``resumed``: it was found in the store), e.g. for progress display.
+            each run (``done`` and ``planned`` count runs so far and the current
+            estimate of all; ``resumed``: it was found in the store).
+
+    After :meth:`run`, :attr:`plan` says which runs play which role:
+    ``tuning[(optimizer, B)]`` (keys), ``selected[(optimizer, B, target)]``
+    (``(learning_rate, length)`` or None), ``reporting[(optimizer, B, target)]``
+    (keys), ``sensitivity[optimizer]`` (keys).
     """
 
     def __init__(self, task, config, store, on_run_end=None):
@@ -249,127 +337,193 @@ class GridRunner:
         self.store = store
         self.on_run_end = on_run_end or (lambda run, done, planned, resumed: None)
         self.recipes = [recipes.resolve(name) for name in config.optimizers]
+        self.tuned = [r for r in self.recipes if not r.transfer_from]
+        self.transfers = [r for r in self.recipes if r.transfer_from]
         self.initial_weights = _InitialWeights(task.model_fn)
         self._train = (tf.constant(task.train.x), tf.constant(task.train.y))
-        self._test = (tf.constant(task.test.x), tf.constant(task.test.y))
-        self.planned = len(self.recipes) * len(config.batch_sizes) * config.num_learning_rates \
-            + len(self.recipes) * (config.seeds - 1) + 1
+        self._splits = {"validation": (task.validation.x, task.validation.y), "test": (task.test.x, task.test.y)}
+        cells = len(self.tuned) * len(config.batch_sizes)
+        self.planned = cells * (config.num_learning_rates * config.schedule_lengths * config.tuning_seeds
+                                + config.seeds) \
+            + len(self.transfers) * len(config.batch_sizes) * config.seeds
         self.done = 0
+        self.plan = {"tuning": {}, "selected": {}, "reporting": {}, "reporting_setting": {}, "sensitivity": {},
+                     "grids": {}}
+        self._indices = {}
+        self._trainers = {}
+        problem = self.check_contenders(self.recipes)
+        if problem:
+            raise ValueError(problem)
 
-    def trainer(self, recipe, batch_size, **optimizer_kwargs):
+    @staticmethod
+    def check_contenders(recipe_list):
+        """A message if an untuned contender's ``transfer_from`` optimizer is not tuned in the same study."""
+        tuned_names = {r.name for r in recipe_list if not r.transfer_from}
+        for recipe in recipe_list:
+            if recipe.transfer_from and recipe.transfer_from not in tuned_names:
+                return (f"`optimizers`: the untuned contender {recipe.name!r} reuses the settings selected for "
+                        f"{recipe.transfer_from!r}, which must be in the study too.")
+        return None
+
+    def trainer(self, recipe, batch_size):
         from tf_largebatch.study.engine import CompiledTrainer
 
-        samples = self.config.gradient_samples if (
-            recipe.needs_gradient_samples() or optimizer_kwargs.get("record_gradient_statistics")) else 1
-        return CompiledTrainer(
-            model_fn=lambda: build_model(self.task.model_fn),
-            optimizer_fn=lambda lr, accumulation: recipe.build(lr, accumulation, **optimizer_kwargs),
-            train=self._train,
-            test=self._test,
-            batch_size=batch_size,
-            total_steps=self.config.steps(batch_size),
-            warmup_fraction=self.config.warmup_fraction,
-            gradient_samples=samples,
-            jit_compile=self.config.jit_compile(batch_size),
-        )
-
-    # ------------------------------------------------------------ noise
-    def noise_scale(self):
-        """``B_noise`` early in training (stored once per study directory)."""
-        if "noise_scale" in self.store.extras:
-            self._finished(None, resumed=True)
-            return self.store.extras["noise_scale"]
-        recipe = recipes.resolve(NOISE_OPTIMIZER)
-        batch_size = self.config.batch_sizes[0]
-        trainer = self.trainer(recipe, batch_size, record_gradient_statistics=True)
-        trainer.reset(self.initial_weights(self.config.seed), recipe.centre_learning_rate(batch_size))
-        steps = max(2, int(self.config.noise_fraction * trainer.total_steps))
-        statistics = []
-        for step in range(steps):
-            trainer.train_steps(step, 1, self.config.seed)
-            values = trainer.optimizer.gradient_statistics().values()
-            statistics.append((sum(v["mean_square"] for v in values), sum(v["variance"] for v in values)))
-        result = analysis.noise_scale(statistics, self.config.gradient_samples, batch_size)
-        quarters = [max(1, round(steps * q / 4)) for q in (1, 2, 3, 4)]
-        result["b_noise_by_step"] = {
-            str(end): analysis.noise_scale(statistics[:end], self.config.gradient_samples, batch_size)["b_noise"]
-            for end in quarters
-        }
-        result.update(optimizer=NOISE_OPTIMIZER, batch_size=batch_size, learning_rate=recipe.centre_learning_rate(
-            batch_size), gradient_samples=self.config.gradient_samples)
-        self.store.put_extra("noise_scale", result)
-        self._finished(None, resumed=False)
-        return result
+        key = (recipe.name, batch_size)
+        if key not in self._trainers:
+            # One batch size at a time (its widening rounds revisit every optimizer): keep memory flat.
+            self._trainers = {k: v for k, v in self._trainers.items() if k[1] == batch_size}
+            samples = self.config.gradient_samples if recipe.needs_gradient_samples() else 1
+            self._trainers[key] = CompiledTrainer(
+                model_fn=lambda: build_model(self.task.model_fn),
+                optimizer_fn=lambda lr, accumulation: recipe.build(lr, accumulation),
+                train=self._train,
+                splits=self._splits,
+                batch_size=batch_size,
+                warmup_fraction=self.config.warmup_fraction,
+                gradient_samples=samples,
+                jit_compile=self.config.jit_compile(batch_size),
+            )
+        return self._trainers[key]
 
     # ------------------------------------------------------------- runs
     def _finished(self, run, resumed):
         self.done += 1
         self.on_run_end(run, self.done, max(self.planned, self.done), resumed)
 
-    def _run(self, recipe, batch_size, learning_rate, seed_offset, trainer_cache):
-        key = run_key(recipe.name, batch_size, learning_rate, seed_offset)
+    def _run(self, recipe, batch_size, learning_rate, length, seed_offset, probe_noise=False):
+        key = run_key(recipe.name, batch_size, learning_rate, length, seed_offset)
         stored = self.store.get(key)
         if stored is not None:
             self._finished(stored, resumed=True)
-            return stored
-        if trainer_cache.get("trainer") is None:
-            trainer_cache["trainer"] = self.trainer(recipe, batch_size)
-        trainer = trainer_cache["trainer"]
-        seed = self.config.seed + seed_offset
-        result = train_run(trainer, self.initial_weights(seed), learning_rate, seed, self.config.evaluations)
+            return key
+        config = self.config
+        trainer = self.trainer(recipe, batch_size)
+        seed = config.seed + seed_offset
+        noise = ({"probes": config.noise_probes, "samples": config.gradient_samples,
+                  "micro_batch": config.noise_micro_batch} if probe_noise else None)
+        result = train_run(trainer, self.initial_weights(seed), learning_rate, length, seed, self.task.targets,
+                           config.eval_spacing, noise=noise)
         run = {
             "optimizer": recipe.name,
             "optimizer_class": f"{recipe.source}.optimizers.{recipe.class_name}",
             "batch_size": batch_size,
             "learning_rate": key[2],
+            "length": int(length),
             "seed_offset": seed_offset,
             "seed": seed,
-            "steps": trainer.total_steps,
             "gradient_samples": trainer.gradient_samples,
             **result,
         }
         self.store.add(run)
         self._finished(run, resumed=False)
-        return run
+        return key
 
-    def run_cell(self, recipe, batch_size):
-        """Every learning rate of one (optimizer, batch size), widening at an edge; then the extra seeds."""
+    # ----------------------------------------------------------- tuning
+    def _select(self, recipe, batch_size, target):
+        """``((i, j), reached)``: the grid indices of the selected setting (:func:`analysis.best_setting`)."""
+        groups = {}
+        for key, indices in self._indices[(recipe.name, batch_size)].items():
+            groups.setdefault(indices, []).append(self.store.get(key))
+        return analysis.best_setting(groups, target, split="validation")
+
+    def _edges(self, batch_size, grid):
+        """Which sides of the grid some optimizer's selection sits on: ``{("lr"|"length", -1|+1)}``."""
+        edges = set()
+        for recipe in self.tuned:
+            for target in self.task.targets:
+                best, reached = self._select(recipe, batch_size, target)
+                if best is None:
+                    edges.add(("lr", -1))
+                    continue
+                i, j = best
+                if grid.lr_high > grid.lr_low:
+                    if i == grid.lr_high:
+                        edges.add(("lr", 1))
+                    elif i == grid.lr_low:
+                        edges.add(("lr", -1))
+                if not reached or j == grid.length_high:
+                    edges.add(("length", 1))
+                elif j == grid.length_low and grid.length_high > grid.length_low:
+                    edges.add(("length", -1))
+        return edges
+
+    def _tune(self, batch_size):
         config = self.config
-        target = self.task.target
-        cache = {}
-        rates = config.initial_learning_rates(recipe, batch_size)
-        group = [self._run(recipe, batch_size, lr, 0, cache) for lr in rates]
-        widened = {1: 0, -1: 0}
+        grid = _Grid(0, config.num_learning_rates - 1, 1 - config.schedule_lengths, 0)
+        self.plan["grids"][batch_size] = grid
         while True:
-            direction = analysis.widening_direction(group, target)
-            if direction == 0 or widened[direction] >= config.max_widening:
+            for recipe in self.tuned:
+                cell = (recipe.name, batch_size)
+                keys = self.plan["tuning"].setdefault(cell, [])
+                indices = self._indices.setdefault(cell, {})
+                for i, j in grid.points():
+                    lr = config.learning_rate(recipe, batch_size, i)
+                    length = config.length(batch_size, j)
+                    for offset in tuning_offsets(config.tuning_seeds):
+                        key = run_key(recipe.name, batch_size, lr, length, offset)
+                        if key not in indices:
+                            self._run(recipe, batch_size, lr, length, offset)
+                            keys.append(key)
+                            indices[key] = (i, j)
+            grown = False
+            for dimension, side in sorted(self._edges(batch_size, grid)):
+                if grid.widened.get((dimension, side), 0) >= config.max_widening:
+                    continue
+                if dimension == "length" and side < 0 and config.length(batch_size, grid.length_low - 1) == \
+                        config.length(batch_size, grid.length_low):
+                    continue  # already 1 step
+                grid.widened[(dimension, side)] = grid.widened.get((dimension, side), 0) + 1
+                attribute = f"{dimension}_{'high' if side > 0 else 'low'}"
+                setattr(grid, attribute, getattr(grid, attribute) + side)
+                grown = True
+                extra = (grid.length_high - grid.length_low + 1) if dimension == "lr" else \
+                    (grid.lr_high - grid.lr_low + 1)
+                self.planned += extra * len(self.tuned) * config.tuning_seeds
+            if not grown:
                 break
-            widened[direction] += 1
-            self.planned += 1
-            rates = [run["learning_rate"] for run in group]
-            factor = config.learning_rate_factor
-            edge = max(rates) * factor if direction > 0 else min(rates) / factor
-            group.append(self._run(recipe, batch_size, edge, 0, cache))
-        if batch_size == config.batch_sizes[-1]:
-            for _ in range(config.sensitivity_steps):
-                top = max(group, key=lambda run: run["learning_rate"])
-                if top["diverged"]:
-                    break
-                self.planned += 1
-                group.append(self._run(recipe, batch_size, top["learning_rate"] * config.learning_rate_factor, 0,
-                                       cache))
-            best = analysis.best_run(group, target)
-            if best is not None:
-                for offset in range(1, config.seeds):
-                    self._run(recipe, batch_size, best["learning_rate"], offset, cache)
-            else:
-                self.planned -= config.seeds - 1
-        return group
+        for recipe in self.tuned:
+            for target in self.task.targets:
+                best, reached = self._select(recipe, batch_size, target)
+                self.plan["selected"][(recipe.name, batch_size, target)] = (
+                    (run_key("", 0, config.learning_rate(recipe, batch_size, best[0]), 0, 0)[2],
+                     config.length(batch_size, best[1])) if reached else None)
+
+    # -------------------------------------------------------- reporting
+    def _report(self, recipe, batch_size, source):
+        """Reporting seeds of ``recipe`` at ``batch_size`` with the settings selected for ``source``."""
+        smallest = batch_size == self.config.batch_sizes[0]
+        for target in self.task.targets:
+            chosen = self.plan["selected"].get(source + (target,))
+            keys = []
+            if chosen is not None:
+                for offset in range(1, self.config.seeds + 1):
+                    keys.append(self._run(recipe, batch_size, chosen[0], chosen[1], offset, probe_noise=smallest))
+            self.plan["reporting"][(recipe.name, batch_size, target)] = keys
+            self.plan["reporting_setting"][(recipe.name, batch_size, target)] = chosen
+
+    def _sensitivity(self):
+        config = self.config
+        largest = config.batch_sizes[-1]
+        for recipe in self.tuned:
+            chosen = None
+            for target in reversed(self.task.targets):
+                chosen = chosen or self.plan["selected"].get((recipe.name, largest, target))
+            keys = []
+            if chosen is not None:
+                for k in range(-config.sensitivity_steps, config.sensitivity_steps + 1):
+                    lr = chosen[0] * config.learning_rate_factor ** k
+                    self.planned += 1
+                    keys.append(self._run(recipe, largest, lr, chosen[1], 0))
+            self.plan["sensitivity"][recipe.name] = keys
 
     def run(self):
-        """The whole grid (smallest batch size first); returns every stored run."""
-        self.noise_scale()
+        """The whole protocol (smallest batch size first); returns every stored run."""
+        smallest = self.config.batch_sizes[0]
         for batch_size in self.config.batch_sizes:
-            for recipe in self.recipes:
-                self.run_cell(recipe, batch_size)
+            self._tune(batch_size)
+            for recipe in self.tuned:
+                self._report(recipe, batch_size, (recipe.name, batch_size))
+            for recipe in self.transfers:
+                self._report(recipe, batch_size, (recipe.transfer_from, smallest))
+        self._sensitivity()
         return self.store.runs

@@ -1,10 +1,12 @@
 """The study's figures (PNG, matplotlib's Agg backend).
 
-1. ``steps_to_target.png``: steps to target against batch size, log-log, one
-   line per optimizer, perfect scaling from the smallest batch, ``B_noise``;
-2. ``accuracy.png``: best test accuracy against batch size;
-3. ``lr_sensitivity.png``: test accuracy against learning rate at the largest
-   batch size, diverged runs marked.
+1. ``steps_to_target.png``: steps to target against batch size, log-log, per
+   target: mean and 95 % interval over seeds per optimizer, the fitted
+   ``S_min (1 + B_crit / B)`` with its bootstrap band, perfect scaling, and the
+   fit's residuals below;
+2. ``accuracy.png``: best test accuracy of the reporting runs against batch size;
+3. ``lr_sensitivity.png``: validation steps to target against the learning rate
+   (relative to the selected one) at the largest batch size, diverged runs marked.
 
 A VR variant is drawn dashed in its base optimizer's colour. Runs that diverged
 or never reached the target are drawn as such, never dropped silently.
@@ -20,13 +22,15 @@ import matplotlib.patches  # noqa: E402
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tf_largebatch.study import analysis  # noqa: E402
+from tf_largebatch.study import scaling_fit  # noqa: E402
 
 _BASES = {"VRMomentum": "MSGD", "VRSGD": "SGD"}
 
 
 def family(optimizer_name):
-    """A VR variant shares its base optimizer's colour: VRLAMB with LAMB, VRMomentum with MSGD."""
+    """A VR variant (or an untuned contender) shares its base optimizer's colour: VRLAMB with LAMB."""
+    if optimizer_name.endswith("-untuned"):
+        return family(optimizer_name[:-len("-untuned")])
     if optimizer_name in _BASES:
         return _BASES[optimizer_name]
     if optimizer_name.startswith("VR") and len(optimizer_name) > 2:
@@ -41,7 +45,7 @@ def styles(optimizers):
     return {
         name: {
             "color": cmap(families.index(family(name)) % 10),
-            "linestyle": "--" if family(name) != name else "-",
+            "linestyle": ":" if name.endswith("-untuned") else "--" if family(name) != name else "-",
             "marker": "s" if family(name) != name else "o",
         }
         for name in optimizers
@@ -50,7 +54,8 @@ def styles(optimizers):
 
 def _finish(figure, axis, path, title):
     axis.grid(True, which="both", alpha=0.25)
-    axis.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if title:
         axis.set_title(title, fontsize=10)
     figure.tight_layout()
@@ -59,125 +64,129 @@ def _finish(figure, axis, path, title):
     return path
 
 
-def plot_steps_to_target(result, optimizers, batch_sizes, steps_by_batch, path, title=None):
-    """Figure 1: steps to target vs batch size (log-log), perfect scaling, fits and ``B_noise``."""
-    figure, axis = plt.subplots(figsize=(9.0, 5.2))
-    cells = {(c["optimizer"], c["batch_size"]): c for c in result["summary"]}
+def plot_steps_to_target(result, path, title=None):
+    """Figure 1: steps to target vs batch size (log-log), mean and 95 % interval over seeds, the fit with its
+    bootstrap band, perfect scaling; below, the fit's residuals. One column per target."""
+    optimizers, batch_sizes, targets = result["optimizers"], result["batch_sizes"], result["targets"]
+    figure, axes = plt.subplots(2, len(targets), figsize=(6.2 * len(targets) + 2.2, 7.0), squeeze=False,
+                                gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    cells = {(c["optimizer"], c["batch_size"], c["target"]): c for c in result["summary"]}
     style = styles(optimizers)
-    anchors = []
-    for optimizer in optimizers:
-        points = [(b, cells[(optimizer, b)]["steps_to_target"]) for b in batch_sizes if (optimizer, b) in cells]
-        reached = [(b, s) for b, s in points if s is not None]
-        missed = [b for b, s in points if s is None]
-        s = style[optimizer]
-        if reached:
-            axis.plot(*zip(*reached), color=s["color"], linestyle=s["linestyle"], marker=s["marker"],
-                      label=optimizer, linewidth=1.6)
-            anchors.append(reached[0])
-        if missed:
-            axis.plot(missed, [steps_by_batch[b] for b in missed], linestyle="none", marker="x", color=s["color"],
-                      markersize=9, label=None if reached else f"{optimizer} (not reached)")
-        fit = result["per_optimizer"][optimizer]
-        if fit["s_min"] is not None and fit["b_crit"] is not None and math.isfinite(fit["b_crit"]):
-            grid = [batch_sizes[0] * (batch_sizes[-1] / batch_sizes[0]) ** (i / 50) for i in range(51)]
-            axis.plot(grid, [analysis.fitted_steps(fit, b) for b in grid], color=s["color"], linewidth=0.8,
-                      alpha=0.45, linestyle=":")
-    if anchors:
-        base_batch = min(b for b, _ in anchors)
-        base_steps = min(s for b, s in anchors if b == base_batch)
-        axis.plot(batch_sizes, [base_steps * base_batch / b for b in batch_sizes], color="0.35", linewidth=1.0,
-                  linestyle="-.", label="perfect scaling")
-    axis.plot(batch_sizes, [steps_by_batch[b] for b in batch_sizes], color="0.7", linewidth=1.0,
-              linestyle=(0, (1, 3)), label="step budget (x: not reached)")
-    b_noise = (result.get("noise_scale") or {}).get("b_noise")
-    if b_noise and b_noise > 0:
-        axis.axvline(b_noise, color="0.2", linewidth=1.0, alpha=0.6)
-        axis.annotate(f"B_noise = {b_noise:.0f}", (b_noise, 0.97), xycoords=("data", "axes fraction"),
-                      rotation=90, va="top", ha="right", fontsize=8)
-    axis.set_xscale("log", base=2)
-    axis.set_yscale("log")
-    axis.set_xlabel("batch size")
-    axis.set_ylabel(f"steps to {100 * result['target_test_accuracy']:.1f}% test accuracy")
-    return _finish(figure, axis, path, title or "Steps to target at each batch size's best learning rate\n"
-                   "(thin dotted: the fit S_min (1 + B_crit / B) per optimizer)")
+    for column, target in enumerate(targets):
+        axis, lower = axes[0][column], axes[1][column]
+        anchors = []
+        for optimizer in optimizers:
+            s = style[optimizer]
+            points = [cells[(optimizer, b, target)] for b in batch_sizes]
+            reached = [c for c in points if c["mean_steps"] is not None]
+            if reached:
+                errors = [[c["mean_steps"] - (c["low_steps"] if c["low_steps"] is not None else c["mean_steps"])
+                           for c in reached],
+                          [(c["high_steps"] if c["high_steps"] is not None else c["mean_steps"]) - c["mean_steps"]
+                           for c in reached]]
+                errors = [[max(e, 0.0) for e in side] for side in errors]
+                axis.errorbar([c["batch_size"] for c in reached], [c["mean_steps"] for c in reached], yerr=errors,
+                              color=s["color"], linestyle="none", marker=s["marker"], capsize=3, label=optimizer)
+                anchors.append((reached[0]["batch_size"], reached[0]["mean_steps"]))
+            fit = result["fits"][f"{optimizer}@{target}"]
+            if fit["s_min"] is not None and fit["b_crit"] is not None and math.isfinite(fit["b_crit"]):
+                grid = [batch_sizes[0] * (batch_sizes[-1] / batch_sizes[0]) ** (i / 50) for i in range(51)]
+                axis.plot(grid, [scaling_fit.fitted_steps(fit, b) for b in grid], color=s["color"],
+                          linestyle=s["linestyle"], linewidth=1.0, alpha=0.8)
+                band = [row for row in (fit.get("band") or []) if row[1] is not None and row[2] is not None]
+                if band:
+                    axis.fill_between([r[0] for r in band], [r[1] for r in band], [r[2] for r in band],
+                                      color=s["color"], alpha=0.12, linewidth=0)
+                lower.plot([b for b, r in zip(batch_sizes, fit["residuals"]) if r is not None],
+                           [100 * r for r in fit["residuals"] if r is not None], color=s["color"],
+                           linestyle=s["linestyle"], marker=s["marker"])
+            missed = [c["batch_size"] for c in points if c["mean_steps"] is None and c["n"]]
+            if missed:
+                axis.plot(missed, [axis.get_ylim()[1]] * len(missed), linestyle="none", marker="x",
+                          color=s["color"], markersize=8)
+        if anchors:
+            base_batch, base_steps = min(anchors)
+            axis.plot(batch_sizes, [base_steps * base_batch / b for b in batch_sizes], color="0.35", linewidth=1.0,
+                      linestyle="-.", label="perfect scaling")
+        threshold = 100 * scaling_fit.RESIDUAL_THRESHOLD
+        lower.axhspan(-threshold, threshold, color="0.9", zorder=0)
+        lower.axhline(0, color="0.3", linewidth=0.8)
+        lower.set_ylabel("residual (%)")
+        lower.set_xlabel("batch size")
+        lower.set_xscale("log", base=2)
+        lower.grid(True, which="both", alpha=0.25)
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_ylabel(f"steps to {100 * target:.1f}% test accuracy")
+        axis.grid(True, which="both", alpha=0.25)
+        axis.set_title(f"target {100 * target:.1f}%", fontsize=10)
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.suptitle(title or "Steps to target: mean and 95 % t interval over seeds; lines: the fit "
+                    "S_min (1 + B_crit / B), band: its bootstrap 95 % interval;\nbelow: residuals "
+                    "(grey: within the does-not-fit threshold)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
-def plot_accuracy(result, optimizers, batch_sizes, path, title=None, bayes_accuracy=None):
-    """Figure 2: best test accuracy vs batch size."""
+def plot_accuracy(result, path, title=None):
+    """Figure 2: mean best test accuracy of the reporting seeds vs batch size (tight target's settings)."""
+    optimizers, batch_sizes = result["optimizers"], result["batch_sizes"]
+    target = result["targets"][-1]
     figure, axis = plt.subplots(figsize=(9.0, 5.2))
     style = styles(optimizers)
-    cells = {(c["optimizer"], c["batch_size"]): c for c in result["summary"]}
+    cells = {(c["optimizer"], c["batch_size"], c["target"]): c for c in result["summary"]}
     for optimizer in optimizers:
-        points = [(b, 100 * cells[(optimizer, b)]["best_test_accuracy"]) for b in batch_sizes
-                  if (optimizer, b) in cells and cells[(optimizer, b)]["best_test_accuracy"] is not None]
+        points = [(b, 100 * cells[(optimizer, b, target)]["mean_test_accuracy"]) for b in batch_sizes
+                  if cells[(optimizer, b, target)]["mean_test_accuracy"] is not None]
         if points:
             s = style[optimizer]
             axis.plot(*zip(*points), color=s["color"], linestyle=s["linestyle"], marker=s["marker"], label=optimizer)
-    axis.axhline(100 * result["target_test_accuracy"], color="0.35", linestyle="-.", linewidth=1.0, label="target")
+    for t in result["targets"]:
+        axis.axhline(100 * t, color="0.35", linestyle="-.", linewidth=1.0)
     axis.set_xscale("log", base=2)
     axis.set_xlabel("batch size")
-    axis.set_ylabel("best test accuracy (%) at the best learning rate")
-    if title is None:
-        title = "Best test accuracy against batch size"
-        if bayes_accuracy is not None and math.isfinite(bayes_accuracy):
-            title += f" (the teacher itself: {100 * bayes_accuracy:.1f}%)"
-    return _finish(figure, axis, path, title)
+    axis.set_ylabel("best test accuracy (%) until the run stopped")
+    return _finish(figure, axis, path, title or "Best test accuracy of the reporting runs (mean over seeds; runs "
+                   "stop once every target is reached)")
 
 
-def plot_learning_rate_sensitivity(runs, result, optimizers, batch_size, path, title=None):
-    """Figure 3: best test accuracy vs learning rate at one batch size; diverged runs as crosses at the bottom."""
+def plot_learning_rate_sensitivity(result, path, title=None):
+    """Figure 3: validation steps to the tight target vs learning-rate factor at the largest batch; crosses:
+    diverged, open circles at the top: target not reached."""
+    optimizers = [o for o in result["optimizers"] if o in result["sensitivity"]]
+    tight = f"{result['targets'][-1]:g}"
     figure, axis = plt.subplots(figsize=(9.0, 5.2))
-    style = styles(optimizers)
-    bottom = axis.get_xaxis_transform()  # x in data, y in axes fraction: crosses sit on the bottom edge
-    finished_values = []
-    rates = []
-    any_diverged = False
-    for index, optimizer in enumerate(optimizers):
-        group = sorted((r for r in runs if r["optimizer"] == optimizer and r["batch_size"] == batch_size
-                        and r["seed_offset"] == 0), key=lambda r: r["learning_rate"])
-        if not group:
-            continue
+    style = styles(result["optimizers"])
+    reached_values = [p["steps_to_target"] for o in optimizers for p in result["sensitivity"][o][tight]["points"]
+                      if p["steps_to_target"] is not None]
+    top = max(reached_values) * 1.5 if reached_values else 1.0
+    for optimizer in optimizers:
         s = style[optimizer]
-        finished = [(r["learning_rate"], 100 * r["best_test_accuracy"]) for r in group if not r["diverged"]]
-        finished_values += [a for _, a in finished]
-        rates += [r["learning_rate"] for r in group]
-        if finished:
-            axis.plot(*zip(*finished), color=s["color"], linestyle=s["linestyle"], marker=s["marker"],
+        points = result["sensitivity"][optimizer][tight]["points"]
+        reached = [(p["factor"], p["steps_to_target"]) for p in points if p["steps_to_target"] is not None]
+        if reached:
+            axis.plot(*zip(*reached), color=s["color"], linestyle=s["linestyle"], marker=s["marker"],
                       label=optimizer)
-        diverged = [r["learning_rate"] for r in group if r["diverged"]]
-        if diverged:
-            any_diverged = True
-            # Stacked a little per optimizer, so crosses at the same learning rate stay visible.
-            axis.scatter(diverged, [0.03 + 0.03 * index] * len(diverged), marker="x", s=70, color=s["color"],
-                         transform=bottom,
-                         label=None if finished else f"{optimizer} (all diverged)", zorder=3)
-    target = 100 * result["target_test_accuracy"]
-    axis.axhline(target, color="0.35", linestyle="-.", linewidth=1.0, label="target")
-    low = min(finished_values + [target])
-    high = max(finished_values + [target])
-    pad = max(0.1 * (high - low), 0.3)
-    if any_diverged:  # a band at the bottom (a quarter of the height) holds the diverged runs
-        band = 0.04 + 0.03 * len(optimizers)
-        axis.add_patch(matplotlib.patches.Rectangle((0, 0), 1, band, transform=axis.transAxes, color="0.92",
-                                                    zorder=0))
-        axis.text(0.005, band - 0.01, "diverged", transform=axis.transAxes, fontsize=8, va="top", color="0.3")
-        span = (high - low + 2 * pad) / (1 - band)
-        axis.set_ylim(high + pad - span, high + pad)
-    else:
-        axis.set_ylim(low - pad, high + pad)
-    axis.set_xscale("log")
-    if rates:
-        axis.set_xlim(min(rates) / 1.5, max(rates) * 1.5)
-    axis.set_xlabel("peak learning rate")
-    axis.set_ylabel("best test accuracy (%)")
-    note = "\n(x in the grey band: diverged, stopped early)" if any_diverged else ""
-    return _finish(figure, axis, path, title or f"Learning-rate sensitivity at batch size {batch_size}{note}")
+        for p in points:
+            if p["steps_to_target"] is None:
+                axis.plot([p["factor"]], [top], marker="x" if p["diverged"] else "o", color=s["color"],
+                          markerfacecolor="none", linestyle="none", markersize=8)
+    axis.set_xscale("log", base=2)
+    if reached_values and min(reached_values) > 0:
+        axis.set_yscale("log")
+    axis.set_xlabel("learning rate / selected learning rate")
+    axis.set_ylabel(f"validation steps to {100 * result['targets'][-1]:.1f}%")
+    return _finish(figure, axis, path, title or f"Learning-rate sensitivity at batch size {result['batch_sizes'][-1]}"
+                   " (one seed; top row: x diverged, o not reached)")
 
 
-def plot_all(runs, result, optimizers, batch_sizes, steps_by_batch, directory, bayes_accuracy=None):
+def plot_all(result, directory):
     """Writes the three figures into ``directory``; returns their paths."""
     return [
-        plot_steps_to_target(result, optimizers, batch_sizes, steps_by_batch, directory / "steps_to_target.png"),
-        plot_accuracy(result, optimizers, batch_sizes, directory / "accuracy.png", bayes_accuracy=bayes_accuracy),
-        plot_learning_rate_sensitivity(runs, result, optimizers, batch_sizes[-1], directory / "lr_sensitivity.png"),
+        plot_steps_to_target(result, directory / "steps_to_target.png"),
+        plot_accuracy(result, directory / "accuracy.png"),
+        plot_learning_rate_sensitivity(result, directory / "lr_sensitivity.png"),
     ]

@@ -9,7 +9,17 @@ learning-rate grid on that value at every batch size.
 
 Names not in :data:`RECIPES` are looked up in ``tf_largebatch.optimizers`` and
 then ``keras.optimizers`` (``--optimizers Adam,LayerwiseAdam,Lion``), with the
-class's own default learning rate at the base batch and the square-root rule.
+class's own default learning rate at the base batch and the square-root rule
+(:func:`find_optimizer_class` is the one place that lookup happens).
+
+An **untuned transfer** contender (``"MSGD-untuned"``: any name with the
+``-untuned`` suffix, or a recipe with ``transfer_from`` set) is never tuned: at
+every batch size it runs the learning rate and schedule length that the study
+selected for its ``transfer_from`` optimizer at the smallest batch size, on the
+same seeds, and is reported beside the tuned optimizers. It measures how much of
+the tuning a method saves (e.g. an adaptive-learning-rate wrapper such as
+AdaScale, added as one :data:`RECIPES` entry with ``transfer_from="MSGD"``, a
+``factory`` that wraps the inner optimizer and ``gradient_samples=True``).
 """
 
 import dataclasses
@@ -34,6 +44,15 @@ class Recipe:
         base_learning_rate: peak learning rate at :data:`BASE_BATCH_SIZE`.
         rule: ``"linear"`` or ``"sqrt"``.
         kwargs: further constructor arguments, as ``((key, value), ...)``.
+        transfer_from: None for a tuned optimizer; for an untuned-transfer
+            contender, the name of the tuned optimizer whose smallest-batch
+            selection it reuses at every batch size.
+        factory: None, or ``factory(learning_rate, **kwargs) -> optimizer`` for an
+            optimizer that is not built from a learning rate alone (a wrapper
+            around an inner optimizer); it receives ``kwargs`` and
+            ``gradient_accumulation_steps`` like the class would.
+        gradient_samples: None (decided from the class: the VR family), or
+            whether the optimizer needs k >= 2 gradient samples per step.
     """
 
     name: str
@@ -42,22 +61,21 @@ class Recipe:
     base_learning_rate: float
     rule: str
     kwargs: tuple = ()
+    transfer_from: str = None
+    factory: object = None
+    gradient_samples: bool = None
 
     def centre_learning_rate(self, batch_size):
         """The scaling rule's peak learning rate at ``batch_size``."""
         return scale_learning_rate(self.base_learning_rate, BASE_BATCH_SIZE, batch_size, rule=self.rule)
 
     def optimizer_class(self):
-        if self.source == "keras":
-            import keras
-
-            return getattr(keras.optimizers, self.class_name)
-        import tf_largebatch.optimizers
-
-        return getattr(tf_largebatch.optimizers, self.class_name)
+        return find_optimizer_class(self.class_name, self.source)[1]
 
     def needs_gradient_samples(self):
-        """True for the VR optimizers: their GSNR needs k >= 2 gradient samples per step."""
+        """True for the VR optimizers (their GSNR needs k >= 2 gradient samples per step), or as declared."""
+        if self.gradient_samples is not None:
+            return bool(self.gradient_samples)
         from tf_largebatch.optimizers import VR
 
         return issubclass(self.optimizer_class(), VR)
@@ -67,12 +85,17 @@ class Recipe:
         kwargs = {**dict(self.kwargs), **extra}
         if gradient_accumulation_steps:
             kwargs["gradient_accumulation_steps"] = gradient_accumulation_steps
+        if self.factory is not None:
+            return self.factory(learning_rate, **kwargs)
         return self.optimizer_class()(learning_rate=learning_rate, **kwargs)
 
     def describe(self):
         arguments = "".join(f", {k}={v!r}" for k, v in self.kwargs)
-        return (f"{self.source}.optimizers.{self.class_name}(lr{arguments}); lr {self.base_learning_rate:g} at "
-                f"B={BASE_BATCH_SIZE}, {self.rule} scaling")
+        built = f"{self.source}.optimizers.{self.class_name}(lr{arguments})"
+        if self.transfer_from:
+            return (f"{built}; untuned: at every batch size the learning rate and schedule selected for "
+                    f"{self.transfer_from} at the smallest batch size")
+        return f"{built}; lr {self.base_learning_rate:g} at B={BASE_BATCH_SIZE}, {self.rule} scaling"
 
 
 # Base learning rates: the demo's earlier x1/4, x1, x4 sweep at batch size 128 on a
@@ -96,42 +119,86 @@ RECIPES = {
 }
 
 
-def _optimizer_classes(module):
+UNTUNED_SUFFIX = "-untuned"
+
+
+def _constructible(cls):
+    """A concrete optimizer the study can build from a learning rate alone (not a wrapper or a base class)."""
     import keras
 
-    return {
-        name: value
-        for name, value in vars(module).items()
-        if isinstance(value, type) and issubclass(value, keras.optimizers.Optimizer)
-        and value is not keras.optimizers.Optimizer
-    }
+    if not (isinstance(cls, type) and issubclass(cls, keras.optimizers.Optimizer)) or cls is keras.optimizers.Optimizer:
+        return False
+    parameter = inspect.signature(cls.__init__).parameters.get("learning_rate")
+    return parameter is not None and isinstance(parameter.default, (int, float)) and not isinstance(
+        parameter.default, bool)
+
+
+def optimizer_classes():
+    """``{"tf_largebatch": {name: class}, "keras": {name: class}}``: every optimizer the study can build.
+
+    The one place the study looks optimizers up (a registry can replace it).
+    """
+    import keras
+
+    import tf_largebatch.optimizers
+
+    return {source: {name: value for name, value in vars(module).items() if _constructible(value)}
+            for source, module in (("tf_largebatch", tf_largebatch.optimizers), ("keras", keras.optimizers))}
+
+
+def find_optimizer_class(name, source=None):
+    """``(source, class)`` of the optimizer class called ``name`` (exact, then case-insensitive), or None.
+
+    Args:
+        name: a class name, e.g. ``"LAMB"`` or ``"adamw"``.
+        source: ``"tf_largebatch"`` or ``"keras"`` to search one of them only.
+    """
+    classes = optimizer_classes()
+    for exact in (True, False):
+        for where, found in classes.items():
+            if source not in (None, where):
+                continue
+            for class_name, cls in found.items():
+                if (class_name == name) if exact else (class_name.lower() == name.lower()):
+                    return where, cls
+    return None
+
+
+def builtin(name):
+    """The :class:`Recipe` for a built-in name (no Keras import), or None if Keras must be asked."""
+    if name.endswith(UNTUNED_SUFFIX) and len(name) > len(UNTUNED_SUFFIX):
+        base = builtin(name[:-len(UNTUNED_SUFFIX)])
+        return None if base is None else dataclasses.replace(base, name=name, transfer_from=base.name)
+    if name in RECIPES:
+        return RECIPES[name]
+    for recipe_name, recipe in RECIPES.items():
+        if recipe_name.lower() == name.lower():
+            return recipe
+    return None
 
 
 def resolve(name):
     """The :class:`Recipe` for an optimizer name; ``ValueError`` naming the choices if none.
 
-    Lookup order: :data:`RECIPES`, ``tf_largebatch.optimizers``, ``keras.optimizers``
-    (exact name first, then case-insensitive).
+    Lookup order: :data:`RECIPES` (exact, then case-insensitive), then
+    :func:`find_optimizer_class`. ``NAME-untuned`` is the untuned-transfer
+    contender of ``NAME``. A :class:`Recipe` is returned as it is (a user's own
+    optimizer setting).
     """
-    if name in RECIPES:
-        return RECIPES[name]
-    import keras
-
-    import tf_largebatch.optimizers
-
-    sources = (("tf_largebatch", _optimizer_classes(tf_largebatch.optimizers)),
-               ("keras", _optimizer_classes(keras.optimizers)))
-    for exact in (True, False):
-        if not exact:
-            for recipe_name, recipe in RECIPES.items():
-                if recipe_name.lower() == name.lower():
-                    return recipe
-        for source, classes in sources:
-            for class_name, cls in classes.items():
-                if (class_name == name) if exact else (class_name.lower() == name.lower()):
-                    default = inspect.signature(cls.__init__).parameters.get("learning_rate")
-                    if default is None or not isinstance(default.default, (int, float)):
-                        continue
-                    return Recipe(name, source, class_name, float(default.default), "sqrt")
-    choices = sorted(set(RECIPES) | set(sources[0][1]) | set(sources[1][1]))
-    raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(choices)}")
+    if isinstance(name, Recipe):
+        return name
+    recipe = builtin(name)
+    if recipe is not None:
+        return recipe
+    if name.endswith(UNTUNED_SUFFIX) and len(name) > len(UNTUNED_SUFFIX):
+        base = resolve(name[:-len(UNTUNED_SUFFIX)])
+        return dataclasses.replace(base, name=name, transfer_from=base.name)
+    found = find_optimizer_class(name)
+    if found is not None:
+        source, cls = found
+        default = inspect.signature(cls.__init__).parameters["learning_rate"].default
+        return Recipe(name, source, cls.__name__, float(default), "sqrt")
+    classes = optimizer_classes()
+    choices = sorted(set(RECIPES) | set(classes["tf_largebatch"]) | set(classes["keras"]))
+    raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(choices)} (or NAME{UNTUNED_SUFFIX} for "
+                     "an untuned-transfer contender)")

@@ -1,7 +1,7 @@
 """The study's resumable result store: one JSON line per finished run.
 
-``study.json`` holds the settings every stored run depends on (task, budget,
-schedule, seed); ``runs.jsonl`` gets one line per finished run, appended and
+``study.json`` holds the settings every stored run depends on (task, schedule
+shape, evaluation spacing, seed); ``runs.jsonl`` gets one line per finished run, appended and
 flushed to disk the moment the run ends, so an interrupted study (Ctrl-C, a
 killed process) keeps everything it finished, and the same command resumes it.
 A line cut short by a kill is ignored (that run is simply done again).
@@ -17,13 +17,13 @@ class StoreMismatchError(ValueError):
     """The output directory holds a study made with other settings."""
 
 
-def run_key(optimizer, batch_size, learning_rate, seed_offset):
-    """What identifies a run: optimizer, batch size, learning rate (10 significant digits), seed."""
-    return (str(optimizer), int(batch_size), float(f"{learning_rate:.10g}"), int(seed_offset))
+def run_key(optimizer, batch_size, learning_rate, length, seed_offset):
+    """What identifies a run: optimizer, batch size, learning rate (10 significant digits), schedule length, seed."""
+    return (str(optimizer), int(batch_size), float(f"{learning_rate:.10g}"), int(length), int(seed_offset))
 
 
 def key_of(run):
-    return run_key(run["optimizer"], run["batch_size"], run["learning_rate"], run["seed_offset"])
+    return run_key(run["optimizer"], run["batch_size"], run["learning_rate"], run["length"], run["seed_offset"])
 
 
 def finite_or_none(value):

@@ -1,10 +1,16 @@
-"""Tasks of the batch-size study: data, a model builder and a target.
+"""Tasks of the batch-size study: data, a model builder and targets.
 
-A :class:`Task` is what the study trains: in-memory training and test splits, a
-``model_fn`` that builds a fresh Keras model, and the test accuracy every run
-must reach (``target``). Two come with the package:
+A :class:`Task` is what the study trains: in-memory training, validation and
+test splits, a ``model_fn`` that builds a fresh Keras model, and the accuracies
+every run must reach (``targets``: a loose and a tight one). The validation
+split is carved from the training data: the study selects learning rates and
+schedule lengths on it and reports on the test split only. Three come with the
+package:
 
-* :func:`teacher_student_task` (the default, offline): a fixed, seeded random
+* :func:`digits_task` (the default, offline): the UCI handwritten digits
+  (scikit-learn's bundled ``load_digits``: 1,797 real 8x8 images, no download)
+  with a small MLP;
+* :func:`teacher_student_task` (offline, synthetic): a fixed, seeded random
   *teacher* network defines class probabilities for Gaussian inputs, and a
   small MLP student learns from labels sampled from them. The teacher's own
   arg-max is the Bayes-optimal classifier, so its test accuracy is the ceiling.
@@ -38,35 +44,76 @@ class Task:
     """A classification task of the study.
 
     Attributes:
-        name: short name, e.g. ``"teacher_student"``.
-        train: the training :class:`Split`.
-        test: the test :class:`Split`.
+        name: short name, e.g. ``"digits"``.
+        train: the training :class:`Split` (minibatches are drawn from it).
+        validation: the validation :class:`Split`, carved from the training data
+            (selection only).
+        test: the test :class:`Split` (reporting only).
         num_classes: number of classes (labels are ``0 .. num_classes - 1``).
         description: one line for the outputs.
         model_fn: ``model_fn() -> keras.Model``, a fresh model (logits output);
             the study seeds Keras before each call.
-        target: test accuracy in (0, 1] that "steps to target" counts to.
+        targets: increasing accuracies in (0, 1] that "steps to target" counts
+            to (a loose and a tight one), on the validation split for selection
+            and on the test split for reporting.
         bayes_test_accuracy: the best achievable test accuracy, if known.
     """
 
     name: str
     train: Split
+    validation: Split
     test: Split
     num_classes: int
     description: str
     model_fn: object = None
-    target: float = None
+    targets: tuple = None
     bayes_test_accuracy: float = float("nan")
 
 
-#: Test accuracy that "steps to target" counts to on the default teacher-student task.
-TEACHER_STUDENT_TARGET = 0.75
-#: ... and on CIFAR-10 with :func:`small_cnn`.
-CIFAR10_TARGET = 0.5
+#: Loose and tight target accuracies of the digits task with :func:`mlp`.
+DIGITS_TARGETS = (0.85, 0.93)
+#: ... of the teacher-student task.
+TEACHER_STUDENT_TARGETS = (0.70, 0.75)
+#: ... of CIFAR-10 with :func:`small_cnn`.
+CIFAR10_TARGETS = (0.45, 0.5)
+#: Fraction of the training data the built-in tasks and :func:`make_task` keep apart for validation.
+VALIDATION_FRACTION = 0.2
+#: Training examples of :func:`digits_task` (1,797 images: 359 test, 288 validation).
+DIGITS_TRAIN_SIZE = 1150
+
+
+def carve_validation(split, fraction=VALIDATION_FRACTION, seed=0):
+    """``(train, validation)``: a seeded random ``fraction`` of ``split`` kept apart for selection.
+
+    Args:
+        split: a :class:`Split` of at least 2 examples.
+        fraction: in (0, 1), the share that becomes the validation split (at least one example each side).
+        seed: seed of the permutation.
+    """
+    fraction = validation.check_number("validation_fraction", fraction, low=0.0, high=1.0, low_inclusive=False,
+                                       high_inclusive=False)
+    if len(split) < 2:
+        raise ValueError(f"the training data must hold at least 2 examples to carve a validation split, got "
+                         f"{len(split)}.")
+    order = np.random.default_rng(seed).permutation(len(split))
+    count = min(max(1, int(round(fraction * len(split)))), len(split) - 1)
+    held, kept = np.sort(order[:count]), np.sort(order[count:])
+    return Split(split.x[kept], split.y[kept]), Split(split.x[held], split.y[held])
+
+
+def check_targets(targets):
+    """One accuracy or an increasing pair (loose, tight), each in (0, 1]; returned as a tuple."""
+    values = (targets,) if isinstance(targets, (int, float)) else tuple(targets)
+    if not 1 <= len(values) <= 2:
+        raise ValueError(f"`target` must be one accuracy or a (loose, tight) pair, got {targets!r}.")
+    values = tuple(check_target(v) for v in values)
+    if len(values) == 2 and not values[0] < values[1]:
+        raise ValueError(f"`target`: a (loose, tight) pair must increase, got {targets!r}.")
+    return values
 
 
 def mlp(input_shape, num_classes, width=128):
-    """The teacher-student student: two ReLU layers of ``width`` units, then logits."""
+    """The MLP of the digits and teacher-student tasks: two ReLU layers of ``width`` units, then logits."""
     import keras
 
     return keras.Sequential(
@@ -107,7 +154,7 @@ def teacher_student_task(
     num_classes=10,
     temperature=0.02,
     seed=0,
-    target=TEACHER_STUDENT_TARGET,
+    target=TEACHER_STUDENT_TARGETS,
 ):
     """Synthetic teacher-student classification, generated in memory.
 
@@ -126,15 +173,15 @@ def teacher_student_task(
         num_classes: number of classes (>= 2).
         temperature: float > 0; smaller means less label noise.
         seed: integer seed; the same seed gives the same task.
-        target: test accuracy that "steps to target" counts to.
+        target: one accuracy or a (loose, tight) pair that "steps to target" counts to.
 
     Returns:
         A :class:`Task` (student: :func:`mlp`) whose ``bayes_test_accuracy`` is the teacher's arg-max
-        accuracy on the test labels.
+        accuracy on the test labels; its validation split is a fifth of the ``num_train`` examples.
     """
     num_train = validation.check_positive_int("num_train", num_train)
     num_test = validation.check_positive_int("num_test", num_test)
-    target = check_target(target)
+    targets = check_targets(target)
     input_dim = validation.check_positive_int("input_dim", input_dim)
     teacher_width = validation.check_positive_int("teacher_width", teacher_width)
     num_classes = validation.check_positive_int("num_classes", num_classes)
@@ -159,18 +206,22 @@ def teacher_student_task(
 
     bayes = float(np.mean(teacher_label[num_train:] == y[num_train:]))
     description = (
-        f"teacher-student: {num_train} train / {num_test} test Gaussian inputs (d={input_dim}), "
+        f"teacher-student: {num_train} train (a fifth kept for validation) / {num_test} test Gaussian inputs "
+        f"(d={input_dim}), "
         f"{num_classes} classes sampled from a random tanh teacher ({teacher_width} hidden, "
         f"temperature {temperature}), seed {seed}; the teacher itself scores {bayes:.2%} on the test set"
     )
+    train, held_out = carve_validation(Split(x[:num_train].astype(np.float32), y[:num_train].astype(np.int32)),
+                                       seed=seed)
     return Task(
         name="teacher_student",
-        train=Split(x[:num_train].astype(np.float32), y[:num_train].astype(np.int32)),
+        train=train,
+        validation=held_out,
         test=Split(x[num_train:].astype(np.float32), y[num_train:].astype(np.int32)),
         num_classes=num_classes,
         description=description,
         model_fn=functools.partial(mlp, (input_dim,), num_classes),
-        target=target,
+        targets=targets,
         bayes_test_accuracy=bayes,
     )
 
@@ -179,7 +230,7 @@ class DatasetNotAvailableError(RuntimeError):
     """The requested TFDS dataset is not prepared locally (the demo never downloads)."""
 
 
-def cifar10_task(data_dir=None, num_train=None, num_test=None, target=CIFAR10_TARGET):
+def cifar10_task(data_dir=None, num_train=None, num_test=None, target=CIFAR10_TARGETS):
     """CIFAR-10 from a locally prepared tensorflow-datasets copy; never downloads.
 
     Images are scaled to [0, 1] floats; the model is :func:`small_cnn`. ``num_train`` / ``num_test`` keep the
@@ -190,7 +241,7 @@ def cifar10_task(data_dir=None, num_train=None, num_test=None, target=CIFAR10_TA
             or ``$TFDS_DATA_DIR``).
         num_train: optional positive int, keep only this many training examples.
         num_test: optional positive int, keep only this many test examples.
-        target: test accuracy that "steps to target" counts to.
+        target: one accuracy or a (loose, tight) pair that "steps to target" counts to.
 
     Raises:
         DatasetNotAvailableError: CIFAR-10 is not prepared in ``data_dir``.
@@ -201,7 +252,7 @@ def cifar10_task(data_dir=None, num_train=None, num_test=None, target=CIFAR10_TA
         num_train = validation.check_positive_int("num_train", num_train)
     if num_test is not None:
         num_test = validation.check_positive_int("num_test", num_test)
-    target = check_target(target)
+    targets = check_targets(target)
 
     def spec(split, limit):
         return split if limit is None else f"{split}[:{limit}]"
@@ -229,16 +280,59 @@ def cifar10_task(data_dir=None, num_train=None, num_test=None, target=CIFAR10_TA
         labels = np.concatenate([labels for _, labels in batches])
         return Split(images.astype(np.float32) / 255.0, labels.astype(np.int32))
 
-    train = as_split(train_data, num_train)
+    train, held_out = carve_validation(as_split(train_data, num_train))
     test = as_split(test_data, num_test)
     return Task(
         name="cifar10",
         train=train,
+        validation=held_out,
         test=test,
         num_classes=10,
-        description=f"CIFAR-10 (TFDS, {len(train)} train / {len(test)} test images)",
+        description=f"CIFAR-10 (TFDS, {len(train)} train / {len(held_out)} validation / {len(test)} test images)",
         model_fn=functools.partial(small_cnn, train.x.shape[1:], 10),
-        target=target,
+        targets=targets,
+    )
+
+
+def digits_task(seed=0, target=DIGITS_TARGETS, width=64):
+    """The UCI handwritten digits, bundled with scikit-learn (no download), with a small MLP.
+
+    1,797 real 8x8 grey-level images of the digits 0-9 (Alpaydin and Kaynak,
+    UCI ML repository), pixels scaled to [0, 1]. A seeded fifth becomes the
+    test split (359 images), a fifth of the rest the validation split (288),
+    the remaining 1,150 the training split. Model: :func:`mlp` 64 -> ``width``
+    -> ``width`` -> 10.
+
+    Args:
+        seed: seed of the split.
+        target: one accuracy or a (loose, tight) pair.
+        width: hidden units per layer.
+
+    Raises:
+        ImportError: scikit-learn is missing (``pip install tf_largebatch[demo]``).
+
+    References:
+        Alpaydin and Kaynak, "Optical Recognition of Handwritten Digits", UCI
+        Machine Learning Repository, 1998 (``sklearn.datasets.load_digits``).
+    """
+    from sklearn.datasets import load_digits
+
+    targets = check_targets(target)
+    width = validation.check_positive_int("width", width)
+    data = load_digits()
+    everything = Split((data.data / 16.0).astype(np.float32), data.target.astype(np.int32))
+    rest, test = carve_validation(everything, seed=seed)
+    train, held_out = carve_validation(rest, seed=seed + 1)
+    return Task(
+        name="digits",
+        train=train,
+        validation=held_out,
+        test=test,
+        num_classes=10,
+        description=(f"UCI digits (scikit-learn load_digits, 8x8 images): {len(train)} train / {len(held_out)} "
+                     f"validation / {len(test)} test, split seed {seed}; MLP 64-{width}-{width}-10"),
+        model_fn=functools.partial(mlp, (64,), 10, width),
+        targets=targets,
     )
 
 
@@ -276,7 +370,7 @@ def _as_split(name, data):
     return Split(x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x, y.astype(np.int32))
 
 
-def make_task(model_fn, train, test, target, name="custom", description=None):
+def make_task(model_fn, train, test, target, name="custom", description=None, validation_data=None):
     """A :class:`Task` from a user's own model builder and data.
 
     Args:
@@ -287,20 +381,30 @@ def make_task(model_fn, train, test, target, name="custom", description=None):
             ``tf.data.Dataset`` of ``(x, y)`` (examples or batches); the study
             keeps it in memory and draws its minibatches itself.
         test: the same for the test set.
-        target: test accuracy in (0, 1] that "steps to target" counts to.
+        target: one accuracy in (0, 1], or an increasing (loose, tight) pair,
+            that "steps to target" counts to.
         name: short name for the outputs.
         description: one line for the outputs (default: the sizes).
+        validation_data: the selection split, like ``train``; default: a
+            seeded fifth of ``train`` (:func:`carve_validation`).
     """
     if not callable(model_fn):
         raise ValueError(f"`model_fn` must be callable (returning a keras.Model). Received: {model_fn!r}")
+    targets = check_targets(target)
     train_split, test_split = _as_split("train", train), _as_split("test", test)
-    num_classes = int(max(train_split.y.max(), test_split.y.max())) + 1
+    if validation_data is None:
+        train_split, held_out = carve_validation(train_split)
+    else:
+        held_out = _as_split("validation_data", validation_data)
+    num_classes = int(max(train_split.y.max(), test_split.y.max(), held_out.y.max())) + 1
     return Task(
         name=str(name),
         train=train_split,
+        validation=held_out,
         test=test_split,
         num_classes=num_classes,
-        description=description or f"{name}: {len(train_split)} train / {len(test_split)} test examples",
+        description=description or (f"{name}: {len(train_split)} train / {len(held_out)} validation / "
+                                    f"{len(test_split)} test examples"),
         model_fn=model_fn,
-        target=check_target(target),
+        targets=targets,
     )
