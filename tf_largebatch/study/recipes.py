@@ -136,14 +136,13 @@ def _constructible(cls):
 def optimizer_classes():
     """``{"tf_largebatch": {name: class}, "keras": {name: class}}``: every optimizer the study can build.
 
-    The one place the study looks optimizers up (a registry can replace it).
+    The optimizers that train, from the package's one registry, less those that
+    need more than a learning rate to build (the bare ``VR`` wrapper).
     """
-    import keras
+    from tf_largebatch.optimizers import registry
 
-    import tf_largebatch.optimizers
-
-    return {source: {name: value for name, value in vars(module).items() if _constructible(value)}
-            for source, module in (("tf_largebatch", tf_largebatch.optimizers), ("keras", keras.optimizers))}
+    return {source: {entry.name: entry.cls for entry in registry.entries(source) if _constructible(entry.cls)}
+            for source in (registry.PACKAGE, registry.KERAS)}
 
 
 def find_optimizer_class(name, source=None):
