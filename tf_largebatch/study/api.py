@@ -9,9 +9,10 @@ import math
 import pathlib
 import sys
 
+from tf_largebatch.atomic_files import write_text_atomically
 from tf_largebatch.study import recipes
 from tf_largebatch.study.grid import GridRunner, StudyConfig, build_model
-from tf_largebatch.study.store import RunStore, write_text_atomically
+from tf_largebatch.study.store import RunStore
 from tf_largebatch.study.tasks import make_task
 
 

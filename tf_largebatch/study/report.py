@@ -10,11 +10,13 @@ the noise-scale series and the sensitivity), ``table.txt`` (what is printed).
 """
 
 import csv
+import io
 import json
 import math
 
+from tf_largebatch.atomic_files import write_text_atomically
 from tf_largebatch.study import analysis, scaling_fit, statistics
-from tf_largebatch.study.store import run_key, write_text_atomically
+from tf_largebatch.study.store import run_key
 
 RESULT_FIELDS = (
     "optimizer", "batch_size", "learning_rate", "length", "seed", "role", "steps_run", "diverged",
@@ -137,12 +139,11 @@ def analyse(runs, plan, targets, optimizers, transfers, batch_sizes, noise_setti
 
 
 def _write_csv(path, fields, rows):
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    temporary.replace(path)
+    stream = io.StringIO(newline="")
+    writer = csv.DictWriter(stream, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomically(path, stream.getvalue())
 
 
 def _roles(plan):

@@ -12,6 +12,8 @@ import math
 import os
 import pathlib
 
+from tf_largebatch.atomic_files import write_text_atomically
+
 
 class StoreMismatchError(ValueError):
     """The output directory holds a study made with other settings."""
@@ -32,14 +34,6 @@ def finite_or_none(value):
         return None
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def write_text_atomically(path, text):
-    """Writes ``text`` to ``path`` through a temporary file and a rename."""
-    path = pathlib.Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 class RunStore:
