@@ -10,6 +10,8 @@ import math
 
 import tensorflow as tf
 
+from tf_largebatch.optimizers import keras_seam
+
 
 def as_float32(x):
     """Statistics are computed in float32 even for float16/bfloat16 variables."""
@@ -23,13 +25,62 @@ FLOAT32_TINY = 1.1754944e-38
 def sum_of_squares(x):
     """``sum(x**2)`` of a whole tensor in float32, in one pass over ``x``.
 
-    ``tf.nn.l2_loss`` (which is ``sum(x**2) / 2``) squares and sums in one
-    kernel, where ``reduce_sum(square(x))`` reads and writes a squared copy
-    first; the accumulation is the same. Overflows to ``inf`` above ~1.8e19 per
-    element and flushes squares below ~1e-19 to 0, like the plain form; see
-    :func:`l2_norm` for the overflow-free norm.
+    Two forms with the same result, chosen at trace time:
+
+    - in graph mode and eagerly, ``tf.nn.l2_loss`` (``sum(x**2) / 2``), which
+      squares and sums in one kernel where ``reduce_sum(square(x))`` writes and
+      reads a squared copy first;
+    - in a trace that XLA compiles (``jit_compile=True``, TPU;
+      :func:`~tf_largebatch.optimizers.keras_seam.tracing_for_xla`), the row
+      sums of the squares as a matrix-vector product with a vector of ones
+      (:func:`_sum_of_squares_by_rows`): XLA:CPU runs a sum fused with the
+      squaring as one sequential loop, about four times slower than reading the
+      tensor, and hands a matrix-vector product to Eigen, which runs at the speed
+      of the read.
+
+    Either form overflows to ``inf`` above ~1.8e19 per element and flushes
+    squares below ~1e-19 to 0, like the plain sum; see :func:`l2_norm` for the
+    overflow-free norm.
+
+    Args:
+        x: a tensor of any shape and float dtype.
+
+    Returns:
+        A float32 scalar.
     """
-    return 2.0 * tf.nn.l2_loss(as_float32(x))
+    x = as_float32(x)
+    if keras_seam.tracing_for_xla():
+        rows = _rows_view(x)
+        if rows is not None:
+            return _sum_of_squares_by_rows(rows)
+    return 2.0 * tf.nn.l2_loss(x)
+
+
+#: Row lengths tried, longest first, for a tensor whose last axis is too short to be one.
+_ROW_LENGTHS = (1024, 512, 256, 128, 64, 32, 16, 8)
+
+
+def _rows_view(x):
+    """``x`` reshaped to ``[rows, columns]`` for a matrix-vector product, or ``None``.
+
+    The columns are the last axis when it has at least 8 elements (a dense or
+    convolution kernel's output units), else the longest of :data:`_ROW_LENGTHS`
+    that divides the size. ``None`` when the shape is not static or no length
+    fits (a short or oddly sized vector, where the form makes no difference).
+    """
+    if not x.shape.is_fully_defined() or x.shape.rank == 0:
+        return None
+    size = x.shape.num_elements()
+    columns = x.shape[-1] if x.shape.rank >= 2 and x.shape[-1] >= 8 else None
+    if columns is None:
+        columns = next((n for n in _ROW_LENGTHS if size % n == 0 and size > n), None)
+    return None if columns is None or size == columns else tf.reshape(x, [size // columns, columns])
+
+
+def _sum_of_squares_by_rows(rows):
+    """``sum(rows**2)`` of a float32 matrix as ``sum(square(rows) @ ones)``."""
+    ones = tf.ones([rows.shape[-1]], tf.float32)
+    return tf.reduce_sum(tf.linalg.matvec(tf.square(rows), ones))
 
 
 def _num_elements(x):
@@ -50,7 +101,7 @@ def _scaled_l2_norm(x):
     """``s * sqrt(sum((x / s)**2))`` with ``s = max|x|`` (LAPACK ``nrm2``'s scaling); 0 for a zero tensor."""
     scale = tf.reduce_max(tf.abs(x))
     safe = tf.where(scale > 0, scale, tf.ones_like(scale))
-    return safe * tf.sqrt(tf.reduce_sum(tf.square(x / safe)))
+    return safe * tf.sqrt(sum_of_squares(x / safe))
 
 
 def l2_norm(x):
@@ -238,7 +289,9 @@ def root_moving_average(root, value, decay, *, underflow_tolerance=0.0):
     """
     tensor_decay = tf.cast(decay, value.dtype)
     kept, added = tf.sqrt(tensor_decay) * root, tf.sqrt(1.0 - tensor_decay) * value
-    if underflow_tolerance < root_underflow_error(decay):
+    if underflow_tolerance < root_underflow_error(decay) or keras_seam.tracing_for_xla():
+        # Under XLA the branch-free hypot form fuses with its neighbours; the plain form's three
+        # reductions and its tf.cond cost more than the divisions it saves.
         return hypot(kept, added)
     # The largest plain value is at most decay * max(r)**2 + (1 - decay) * max|x|**2: reductions of the
     # inputs themselves, which XLA runs unfused and fast (a max over the element-wise result it does not).
