@@ -189,3 +189,30 @@ def test_compiled_steps_are_invariant_to_the_gradient_scale_and_equal_the_graph_
         steps = _run_compiled(factory(), weights, [[scale * g for g in gs] for gs in gradients])
         for got, expected in zip(steps, reference[-1]):
             np.testing.assert_allclose(got, expected, rtol=1e-4 if scale != 1.0 else 1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------- the fused momentum step
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_apply_heavy_ball_is_the_momentum_step_in_one_kernel(mode, dtype):
+    """``u <- beta u + g; w <- w - lr u`` against NumPy, three steps, eagerly, in graph mode and under XLA."""
+    w0, u0 = _random((9, 10), seed=5).astype(dtype), _random((9, 10), seed=6).astype(dtype)
+    variable, velocity = tf.Variable(w0), tf.Variable(u0)
+    step = lambda g, lr: rules.apply_heavy_ball(variable, velocity, g, lr, 0.9)  # noqa: E731
+    if mode != "eager":
+        step = tf.function(step, jit_compile=mode == "xla")
+    w, u = w0.astype(np.float64), u0.astype(np.float64)
+    for t in range(3):
+        g, lr = _random((9, 10), seed=7 + t).astype(dtype), 0.1 / (t + 1)
+        step(tf.constant(g), tf.constant(lr, dtype))
+        u = 0.9 * u + g
+        w = w - lr * u
+    rtol = 1e-6 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(velocity.numpy(), u, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(variable.numpy(), w, rtol=rtol, atol=rtol)
+
+
+def test_apply_heavy_ball_refuses_state_of_another_dtype():
+    with pytest.raises(ValueError, match="float32"):
+        rules.apply_heavy_ball(tf.Variable(tf.zeros((2,), tf.bfloat16)), tf.Variable(tf.zeros((2,))), tf.ones((2,)),
+                               0.1, 0.9)

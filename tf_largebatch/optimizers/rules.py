@@ -218,6 +218,40 @@ def heavy_ball(momentum, update, beta):
     return tf.cast(beta, update.dtype) * momentum + update
 
 
+def apply_heavy_ball(variable, velocity, update, learning_rate, beta):
+    """``u <- beta * u + update``, then ``w <- w - lr * u``, as one TensorFlow training kernel.
+
+    The one function of this module that writes variables. The same step as
+    TensorFlow ops (:func:`heavy_ball`, then ``w - lr * u``) is four element-wise
+    passes and two assignments in graph mode, each a kernel that reads and
+    writes whole tensors; ``tf.raw_ops.ResourceApplyMomentum`` reads ``w``,
+    ``u`` and the update once and writes ``w`` and ``u`` in place, the bytes of
+    a fused loop (under XLA both become the same fused loop). The result is the
+    same to float32 rounding.
+
+    Args:
+        variable: the weight ``w`` (a ``tf.Variable`` or ``keras.Variable``).
+        velocity: the momentum slot ``u``, same dtype and shape as ``variable``.
+        update: the step's direction, same shape (cast to the variable's dtype).
+        learning_rate: ``lr``, a scalar.
+        beta: the momentum coefficient.
+
+    Raises:
+        ValueError: if ``velocity`` and ``variable`` have different dtypes (e.g.
+            float32 state for a bfloat16 variable): apply the step as ops then.
+    """
+    dtype = tf.as_dtype(variable.dtype)
+    if tf.as_dtype(velocity.dtype) != dtype:
+        raise ValueError(f"apply_heavy_ball needs the velocity in the variable's dtype {dtype.name}. "
+                         f"Received: {tf.as_dtype(velocity.dtype).name}")
+    def scalar(value):  # a Python float straight to the dtype (tf.cast would round it to float32 first)
+        return tf.cast(tf.convert_to_tensor(value, dtype_hint=dtype), dtype)
+
+    tf.raw_ops.ResourceApplyMomentum(
+        var=variable.handle, accum=velocity.handle, lr=scalar(learning_rate), grad=tf.cast(update, dtype),
+        momentum=scalar(beta), use_locking=False, use_nesterov=False)
+
+
 def moving_average(average, value, decay):
     """``decay * a + (1 - decay) * x`` (Adam's first and second moments)."""
     decay = tf.cast(decay, value.dtype)
