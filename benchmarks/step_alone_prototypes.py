@@ -1,4 +1,4 @@
-"""What two changes outside the update rules would buy, measured on the optimizer step alone.
+"""What changes outside the update rules would buy, measured on the optimizer step alone.
 
     python benchmarks/step_alone_prototypes.py --size 1e6 --threads 1
 
@@ -14,6 +14,9 @@ and LARS as they are against two prototypes each, built here by subclassing
   slot keeps its meaning; ``ResourceApplyKerasMomentum`` for LARS, whose slot
   would then hold the *negated* velocity, as Keras's SGD does) instead of
   four element-wise ops and two assignments;
+* for LAMB, **the per-variable chain compiled** (moments, direction, weight
+  decay and both norms in one ``tf.function(jit_compile=True)``, as the VR
+  optimizers compile their GSNR chain), against Keras's ``Lamb``;
 * **no separate finiteness pass**: the skip policy's check
   (``accumulation.all_finite``, one read of every gradient) replaced by
   ``True``. This is an upper bound on what sharing that read with the norms'
@@ -37,7 +40,7 @@ import optimizer_speed as bench  # configures the logical CPUs before TensorFlow
 import tensorflow as tf  # noqa: E402
 
 from machine_state import MachineState  # noqa: E402
-from tf_largebatch.optimizers import accumulation, keras_seam  # noqa: E402
+from tf_largebatch.optimizers import accumulation, keras_seam, rules  # noqa: E402
 
 
 class FusedSNGM(bench.tlb.SNGM):
@@ -69,6 +72,44 @@ class FusedLARS(bench.tlb.LARS):
             momentum=tf.cast(self.momentum, dtype), use_nesterov=False)
 
 
+class CompiledChainLAMB(bench.tlb.LAMB):
+    """LAMB whose per-variable element-wise chain (moments, direction, weight decay and the two
+    norms) is one XLA-compiled function even in graph mode, as the VR optimizers do for their
+    GSNR chain; the trust ratio and the weight update stay graph ops."""
+
+    def _chain(self, weight_decay):
+        chains = self.__dict__.setdefault("_chains", {})
+        if weight_decay not in chains:
+            tolerance = rules.adam_root_tolerance(self.epsilon, self.beta_2)
+
+            def chain(gradient, weight, m, root, step):
+                m = rules.moving_average(m, gradient, self.beta_1)
+                root = rules.root_moving_average(root, gradient, self.beta_2, underflow_tolerance=tolerance)
+                update = rules.bias_corrected_adam_direction(m, root, self.beta_1, self.beta_2, step, self.epsilon)
+                if weight_decay:
+                    update = rules.add_weight_decay(update, weight, weight_decay)
+                return m, root, update, rules.l2_norm(weight), rules.l2_norm(update)
+
+            chains[weight_decay] = tf.function(chain, jit_compile=True)
+        return chains[weight_decay]
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        index = keras_seam.variable_index(self, variable)
+        weight_decay = self.weight_decay if (self.weight_decay and self._decays[index]) else 0.0
+        m, root = self._momentums[index], self._velocity_roots[index]
+        new_m, new_root, update, weight_norm, update_norm = self._chain(weight_decay)(
+            tf.cast(gradient, dtype), tf.convert_to_tensor(variable), tf.convert_to_tensor(m),
+            tf.convert_to_tensor(root), tf.cast(self.applied_updates + 1, dtype))
+        self.assign(m, new_m)
+        self.assign(root, new_root)
+        rate = tf.cast(learning_rate, dtype)
+        if self._adapts[index]:
+            rate = rate * rules.trust_ratio(weight_norm, update_norm, trust_coefficient=self.trust_coefficient,
+                                            bounds=self.trust_ratio_bounds, epsilon=self._trust_ratio_epsilon)
+        self.assign_sub(variable, update * rate)
+
+
 def _factories():
     return {
         "SGD+momentum": (bench.OPTIMIZERS["SGD+momentum"], False),
@@ -80,6 +121,11 @@ def _factories():
         "LARS, fused kernel": (lambda: FusedLARS(1.0), False),
         "LARS, no finiteness pass": (bench.OPTIMIZERS["LARS"], True),
         "LARS, both": (lambda: FusedLARS(1.0), True),
+        "keras Lamb": (bench.OPTIMIZERS["keras Lamb"], False),
+        "LAMB": (bench.OPTIMIZERS["LAMB"], False),
+        "LAMB, compiled chain": (lambda: CompiledChainLAMB(1e-3), False),
+        "LAMB (weight decay)": (bench.OPTIMIZERS["LAMB (weight decay)"], False),
+        "LAMB (weight decay), compiled chain": (lambda: CompiledChainLAMB(1e-3, weight_decay=0.01), False),
     }
 
 
@@ -98,7 +144,8 @@ def _contender(label, factory, skip_check, hidden, jit_compile):
 
 def _check_same_steps(hidden):
     """The prototypes take the optimizers' steps (to float32 rounding) on finite gradients."""
-    for plain, prototype in (("SNGM", "SNGM, fused kernel"), ("LARS", "LARS, fused kernel")):
+    for plain, prototype in (("SNGM", "SNGM, fused kernel"), ("LARS", "LARS, fused kernel"),
+                             ("LAMB (weight decay)", "LAMB (weight decay), compiled chain")):
         weights = []
         for label in (plain, prototype):
             factory, _ = _factories()[label]
@@ -124,13 +171,16 @@ def main(argv=None):
         contenders = [_contender(label, factory, skip, hidden, args.jit)
                       for label, (factory, skip) in _factories().items()]
         bench.interleaved(contenders, args.steps, args.rounds)
-        base = contenders[0]
-        count = sum(int(np.prod(v.shape)) for v in base.variables)
-        print(f"MLP of {count:.2e} parameters, {'XLA' if args.jit else 'graph'}; SGD+momentum "
-              f"{1000 * statistics.median(base.cpu):.2f} CPU ms per apply; CPU-time ratio of "
-              f"optimizer.apply to SGD+momentum (median of {args.rounds} paired rounds of {args.steps} applies):")
-        for contender in contenders[1:]:
-            print(f"  {contender.label:<28}{bench.paired_ratio(contender, base, 'cpu'):.3f}")
+        by_label = {contender.label: contender for contender in contenders}
+        count = sum(int(np.prod(v.shape)) for v in contenders[0].variables)
+        print(f"MLP of {count:.2e} parameters, {'XLA' if args.jit else 'graph'}; CPU-time ratio of optimizer.apply "
+              f"to the Keras counterpart (median of {args.rounds} paired rounds of {args.steps} applies):")
+        for contender in contenders:
+            base = by_label["keras Lamb" if contender.label.startswith("LAMB") else "SGD+momentum"]
+            if contender is not base and contender.label != "keras Lamb":
+                print(f"  {contender.label + ' / ' + base.label:<52}{bench.paired_ratio(contender, base, 'cpu'):.3f}")
+        print(f"  (SGD+momentum {1000 * statistics.median(by_label['SGD+momentum'].cpu):.2f}, keras Lamb "
+              f"{1000 * statistics.median(by_label['keras Lamb'].cpu):.2f} CPU ms per apply)")
     return 0
 
 
