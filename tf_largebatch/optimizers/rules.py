@@ -1,9 +1,14 @@
 """Pure update-rule math shared by the optimizers.
 
 Every function here is a small, stateless TensorFlow function with a NumPy twin
-in the tests. Optimizers are short chains of these steps (optax style): weight
-decay -> moments -> trust ratio -> scale by -lr. Nothing here branches in Python
-on tensor values, so everything compiles under XLA.
+in the tests, except :func:`apply_heavy_ball`, which writes the weight and its
+momentum in one training kernel. Optimizers are short chains of these steps
+(optax style): weight decay -> moments -> trust ratio -> scale by -lr. Nothing
+here branches in Python on tensor values, so everything compiles under XLA;
+where XLA:CPU runs one form of a computation much faster than the other, the
+form is chosen when the step is traced
+(:func:`~tf_largebatch.optimizers.keras_seam.tracing_for_xla`), and both forms
+give the same result.
 """
 
 import math
