@@ -30,7 +30,9 @@ def np_norm(x):
 
 
 def compiled(function):
-    return tf.function(function, jit_compile=True)
+    # No autograph: the rules have no Python control flow on tensors, and autograph can mistake one
+    # lambda's source for another's when several sit in one test module.
+    return tf.function(function, jit_compile=True, autograph=False)
 
 
 # One compiled function each, so that tensors of one shape and dtype compile once.
@@ -151,7 +153,10 @@ def test_compiled_root_moving_average_is_the_exact_hypot_form_on_both_sides_of_o
     element is kept, not flushed, and every element matches float64."""
     root = np.array([root_value, 0.0, 1.0], np.float32)
     gradient = np.array([gradient_value, 1e-25, 1.0], np.float32)
-    step = compiled(lambda r, g: rules.root_moving_average(r, g, decay, underflow_tolerance=1e-10))
+    def root_step(r, g):
+        return rules.root_moving_average(r, g, decay, underflow_tolerance=1e-10)
+
+    step = compiled(root_step)
     result = step(tf.constant(root), tf.constant(gradient)).numpy()
     decay64 = np.float64(np.float32(decay))
     expected = np.sqrt(decay64 * root.astype(np.float64) ** 2 + (1 - decay64) * gradient.astype(np.float64) ** 2)
@@ -200,7 +205,7 @@ def test_apply_heavy_ball_is_the_momentum_step_in_one_kernel(mode, dtype):
     variable, velocity = tf.Variable(w0), tf.Variable(u0)
     step = lambda g, lr: rules.apply_heavy_ball(variable, velocity, g, lr, 0.9)  # noqa: E731
     if mode != "eager":
-        step = tf.function(step, jit_compile=mode == "xla")
+        step = tf.function(step, jit_compile=mode == "xla", autograph=False)
     w, u = w0.astype(np.float64), u0.astype(np.float64)
     for t in range(3):
         g, lr = _random((9, 10), seed=7 + t).astype(dtype), 0.1 / (t + 1)

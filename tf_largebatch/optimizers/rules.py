@@ -249,6 +249,7 @@ def apply_heavy_ball(variable, velocity, update, learning_rate, beta):
     if tf.as_dtype(velocity.dtype) != dtype:
         raise ValueError(f"apply_heavy_ball needs the velocity in the variable's dtype {dtype.name}. "
                          f"Received: {tf.as_dtype(velocity.dtype).name}")
+
     def scalar(value):  # a Python float straight to the dtype (tf.cast would round it to float32 first)
         return tf.cast(tf.convert_to_tensor(value, dtype_hint=dtype), dtype)
 
