@@ -47,6 +47,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import tensorflow as tf  # noqa: E402
 
+tf.get_logger().setLevel("ERROR")  # one tf.function per contender: the retracing warnings are expected
 MAX_REPLICAS = 4
 # Logical CPU replicas must exist before TensorFlow initialises its runtime.
 tf.config.set_logical_device_configuration(
@@ -57,6 +58,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tf_largebatch.optimizers as tlb  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine_state import MachineState  # noqa: E402
 
 # name -> factory(**extra keyword arguments)
 OPTIMIZERS = {
@@ -106,14 +110,17 @@ VR_OVERHEAD_PAIRS = {
 } or {"VRMomentum": "SGD+momentum", "VRAdam": "Adam"}
 
 
-# Section 5: the optimizer step alone (package optimizer -> Keras counterpart).
-STEP_ALONE_PAIRS = {
-    "SNGM": "SGD+momentum",
-    "LARS": "SGD+momentum",
-    "LAMB": "keras Lamb",
-    "LAMB (weight decay)": "keras Lamb",
-    "LayerwiseAdam": "keras Lamb",
-}
+# Section 5: the optimizer step alone, (package optimizer, Keras counterpart) pairs. LAMB's weight
+# decay is also paired with Keras's Lamb with (decoupled) weight decay, which does the same reads.
+OPTIMIZERS["keras Lamb (weight decay)"] = lambda **kw: keras.optimizers.Lamb(1e-3, weight_decay=0.01, **kw)
+STEP_ALONE_PAIRS = [
+    ("SNGM", "SGD+momentum"),
+    ("LARS", "SGD+momentum"),
+    ("LAMB", "keras Lamb"),
+    ("LAMB (weight decay)", "keras Lamb"),
+    ("LAMB (weight decay)", "keras Lamb (weight decay)"),
+    ("LayerwiseAdam", "keras Lamb"),
+]
 
 
 # ------------------------------------------------------------------ models
@@ -438,26 +445,42 @@ class StepAlone:
 
 
 def step_alone_section(sizes, steps, rounds, names=None):
-    """CPU-time ratio of ``optimizer.apply`` alone, package optimizer / Keras counterpart."""
-    pairs = {a: b for a, b in STEP_ALONE_PAIRS.items() if names is None or a in names}
+    """CPU-time ratio of ``optimizer.apply`` alone, package optimizer / Keras counterpart.
+
+    Prints the table, then the same numbers as Markdown rows (one per setting and pair).
+    """
+    pairs = [(a, b) for a, b in STEP_ALONE_PAIRS if names is None or a in names]
     print(f"\n== 5. The optimizer step alone: CPU-time ratio of optimizer.apply to the Keras counterpart "
           f"({rounds} interleaved rounds x {4 * steps} applies) ==")
-    settings = [("1 device", False), ("1 device XLA", True)]
-    print(f"{'parameters':>11}  {'setting':<14}{'base ms':>9}" + "".join(f"{f'{a}/{b}':>34}" for a, b in pairs.items()))
+    settings = [("graph", False), ("XLA", True)]
+    print(f"{'parameters':>11}  {'setting':<8}{'base ms':>9}" + "".join(f" {f'{a}/{b}':>33}" for a, b in pairs))
+    rows = []
     for size in sizes:
         hidden = mlp_hidden_for(size)
         for label, jit_compile in settings:
             contenders = {}
-            for name in dict.fromkeys(list(pairs) + list(pairs.values())):
+            for name in dict.fromkeys(name for pair in pairs for name in pair):
                 contenders[name] = StepAlone(name, lambda: mlp(hidden), jit_compile)
             interleaved(list(contenders.values()), 4 * steps, rounds)
-            base = contenders[next(iter(pairs.values()))]
+            base = contenders[pairs[0][1]]
             count = sum(int(np.prod(v.shape)) for v in base.variables)
-            print(f"{count:>11.2e}  {label:<14}{1000 * statistics.median(base.cpu):>9.2f}"
-                  + "".join(f"{paired_ratio(contenders[a], contenders[b], 'cpu'):>33.3f}x" for a, b in pairs.items()),
-                  flush=True)
+            ratios = [paired_ratio(contenders[a], contenders[b], "cpu") for a, b in pairs]
+            rows.append((count, label, ratios))
+            print(f"{count:>11.2e}  {label:<8}{1000 * statistics.median(base.cpu):>9.2f}"
+                  + "".join(f"{ratio:>33.3f}x" for ratio in ratios), flush=True)
     print("   (CPU-time ratio, median over rounds of the paired ratio; base ms = the first Keras counterpart's "
-          "CPU ms per apply)")
+          "CPU ms per apply; graph = tf.function, XLA = tf.function(jit_compile=True), one device)")
+    print("\n| pair | " + " | ".join(f"{count:.0e}, {label}" for count, label, _ in rows) + " |")
+    print("| --- |" + " --- |" * len(rows))
+    for index, (a, b) in enumerate(pairs):
+        print(f"| {a} / {b} | " + " | ".join(f"{ratios[index]:.2f}" for _, _, ratios in rows) + " |")
+
+
+def set_threads(threads):
+    """TensorFlow's intra- and inter-op thread counts (0: leave TensorFlow's choice); before any op runs."""
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
 def main(argv=None):
@@ -470,7 +493,7 @@ def main(argv=None):
     )
     parser.add_argument("--optimizers", default=None,
                         help="section 5 only: package optimizers to time, comma-separated, e.g. LAMB,SNGM "
-                             f"(default: all of {', '.join(STEP_ALONE_PAIRS)})")
+                             f"(default: all of {', '.join(dict.fromkeys(a for a, _ in STEP_ALONE_PAIRS))})")
     parser.add_argument("--sizes", default=None,
                         help="parameter counts for sections 3a, 4 and 5, e.g. 1e5,1e6 (default: 1e5,1e6,1e7; --quick: "
                              "1e5,1e6)")
@@ -481,9 +504,7 @@ def main(argv=None):
                         help="section 4's settings, from %(default)s (1xla: one device under XLA; 2, 4: "
                              "MirroredStrategy replicas)")
     args = parser.parse_args(argv)
-    if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    set_threads(args.threads)
     setting_names = tuple(args.settings.split(","))
     unknown = [name for name in setting_names if name not in VR_OVERHEAD_SETTINGS]
     if unknown:
@@ -491,27 +512,28 @@ def main(argv=None):
     sections = set(args.sections.split(","))
     rounds, steps = (3, 5) if args.quick else (5, 10)
     start = time.perf_counter()
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores, "
-          f"{'--quick' if args.quick else 'full'} run" + (f", {args.threads} TensorFlow thread(s)" if args.threads else ""))
-    models = {"small CNN": small_cnn, "transformer": transformer_block}
-    if "1" in sections:
-        settings = [("1 device, XLA", 0, True, 2), (f"Mirrored x{MAX_REPLICAS}", MAX_REPLICAS, False, 1)]
-        step_time_section(models, settings, steps, rounds, batch_size=64)
-    if "2" in sections:
-        memory_section(models)
-    sizes = (1e5, 1e6) if args.quick else (1e5, 1e6, 1e7)
-    if args.sizes:
-        sizes = tuple(float(size) for size in args.sizes.split(","))
-    if sections & {"3", "3a"}:
-        parameter_scaling_section(sizes, steps, rounds, batch_size=64, replicas=MAX_REPLICAS)
-    if sections & {"3", "3b"}:
-        replica_scaling_section((1, 2, 4), 1e6, steps, rounds, batch_size=64)
-    if "4" in sections:
-        vr_overhead_section(sizes, steps, rounds, batch_size=64, setting_names=setting_names)
-    if "5" in sections:
-        names = None if args.optimizers is None else args.optimizers.split(",")
-        step_alone_section(sizes, steps, rounds, names)
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    with MachineState():
+        print(f"{'--quick' if args.quick else 'full'} run; command: python benchmarks/optimizer_speed.py "
+              + " ".join(sys.argv[1:] if argv is None else argv))
+        models = {"small CNN": small_cnn, "transformer": transformer_block}
+        if "1" in sections:
+            settings = [("1 device, XLA", 0, True, 2), (f"Mirrored x{MAX_REPLICAS}", MAX_REPLICAS, False, 1)]
+            step_time_section(models, settings, steps, rounds, batch_size=64)
+        if "2" in sections:
+            memory_section(models)
+        sizes = (1e5, 1e6) if args.quick else (1e5, 1e6, 1e7)
+        if args.sizes:
+            sizes = tuple(float(size) for size in args.sizes.split(","))
+        if sections & {"3", "3a"}:
+            parameter_scaling_section(sizes, steps, rounds, batch_size=64, replicas=MAX_REPLICAS)
+        if sections & {"3", "3b"}:
+            replica_scaling_section((1, 2, 4), 1e6, steps, rounds, batch_size=64)
+        if "4" in sections:
+            vr_overhead_section(sizes, steps, rounds, batch_size=64, setting_names=setting_names)
+        if "5" in sections:
+            names = None if args.optimizers is None else args.optimizers.split(",")
+            step_alone_section(sizes, steps, rounds, names)
+        print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
 
 

@@ -28,6 +28,8 @@ import optimizer_speed as bench  # noqa: E402  (configures the logical CPUs firs
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
+from machine_state import MachineState  # noqa: E402
+
 MODELS = {
     "small_cnn": bench.small_cnn,
     "transformer": bench.transformer_block,
@@ -96,7 +98,16 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--top", type=int, default=15, help="optimizer op types to list, by difference")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow intra- and inter-op threads (default 0: TensorFlow's choice)")
     args = parser.parse_args(argv)
+    bench.set_threads(args.threads)
+    with MachineState():
+        print("command: python benchmarks/profile_step.py " + " ".join(sys.argv[1:] if argv is None else argv))
+        return _run(args)
+
+
+def _run(args):
 
     build = MODELS[args.model]
     x, y = bench.data_for(build(), args.batch_size)

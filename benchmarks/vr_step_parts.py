@@ -25,8 +25,8 @@ So ``VRAdam - no chain`` is the chain's share of the overhead and ``no chain
 version of ``tf_largebatch/optimizers/gsnr.py`` (one whose ``adapted_gradient``
 takes a tensor ``with_statistics``, e.g. ``git show
 b387c28:tf_largebatch/optimizers/gsnr.py > /tmp/gsnr_b387c28.py``, the chain
-before the #13 work of that session), with and without every-update
-statistics, for a before/after comparison in one process.
+before the VR step was trimmed), with and without every-update statistics,
+for a before/after comparison in one process.
 """
 
 import argparse
@@ -40,6 +40,7 @@ import optimizer_speed as bench  # configures the logical CPUs before TensorFlow
 import tensorflow as tf  # noqa: E402
 
 import tf_largebatch.optimizers.vr as vr  # noqa: E402
+from machine_state import MachineState  # noqa: E402
 
 
 def _without_chain(gsnr_module):
@@ -71,9 +72,18 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--previous-gsnr", metavar="FILE", help="another version's gsnr.py to compare with")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow intra- and inter-op threads (default 0: TensorFlow's choice)")
     args = parser.parse_args(argv)
     if args.jit and args.replicas:
         parser.error("--jit needs --replicas 0 (Keras does not compile under a strategy on these CPUs)")
+    bench.set_threads(args.threads)
+    with MachineState():
+        print("command: python benchmarks/vr_step_parts.py " + " ".join(sys.argv[1:] if argv is None else argv))
+        return _run(args)
+
+
+def _run(args):
 
     hidden = bench.mlp_hidden_for(args.size)
     strategy = bench.strategy_for(args.replicas)

@@ -23,6 +23,7 @@ from keras.src import backend as _keras_backend
 from keras.src.optimizers import base_optimizer as _base_optimizer
 from keras.src.optimizers import optimizer as _optimizer_module
 from keras.src.utils import tracking as _tracking
+import tensorflow as tf
 
 #: Keras versions whose private optimizer API this module was checked against:
 #: ``MIN <= version < MAX_EXCLUSIVE`` (major, minor).
@@ -305,3 +306,29 @@ class KerasOptimizerHooks(keras.optimizers.Optimizer):
     def _apply_replica_gradients(self, grads, trainable_variables):
         raise NotImplementedError
 
+
+
+# ------------------------------------------------- TensorFlow: tracing for XLA
+def tracing_for_xla():
+    """Whether the graph being traced now will be compiled by XLA.
+
+    True inside ``tf.function(jit_compile=True)`` (Keras's ``jit_compile=True``)
+    and inside a TPU computation, at trace time: TensorFlow marks those traces
+    with an XLA control-flow context, which only its private
+    ``tensorflow.python.ops.control_flow_util`` reads. The update rules use it
+    to pick, between two forms that give the same result, the one XLA:CPU runs
+    faster (:mod:`tf_largebatch.optimizers.rules`). False in eager mode, in
+    plain graph mode, and if that private function has moved (the other form
+    is then used, which is exact too).
+
+    Returns:
+        A Python bool.
+    """
+    if tf.executing_eagerly():
+        return False
+    try:
+        from tensorflow.python.ops import control_flow_util  # noqa: PLC0415 (private; this seam only)
+
+        return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+    except (ImportError, AttributeError):
+        return False

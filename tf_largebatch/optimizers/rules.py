@@ -1,14 +1,21 @@
 """Pure update-rule math shared by the optimizers.
 
 Every function here is a small, stateless TensorFlow function with a NumPy twin
-in the tests. Optimizers are short chains of these steps (optax style): weight
-decay -> moments -> trust ratio -> scale by -lr. Nothing here branches in Python
-on tensor values, so everything compiles under XLA.
+in the tests, except :func:`apply_heavy_ball`, which writes the weight and its
+momentum in one training kernel. Optimizers are short chains of these steps
+(optax style): weight decay -> moments -> trust ratio -> scale by -lr. Nothing
+here branches in Python on tensor values, so everything compiles under XLA;
+where XLA:CPU runs one form of a computation much faster than the other, the
+form is chosen when the step is traced
+(:func:`~tf_largebatch.optimizers.keras_seam.tracing_for_xla`), and both forms
+give the same result.
 """
 
 import math
 
 import tensorflow as tf
+
+from tf_largebatch.optimizers import keras_seam
 
 
 def as_float32(x):
@@ -23,13 +30,62 @@ FLOAT32_TINY = 1.1754944e-38
 def sum_of_squares(x):
     """``sum(x**2)`` of a whole tensor in float32, in one pass over ``x``.
 
-    ``tf.nn.l2_loss`` (which is ``sum(x**2) / 2``) squares and sums in one
-    kernel, where ``reduce_sum(square(x))`` reads and writes a squared copy
-    first; the accumulation is the same. Overflows to ``inf`` above ~1.8e19 per
-    element and flushes squares below ~1e-19 to 0, like the plain form; see
-    :func:`l2_norm` for the overflow-free norm.
+    Two forms with the same result, chosen at trace time:
+
+    - in graph mode and eagerly, ``tf.nn.l2_loss`` (``sum(x**2) / 2``), which
+      squares and sums in one kernel where ``reduce_sum(square(x))`` writes and
+      reads a squared copy first;
+    - in a trace that XLA compiles (``jit_compile=True``, TPU;
+      :func:`~tf_largebatch.optimizers.keras_seam.tracing_for_xla`), the row
+      sums of the squares as a matrix-vector product with a vector of ones
+      (:func:`_sum_of_squares_by_rows`): XLA:CPU runs a sum fused with the
+      squaring as one sequential loop, about four times slower than reading the
+      tensor, and hands a matrix-vector product to Eigen, which runs at the speed
+      of the read.
+
+    Either form overflows to ``inf`` above ~1.8e19 per element and flushes
+    squares below ~1e-19 to 0, like the plain sum; see :func:`l2_norm` for the
+    overflow-free norm.
+
+    Args:
+        x: a tensor of any shape and float dtype.
+
+    Returns:
+        A float32 scalar.
     """
-    return 2.0 * tf.nn.l2_loss(as_float32(x))
+    x = as_float32(x)
+    if keras_seam.tracing_for_xla():
+        rows = _rows_view(x)
+        if rows is not None:
+            return _sum_of_squares_by_rows(rows)
+    return 2.0 * tf.nn.l2_loss(x)
+
+
+#: Row lengths tried, longest first, for a tensor whose last axis is too short to be one.
+_ROW_LENGTHS = (1024, 512, 256, 128, 64, 32, 16, 8)
+
+
+def _rows_view(x):
+    """``x`` reshaped to ``[rows, columns]`` for a matrix-vector product, or ``None``.
+
+    The columns are the last axis when it has at least 8 elements (a dense or
+    convolution kernel's output units), else the longest of :data:`_ROW_LENGTHS`
+    that divides the size. ``None`` when the shape is not static or no length
+    fits (a short or oddly sized vector, where the form makes no difference).
+    """
+    if not x.shape.is_fully_defined() or x.shape.rank == 0:
+        return None
+    size = x.shape.num_elements()
+    columns = x.shape[-1] if x.shape.rank >= 2 and x.shape[-1] >= 8 else None
+    if columns is None:
+        columns = next((n for n in _ROW_LENGTHS if size % n == 0 and size > n), None)
+    return None if columns is None or size == columns else tf.reshape(x, [size // columns, columns])
+
+
+def _sum_of_squares_by_rows(rows):
+    """``sum(rows**2)`` of a float32 matrix as ``sum(square(rows) @ ones)``."""
+    ones = tf.ones([rows.shape[-1]], tf.float32)
+    return tf.reduce_sum(tf.linalg.matvec(tf.square(rows), ones))
 
 
 def _num_elements(x):
@@ -50,7 +106,7 @@ def _scaled_l2_norm(x):
     """``s * sqrt(sum((x / s)**2))`` with ``s = max|x|`` (LAPACK ``nrm2``'s scaling); 0 for a zero tensor."""
     scale = tf.reduce_max(tf.abs(x))
     safe = tf.where(scale > 0, scale, tf.ones_like(scale))
-    return safe * tf.sqrt(tf.reduce_sum(tf.square(x / safe)))
+    return safe * tf.sqrt(sum_of_squares(x / safe))
 
 
 def l2_norm(x):
@@ -167,6 +223,41 @@ def heavy_ball(momentum, update, beta):
     return tf.cast(beta, update.dtype) * momentum + update
 
 
+def apply_heavy_ball(variable, velocity, update, learning_rate, beta):
+    """``u <- beta * u + update``, then ``w <- w - lr * u``, as one TensorFlow training kernel.
+
+    The one function of this module that writes variables. The same step as
+    TensorFlow ops (:func:`heavy_ball`, then ``w - lr * u``) is four element-wise
+    passes and two assignments in graph mode, each a kernel that reads and
+    writes whole tensors; ``tf.raw_ops.ResourceApplyMomentum`` reads ``w``,
+    ``u`` and the update once and writes ``w`` and ``u`` in place, the bytes of
+    a fused loop (under XLA both become the same fused loop). The result is the
+    same to float32 rounding.
+
+    Args:
+        variable: the weight ``w`` (a ``tf.Variable`` or ``keras.Variable``).
+        velocity: the momentum slot ``u``, same dtype and shape as ``variable``.
+        update: the step's direction, same shape (cast to the variable's dtype).
+        learning_rate: ``lr``, a scalar.
+        beta: the momentum coefficient.
+
+    Raises:
+        ValueError: if ``velocity`` and ``variable`` have different dtypes (e.g.
+            float32 state for a bfloat16 variable): apply the step as ops then.
+    """
+    dtype = tf.as_dtype(variable.dtype)
+    if tf.as_dtype(velocity.dtype) != dtype:
+        raise ValueError(f"apply_heavy_ball needs the velocity in the variable's dtype {dtype.name}. "
+                         f"Received: {tf.as_dtype(velocity.dtype).name}")
+
+    def scalar(value):  # a Python float straight to the dtype (tf.cast would round it to float32 first)
+        return tf.cast(tf.convert_to_tensor(value, dtype_hint=dtype), dtype)
+
+    tf.raw_ops.ResourceApplyMomentum(
+        var=variable.handle, accum=velocity.handle, lr=scalar(learning_rate), grad=tf.cast(update, dtype),
+        momentum=scalar(beta), use_locking=False, use_nesterov=False)
+
+
 def moving_average(average, value, decay):
     """``decay * a + (1 - decay) * x`` (Adam's first and second moments)."""
     decay = tf.cast(decay, value.dtype)
@@ -224,7 +315,9 @@ def root_moving_average(root, value, decay, *, underflow_tolerance=0.0):
     :func:`root_underflow_error`, the plain form runs unless it could overflow,
     judged from the largest ``r`` and the largest ``|x|`` of the tensor (one
     ``tf.cond``), and the hypot form then; otherwise the hypot form always
-    runs. Either way the result is within ``underflow_tolerance`` of the exact
+    runs. In a trace that XLA compiles the hypot form always runs: it fuses with
+    the element-wise work around it, where the plain form's reductions and
+    ``tf.cond`` cost more than the divisions they save. Either way the result is within ``underflow_tolerance`` of the exact
     root, and exact to rounding for roots above ~1e-19.
 
     Args:
@@ -238,10 +331,14 @@ def root_moving_average(root, value, decay, *, underflow_tolerance=0.0):
     """
     tensor_decay = tf.cast(decay, value.dtype)
     kept, added = tf.sqrt(tensor_decay) * root, tf.sqrt(1.0 - tensor_decay) * value
-    if underflow_tolerance < root_underflow_error(decay):
+    if underflow_tolerance < root_underflow_error(decay) or keras_seam.tracing_for_xla():
+        # Under XLA the branch-free hypot form fuses with its neighbours; the plain form's three
+        # reductions and its tf.cond cost more than the divisions it saves.
         return hypot(kept, added)
     # The largest plain value is at most decay * max(r)**2 + (1 - decay) * max|x|**2: reductions of the
-    # inputs themselves, which XLA runs unfused and fast (a max over the element-wise result it does not).
+    # inputs themselves, fast and vectorised. (One reduction of the plain v instead, outside the
+    # tf.cond, measured slower in graph mode: v, kept and added then stay alive across the cond, so no
+    # element-wise op can reuse its input's buffer.)
     largest_kept = tf.sqrt(tensor_decay) * tf.reduce_max(root)
     largest_added = tf.sqrt(1.0 - tensor_decay) * tf.maximum(tf.reduce_max(value), -tf.reduce_min(value))
     largest = tf.square(largest_kept) + tf.square(largest_added)

@@ -95,6 +95,9 @@ class SNGM(LargeBatchOptimizer):
         learning_rate = tf.cast(learning_rate, dtype)
         gradient = tf.cast(gradient, dtype)
         momentum = self._slot(self.momentums, variable)
+        if momentum.dtype == variable.dtype:  # one training kernel instead of six passes in graph mode
+            rules.apply_heavy_ball(variable, momentum, gradient, learning_rate, self.momentum)
+            return
         self.assign(momentum, rules.heavy_ball(momentum, gradient, self.momentum))
         self.assign_sub(variable, learning_rate * momentum)
 

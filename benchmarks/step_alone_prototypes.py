@@ -1,0 +1,188 @@
+"""What changes outside the update rules would buy, measured on the optimizer step alone.
+
+    python benchmarks/step_alone_prototypes.py --size 1e6 --threads 1
+
+Section 5 of ``optimizer_speed.py`` times ``optimizer.apply`` on fixed
+gradients. In graph mode (no XLA) every TensorFlow op is one pass over its
+tensors, so the cost of SNGM and LARS over SGD with momentum is their number of
+passes. This script times, in one process with interleaved paired rounds, SNGM
+and LARS as they are against two prototypes each, built here by subclassing
+(the package is not changed):
+
+* **fused momentum kernel**: the momentum and weight update as one
+  ``tf.raw_ops`` training kernel (``ResourceApplyMomentum`` for SNGM, whose
+  slot keeps its meaning; ``ResourceApplyKerasMomentum`` for LARS, whose slot
+  would then hold the *negated* velocity, as Keras's SGD does) instead of
+  four element-wise ops and two assignments;
+* for LAMB, **the per-variable chain compiled** (moments, direction, weight
+  decay and both norms in one ``tf.function(jit_compile=True)``, as the VR
+  optimizers compile their GSNR chain), against Keras's ``Lamb``;
+* **no separate finiteness pass**: the skip policy's check
+  (``accumulation.all_finite``, one read of every gradient) replaced by
+  ``True``. This is an upper bound on what sharing that read with the norms'
+  sums of squares would give (a sum of squares is non-finite when an element
+  is, or when squares overflow; the exact check would then run only in that
+  rare case).
+
+Both prototypes give the same steps as the optimizers on finite gradients
+(checked below before timing); the second drops the protection against
+non-finite gradients and is not something to use.
+"""
+
+import argparse
+import statistics
+import sys
+
+import numpy as np
+
+import optimizer_speed as bench  # configures the logical CPUs before TensorFlow starts
+
+import tensorflow as tf  # noqa: E402
+
+from machine_state import MachineState  # noqa: E402
+from tf_largebatch.optimizers import accumulation, keras_seam, rules  # noqa: E402
+
+
+class FusedSNGM(bench.tlb.SNGM):
+    """SNGM with ``u <- beta u + g_hat; w <- w - lr u`` as one ``ResourceApplyMomentum``."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        momentum = self.momentums[keras_seam.variable_index(self, variable)]
+        tf.raw_ops.ResourceApplyMomentum(
+            var=variable.handle, accum=momentum.handle, lr=tf.cast(learning_rate, dtype),
+            grad=tf.cast(gradient, dtype), momentum=tf.cast(self.momentum, dtype), use_nesterov=False)
+
+
+class FusedLARS(bench.tlb.LARS):
+    """LARS (trust ratio on the gradient, no Nesterov) with the velocity update as one
+    ``ResourceApplyKerasMomentum``: its slot holds ``-velocity``."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        gradient = tf.cast(gradient, dtype)
+        index = keras_seam.variable_index(self, variable)
+        weight_decay = self.weight_decay if (self.weight_decay and self._decays[index]) else 0.0
+        update = self._update(gradient, variable, weight_decay)
+        rate = tf.cast(learning_rate, dtype)
+        if self._adapts[index]:
+            rate = rate * tf.cast(self._layer_rate(variable, gradient, update, weight_decay), dtype)
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=variable.handle, accum=self.momentums[index].handle, lr=rate, grad=update,
+            momentum=tf.cast(self.momentum, dtype), use_nesterov=False)
+
+
+class CompiledChainLAMB(bench.tlb.LAMB):
+    """LAMB whose per-variable element-wise chain (moments, direction, weight decay and the two
+    norms) is one XLA-compiled function even in graph mode, as the VR optimizers do for their
+    GSNR chain; the trust ratio and the weight update stay graph ops."""
+
+    def _chain(self, weight_decay):
+        chains = self.__dict__.setdefault("_chains", {})
+        if weight_decay not in chains:
+            tolerance = rules.adam_root_tolerance(self.epsilon, self.beta_2)
+
+            def chain(gradient, weight, m, root, step):
+                m = rules.moving_average(m, gradient, self.beta_1)
+                root = rules.root_moving_average(root, gradient, self.beta_2, underflow_tolerance=tolerance)
+                update = rules.bias_corrected_adam_direction(m, root, self.beta_1, self.beta_2, step, self.epsilon)
+                if weight_decay:
+                    update = rules.add_weight_decay(update, weight, weight_decay)
+                return m, root, update, rules.l2_norm(weight), rules.l2_norm(update)
+
+            chains[weight_decay] = tf.function(chain, jit_compile=True)
+        return chains[weight_decay]
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        index = keras_seam.variable_index(self, variable)
+        weight_decay = self.weight_decay if (self.weight_decay and self._decays[index]) else 0.0
+        m, root = self._momentums[index], self._velocity_roots[index]
+        new_m, new_root, update, weight_norm, update_norm = self._chain(weight_decay)(
+            tf.cast(gradient, dtype), tf.convert_to_tensor(variable), tf.convert_to_tensor(m),
+            tf.convert_to_tensor(root), tf.cast(self.applied_updates + 1, dtype))
+        self.assign(m, new_m)
+        self.assign(root, new_root)
+        rate = tf.cast(learning_rate, dtype)
+        if self._adapts[index]:
+            rate = rate * rules.trust_ratio(weight_norm, update_norm, trust_coefficient=self.trust_coefficient,
+                                            bounds=self.trust_ratio_bounds, epsilon=self._trust_ratio_epsilon)
+        self.assign_sub(variable, update * rate)
+
+
+def _factories():
+    return {
+        "SGD+momentum": (bench.OPTIMIZERS["SGD+momentum"], False),
+        "SNGM": (bench.OPTIMIZERS["SNGM"], False),
+        "SNGM, fused kernel": (lambda: FusedSNGM(0.01), False),
+        "SNGM, no finiteness pass": (bench.OPTIMIZERS["SNGM"], True),
+        "SNGM, both": (lambda: FusedSNGM(0.01), True),
+        "LARS": (bench.OPTIMIZERS["LARS"], False),
+        "LARS, fused kernel": (lambda: FusedLARS(1.0), False),
+        "LARS, no finiteness pass": (bench.OPTIMIZERS["LARS"], True),
+        "LARS, both": (lambda: FusedLARS(1.0), True),
+        "keras Lamb": (bench.OPTIMIZERS["keras Lamb"], False),
+        "LAMB": (bench.OPTIMIZERS["LAMB"], False),
+        "LAMB, compiled chain": (lambda: CompiledChainLAMB(1e-3), False),
+        "LAMB (weight decay)": (bench.OPTIMIZERS["LAMB (weight decay)"], False),
+        "LAMB (weight decay), compiled chain": (lambda: CompiledChainLAMB(1e-3, weight_decay=0.01), False),
+    }
+
+
+def _contender(label, factory, skip_check, hidden, jit_compile):
+    bench.OPTIMIZERS[label] = lambda **kw: factory()
+    contender = bench.StepAlone(label, lambda: bench.mlp(hidden), jit_compile)
+    original = accumulation.all_finite
+    if skip_check:
+        accumulation.all_finite = lambda values: tf.constant(True)
+    try:
+        contender.run(3)  # traces now, with or without the check
+    finally:
+        accumulation.all_finite = original
+    return contender
+
+
+def _check_same_steps(hidden):
+    """The prototypes take the optimizers' steps (to float32 rounding) on finite gradients."""
+    for plain, prototype in (("SNGM", "SNGM, fused kernel"), ("LARS", "LARS, fused kernel"),
+                             ("LAMB (weight decay)", "LAMB (weight decay), compiled chain")):
+        weights = []
+        for label in (plain, prototype):
+            factory, _ = _factories()[label]
+            contender = _contender(label, factory, False, hidden, False)
+            weights.append([v.numpy() for v in contender.variables])
+        for a, b in zip(*weights):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=float, default=1e6, help="parameters of the MLP (default: %(default).0e)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--jit", action="store_true", help="compile the steps with XLA")
+    parser.add_argument("--threads", type=int, default=1, help="TensorFlow threads (default %(default)s)")
+    args = parser.parse_args(argv)
+    bench.set_threads(args.threads)
+    hidden = bench.mlp_hidden_for(args.size)
+    with MachineState():
+        print("command: python benchmarks/step_alone_prototypes.py " + " ".join(sys.argv[1:] if argv is None else argv))
+        _check_same_steps(bench.mlp_hidden_for(1e4))
+        contenders = [_contender(label, factory, skip, hidden, args.jit)
+                      for label, (factory, skip) in _factories().items()]
+        bench.interleaved(contenders, args.steps, args.rounds)
+        by_label = {contender.label: contender for contender in contenders}
+        count = sum(int(np.prod(v.shape)) for v in contenders[0].variables)
+        print(f"MLP of {count:.2e} parameters, {'XLA' if args.jit else 'graph'}; CPU-time ratio of optimizer.apply "
+              f"to the Keras counterpart (median of {args.rounds} paired rounds of {args.steps} applies):")
+        for contender in contenders:
+            base = by_label["keras Lamb" if contender.label.startswith("LAMB") else "SGD+momentum"]
+            if contender is not base and contender.label != "keras Lamb":
+                print(f"  {contender.label + ' / ' + base.label:<52}{bench.paired_ratio(contender, base, 'cpu'):.3f}")
+        print(f"  (SGD+momentum {1000 * statistics.median(by_label['SGD+momentum'].cpu):.2f}, keras Lamb "
+              f"{1000 * statistics.median(by_label['keras Lamb'].cpu):.2f} CPU ms per apply)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
