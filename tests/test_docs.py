@@ -97,16 +97,6 @@ PENDING_MARKS = {
         "static: benchmark runs take minutes",
     ("docs/benchmarks.md", "python benchmarks/optimizer_speed.py --sections 5 --sizes 1e5,1e6 --threads 1   # with PYTHONPATH=<export of a commit>"):
         "static: a benchmark run of an exported commit",
-    ("docs/configs.md", "tf-largebatch train --experiment resnet20_sngm_1024_v3-8 --smoke     # a shipped config, by name"):
-        "append: --dry-run\nreplace: my_run.yaml --set training.steps=100 -> tpu_configs/bert_large_vrlamb_16k_v3-256.yaml --set training.steps=5000",
-    ("docs/configs.md", "from tf_largebatch import config"):
-        "slow: trains the ResNet-20 smoke config (about 20 s of CPU)",
-    ("docs/configs.md", "$ tf-largebatch train --experiment resnet20_sngm_1024_v3-8 --set optimizer.args.momentum=abc"):
-        "exit: 2\noutput: checked",
-    ("docs/pipelines.md", "tf-largebatch train --config tpu_configs/resnet50_lars_32k_v3-256.yaml \\"):
-        "append: --dry-run\nreplace: --config FILE -> --config tpu_configs/resnet20_sngm_1024_v3-8.yaml",
-    ("docs/pipelines.md", "$ tf-largebatch train --experiment resnet56_vrmomentum_4096_v3-8 --smoke \\"):
-        "append: --dry-run",
     ("docs/study.md", "tf-largebatch demo            # the default study (147 runs); python -m tf_largebatch.study does the same"):
         "static: the default study takes minutes; README's Quick start runs a tiny one",
 }

@@ -24,11 +24,18 @@ MEANS = np.array([1.0, 0.5, -0.2, 0.1, 0.05, -0.01])
 STDS = np.array([0.03, 0.5, 0.4, 0.6, 0.3, 0.2])
 
 
-def eq8_factor(samples, gamma, upper):
-    """VRGD eq. 8-9 in float64: r = gbar^2 / s2, r / mean_J(r), clip(gamma, upper)."""
+def eq8_factor(samples, gamma, upper, resolution_floor=False):
+    """VRGD eq. 8-9 in float64: r = gbar^2 / s2, r / mean_J(r), clip(gamma, upper).
+
+    ``resolution_floor``: the documented raw-moment resolution limit (first update with
+    several replicas): a variance under 4 k eps_float32 (1/k) sum g^2 counts as that value.
+    """
     g = samples.astype(np.float64)
     mean = g.mean(axis=0)
     variance = ((g - mean) ** 2).mean(axis=0)  # the 1/k variance of the paper
+    if resolution_floor:
+        tolerance = 4 * np.finfo(np.float32).eps * g.shape[0] * (g**2).mean(axis=0)
+        variance = np.maximum(variance, tolerance)
     r = mean**2 / variance
     return np.clip(r / r.mean(), gamma, upper)
 
@@ -125,3 +132,61 @@ def test_first_update_shift_leaves_no_trace_of_a_skipped_cycle_and_resumes_exact
     expected = -eq8_factor(first, 1e-6, 1e9) * first.astype(np.float64).mean(axis=0)
     expected -= eq8_factor(second, 1e-6, 1e9) * second.astype(np.float64).mean(axis=0)
     np.testing.assert_allclose(straight_weight.numpy(), expected, rtol=2e-3)
+
+
+def vrsgd_updates_on_replicas(strategy, samples_per_update, gamma, upper):
+    """Each update's k samples as R replicas x (k / R) micro-batches under ``strategy``
+    (replica d takes rows d*A .. (d+1)*A - 1, and hands the optimizer g / R as Keras
+    does); returns ``w_before - w_after`` of every update (learning rate 1)."""
+    replicas = strategy.num_replicas_in_sync
+    k = samples_per_update[0].shape[0]
+    accumulation = k // replicas
+    with strategy.scope():
+        weight = keras.Variable(np.zeros(MEANS.size, np.float32))
+        optimizer = tlb.optimizers.VRSGD(learning_rate=1.0, gamma=gamma, gsnr_upper_bound=upper,
+                                         gradient_accumulation_steps=accumulation)
+        optimizer.build([weight])
+
+    @tf.function
+    def micro_step(per_replica, i):
+        def step(samples):
+            optimizer.apply_gradients([(samples[i] / replicas, weight)])
+
+        strategy.run(step, args=(per_replica,))
+
+    steps = []
+    for samples in samples_per_update:
+        rows = samples.reshape(replicas, accumulation, MEANS.size)
+        per_replica = strategy.experimental_distribute_values_from_function(
+            lambda context: tf.constant(rows[context.replica_id_in_sync_group]))
+        before = weight.numpy().astype(np.float64)
+        for i in range(accumulation):
+            micro_step(per_replica, tf.constant(i))
+        steps.append(before - weight.numpy())
+    assert int(optimizer.iterations) == len(samples_per_update)
+    return steps
+
+
+@pytest.mark.parametrize("upper", [1.0, 10.0, 1e9])
+def test_replicas_times_accumulation_at_large_k_follow_eq8(mirrored, upper):
+    """4 replicas x 512 micro-batches (k = 2048). The first update has no shared shift
+    (raw float32 moments): the GSNR ~1,100 element sits at the raw resolution limit
+    ``1 / (4 k eps)`` ~ 1,024, and is read as that finite GSNR, not as a tie (which
+    would give it the upper bound: a 1e9 weight jump). Eq. 8 to the resolution limit
+    there (the other elements' factors move by the ratio 1,100 / 1,024), exactly on
+    every later update (moments about the previous mean). Without the floor, the
+    first update of the GSNR ~1,100 element would take the upper bound."""
+    rng = np.random.default_rng(25)
+    gamma, k = 1e-6, 2048
+    updates = draw(rng, k, 3)
+    steps = vrsgd_updates_on_replicas(mirrored(4), updates, gamma, upper)
+    for t, (samples, step) in enumerate(zip(updates, steps)):
+        mean = samples.astype(np.float64).mean(axis=0)
+        expected = eq8_factor(samples, gamma, upper, resolution_floor=t == 0) * mean
+        assert np.all(np.isfinite(step)), f"update {t + 1}"
+        if t == 0:
+            factor = step / mean
+            assert factor.max() <= 1.001 * min(upper, MEANS.size), factor  # r / mean_J(r) <= J: not 1e9
+            # eq. 8 itself, to the resolution limit (the ratio 1,100 / 1,024 and no more)
+            np.testing.assert_allclose(step, eq8_factor(samples, gamma, upper) * mean, rtol=0.12, atol=1e-7)
+        np.testing.assert_allclose(step, expected, rtol=2e-3, atol=1e-7, err_msg=f"update {t + 1}")

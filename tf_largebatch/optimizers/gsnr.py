@@ -25,11 +25,24 @@ when the mean gradient moves little between updates compared with the
 per-sample noise, the cancellation is gone, whatever the GSNR. The first update
 of a run has no previous mean: on one replica its shift is the first
 micro-batch's gradient (a sample all the others are compared with, so ties
-give exactly ``s2 = 0``); with several replicas it has ``c = 0`` (raw
-moments) and the raw resolution (ties above about ``1 / (4 k eps)``, i.e.
-GSNR ~1e3 at ``k = 2048``); every later update has the shifted one.
+give exactly ``s2 = 0``). With several replicas each replica sees another
+first micro-batch and no value is shared without a second collective, so the
+first update has ``c = 0`` (raw moments) and only the raw resolution: a
+variance under the round-off tolerance ``4 k eps * (1/k) sum g_i**2`` cannot be
+told from 0. From ``k >= SHIFTED_MOMENTS_MIN_SAMPLES`` that tolerance lies
+below genuine GSNRs (``1 / (4 k eps)`` is about 1e3 at ``k = 2048``), so that
+update counts such a variance as *equal to the tolerance*
+(``variance_from_square(..., at_resolution_limit=True)``): the GSNR is finite,
+about ``gbar**2 / (4 k eps (1/k) sum g_i**2)`` (at most ``1 / (4 k eps)``),
+the resolution limit, never infinite. A genuine GSNR of 1.1e3 at
+``k = 2048`` reads as about 1e3 instead of reaching the upper clip bound; a
+true tie on that one update reads the same (it cannot be told apart).
+Every later update, and every update on one replica, has shifted moments and
+exact ties. Below ``SHIFTED_MOMENTS_MIN_SAMPLES`` moments stay raw on every
+update and round-off counts as a tie (only GSNRs above ``1 / (4 k eps)``,
+over 3e4, are affected).
 
-Degenerate statistics (the paper is silent; these are our documented choices,
+Degenerate statistics (the paper is silent; these are the documented choices,
 all finite and all scale-free):
 
 * ``s2 == 0`` and ``gbar != 0`` (every sample agrees exactly, e.g. identical
@@ -41,7 +54,8 @@ all finite and all scale-free):
   normalised GSNR is 1 by definition): the normalised GSNR is 1 for the
   elements with finite GSNR, i.e. the base optimizer's step.
 * ``s2`` below floating-point round-off of the second moment about ``c``
-  counts as 0. The tolerance is relative (``4 k eps_float32`` of
+  counts as 0 (except on the raw first update with several replicas at large
+  ``k``, above: there it counts as the tolerance). The tolerance is relative (``4 k eps_float32`` of
   ``(1/k) sum (g_i - c)**2``), so the result does not change when every
   gradient (and the shift with it) is multiplied by any ``c`` (GSNR is
   scale-free), and it only catches ties: identical samples give exactly
@@ -57,8 +71,6 @@ References:
 
 import numpy as np
 import tensorflow as tf
-
-from tf_largebatch.optimizers import rules
 
 #: Relative round-off tolerance per gradient sample for ``(1/k) sum (g - c)**2 - (gbar - c)**2``.
 VARIANCE_ROUNDOFF_PER_SAMPLE = 4.0 * float(np.finfo(np.float32).eps)
@@ -110,11 +122,26 @@ def sample_variance(mean, second_moment, num_samples):
     return variance_from_square(tf.square(mean), second_moment, num_samples)
 
 
-def variance_from_square(square_of_mean, second_moment, num_samples):
-    """:func:`sample_variance` from ``mean**2`` (which callers also need)."""
+def variance_from_square(square_of_mean, second_moment, num_samples, at_resolution_limit=False):
+    """:func:`sample_variance` from ``mean**2`` (which callers also need).
+
+    Args:
+        square_of_mean: ``(gbar - c)**2``.
+        second_moment: ``(1/k) sum (g_i - c)**2``.
+        num_samples: ``k``.
+        at_resolution_limit: ``False``, ``True`` or a boolean scalar tensor:
+            the moments are raw (``c = 0``) at a ``k`` whose round-off
+            tolerance lies below genuine GSNRs (the first update with several
+            replicas, module docstring). A variance under the tolerance is then
+            only known to be at most the tolerance, and the tolerance itself is
+            returned (a finite GSNR at the resolution limit), not 0.
+    """
     variance = second_moment - square_of_mean
     tolerance = VARIANCE_ROUNDOFF_PER_SAMPLE * float(num_samples) * second_moment
-    return tf.where(variance > tolerance, variance, 0.0)  # a scalar 0: no zero-filled pass
+    if at_resolution_limit is False:
+        return tf.where(variance > tolerance, variance, 0.0)  # a scalar 0: no zero-filled pass
+    floor = tf.where(tf.convert_to_tensor(at_resolution_limit), tolerance, tf.zeros_like(tolerance))
+    return tf.where(variance > tolerance, variance, floor)
 
 
 def raw_gsnr(signal, variance):
@@ -182,45 +209,3 @@ def gsnr_factor(mean, variance, lower, upper):
     """:func:`clipped_gsnr` plus :func:`gsnr_statistics`: ``(factor, statistics)``."""
     factor, mean_gsnr = clipped_gsnr(mean, variance, lower, upper)
     return factor, gsnr_statistics(mean, variance, factor, mean_gsnr, lower, upper)
-
-
-def adapted_gradient(sum_of_means, sum_of_mean_squares, shift, momentum, step, *, num_replicas, num_samples,
-                     lower, upper, decay, with_statistics):
-    """One variable's whole VR transform, from the all-reduced sums to ``g_hat``.
-
-    Moments (:func:`moments_from_replica_sums`, :func:`sample_variance`,
-    :func:`unshift`), the clipped normalised GSNR (:func:`clipped_gsnr`), and,
-    with a ``momentum`` (the previous ``p``), the GSNR momentum with its bias
-    correction at the 1-based applied update ``step``::
-
-        p_t   = decay * p_{t-1} + (1 - decay) * r
-        g_hat = p_t / (1 - decay**step) * gbar
-
-    Written as one function so that it can be compiled as one XLA cluster
-    (element-wise work fused into few passes) even where the model step is not.
-    ``shift``/``momentum`` may be ``None`` (no shift; no GSNR momentum).
-
-    ``with_statistics``: ``True``, ``False``, or a boolean scalar tensor (the
-    statistics' reductions then run only when it is true).
-
-    Returns ``(g_hat, gbar, p_t or None, statistics or None)``; the statistics
-    (:func:`gsnr_statistics`; zeros where a tensor ``with_statistics`` is
-    false) are ``None`` only for ``with_statistics=False``.
-    """
-    shifted_mean, second_moment = moments_from_replica_sums(sum_of_means, sum_of_mean_squares, num_replicas)
-    square_of_shifted_mean = tf.square(shifted_mean)
-    variance = variance_from_square(square_of_shifted_mean, second_moment, num_samples)
-    mean = unshift(shifted_mean, shift)
-    signal = square_of_shifted_mean if shift is None else tf.square(mean)
-    factor, mean_gsnr = clipped_gsnr_of_signal(signal, variance, lower, upper)
-    statistics = None
-    if with_statistics is not False:
-        def statistics_now():
-            return gsnr_statistics(mean, variance, factor, mean_gsnr, lower, upper, signal=signal)
-
-        statistics = statistics_now() if with_statistics is True else tf.cond(
-            with_statistics, statistics_now, lambda: tf.zeros([len(STATISTIC_NAMES)]))
-    if momentum is not None:
-        momentum = rules.moving_average(tf.cast(momentum, tf.float32), factor, decay)
-        factor = rules.bias_correction(momentum, decay, step)
-    return factor * mean, mean, momentum, statistics

@@ -37,6 +37,10 @@ the previous applied update (identical on every replica), so that float32
 moments keep the variance at large ``k``
 (:func:`~tf_largebatch.optimizers.gsnr.shifted_local_moments`; the module
 docstring of :mod:`~tf_largebatch.optimizers.gsnr` gives the error analysis).
+The first update has no previous mean: on one replica it is shifted by the
+cycle's first micro-batch; with several replicas it is raw, and a variance
+under round-off then counts as the round-off tolerance (a finite GSNR at the
+resolution limit, :meth:`MomentsRecorder.at_resolution_limit`), never as a tie.
 
 References:
     Jiang et al., "Accelerating Large Batch Training via Gradient Signal to
@@ -77,7 +81,8 @@ MONITORING_STATISTICS = gsnr.STATISTIC_NAMES[:3]
 SampleMoments = collections.namedtuple("SampleMoments", ["mean", "variance", "signal"])
 
 
-def sample_moments(sum_of_means, sum_of_mean_squares, shift, *, num_replicas, num_samples):
+def sample_moments(sum_of_means, sum_of_mean_squares, shift, *, num_replicas, num_samples,
+                   at_resolution_limit=False):
     """One variable's :class:`SampleMoments` from its all-reduced sums: the one place they are computed.
 
     Args:
@@ -87,13 +92,18 @@ def sample_moments(sum_of_means, sum_of_mean_squares, shift, *, num_replicas, nu
         shift: ``c`` (a tensor in units of ``g``), or ``None`` for raw moments.
         num_replicas: ``R``.
         num_samples: ``k`` = ``R`` x accumulation steps.
+        at_resolution_limit: ``False``, ``True`` or a boolean scalar tensor
+            (:meth:`MomentsRecorder.at_resolution_limit`): the moments are raw
+            where ``k`` calls for a shift, so a variance under round-off counts
+            as the round-off tolerance, not 0
+            (:func:`~tf_largebatch.optimizers.gsnr.variance_from_square`).
 
     Pure and free of variables, so the VR step compiles it with the GSNR chain
     into one XLA cluster.
     """
     shifted_mean, second_moment = gsnr.moments_from_replica_sums(sum_of_means, sum_of_mean_squares, num_replicas)
     square_of_shifted_mean = tf.square(shifted_mean)
-    variance = gsnr.variance_from_square(square_of_shifted_mean, second_moment, num_samples)
+    variance = gsnr.variance_from_square(square_of_shifted_mean, second_moment, num_samples, at_resolution_limit)
     mean = gsnr.unshift(shifted_mean, shift)
     signal = square_of_shifted_mean if shift is None else tf.square(mean)
     return SampleMoments(mean, variance, signal)
@@ -222,7 +232,8 @@ class MomentsRecorder:
         identical samples give ``s2 = 0`` exactly. Set at the first micro-step
         of each accumulation cycle until an update is applied (a skipped cycle
         leaves no trace). Several replicas would each see another first
-        micro-batch, so they keep ``c = 0`` for the first update.
+        micro-batch, so they keep ``c = 0`` for the first update
+        (:meth:`at_resolution_limit`).
         """
         optimizer = self._optimizer
         micro_step = keras_seam.micro_step_counter(optimizer)
@@ -238,10 +249,23 @@ class MomentsRecorder:
         tf.cond(first, assign, lambda: tf.constant(False))
 
     # ------------------------------------------------------------- the update
+    def at_resolution_limit(self):
+        """Whether this update's moments are raw although ``k`` calls for a shift.
+
+        ``False`` without shifts (small ``k``: raw moments resolve GSNRs up to
+        over 3e4) and on one replica (:meth:`_shift_to_first_sample`); with
+        several replicas a boolean tensor, true before the first applied
+        update (every shift is still 0). Passed to :func:`sample_moments`.
+        """
+        if self.shifts is None or self.num_replicas == 1:
+            return False
+        return tf.equal(self._optimizer.applied_updates, 0)
+
     def moments(self, sum_of_means, sum_of_mean_squares, variable):
         """:func:`sample_moments` of one variable's reduced sums, about its shift."""
         return sample_moments(sum_of_means, sum_of_mean_squares, self.shift(variable),
-                              num_replicas=self.num_replicas, num_samples=self.num_samples)
+                              num_replicas=self.num_replicas, num_samples=self.num_samples,
+                              at_resolution_limit=self.at_resolution_limit())
 
     def remember_mean(self, variable, mean):
         """After an applied update: the next update's moments are taken about ``mean``."""

@@ -216,6 +216,7 @@ class VR(LargeBatchOptimizer):
         recorder = self._moments
         step = self.applied_updates + 1
         record = recorder.record_due()
+        at_resolution_limit = recorder.at_resolution_limit()
         adapted = []
         rows = recorder.empty_rows()
         for sum_of_means, sum_of_squares, variable in zip(*statistics, trainable_variables):
@@ -226,6 +227,7 @@ class VR(LargeBatchOptimizer):
                 None if slot is None else tf.convert_to_tensor(slot.value), step,
                 num_replicas=recorder.num_replicas, num_samples=recorder.num_samples, lower=self.gamma,
                 upper=self.gsnr_upper_bound, decay=self.gsnr_momentum, with_statistics=record,
+                at_resolution_limit=at_resolution_limit,
             )
             if slot is not None:
                 slot.assign(tf.cast(momentum, slot.dtype))
@@ -297,7 +299,7 @@ def _check_inner_optimizer(inner_optimizer):
 
 # ------------------------------------------------------------ the VR transform
 def adapted_gradient(sum_of_means, sum_of_mean_squares, shift, momentum, step, *, num_replicas, num_samples,
-                     lower, upper, decay, with_statistics):
+                     lower, upper, decay, with_statistics, at_resolution_limit=False):
     """One variable's whole VR transform, from the all-reduced sums to ``g_hat``.
 
     The sample moments (:func:`~tf_largebatch.optimizers.moments.sample_moments`,
@@ -316,6 +318,9 @@ def adapted_gradient(sum_of_means, sum_of_mean_squares, shift, momentum, step, *
     Args:
         with_statistics: ``True``, ``False``, or a boolean scalar tensor (the
             statistics' reductions then run only when it is true).
+        at_resolution_limit: passed to :func:`~tf_largebatch.optimizers.moments.sample_moments`
+            (raw moments where ``k`` calls for a shift: the first update with
+            several replicas).
 
     Returns:
         ``(g_hat, gbar, p_t or None, statistics or None)``; the statistics
@@ -324,7 +329,7 @@ def adapted_gradient(sum_of_means, sum_of_mean_squares, shift, momentum, step, *
         ``with_statistics=False``.
     """
     sample = moments.sample_moments(sum_of_means, sum_of_mean_squares, shift, num_replicas=num_replicas,
-                                    num_samples=num_samples)
+                                    num_samples=num_samples, at_resolution_limit=at_resolution_limit)
     factor, mean_gsnr = gsnr.clipped_gsnr_of_signal(sample.signal, sample.variance, lower, upper)
     statistics = None
     if with_statistics is not False:
