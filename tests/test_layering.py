@@ -1,4 +1,8 @@
-"""The package reads as a one-way flow: math <- optimizer core <- optimizers <- recipe <- pipelines <- CLI.
+"""The package reads as a one-way flow: seam <- math <- optimizer core <- optimizers <- recipe <- pipelines <- CLI.
+
+The seam (``optimizers/keras_seam.py``, the one module that touches Keras's and
+TensorFlow's private API) imports nothing of the package, so it sits beneath the
+math, which may ask it how the current trace is compiled.
 
 Every module of ``tf_largebatch`` has a layer below; a module may import modules
 of its own layer or lower ones, never a higher one (imports inside functions
@@ -14,18 +18,19 @@ import tf_largebatch
 
 PACKAGE_DIR = pathlib.Path(tf_largebatch.__file__).parent
 
-MATH, CORE, OPTIMIZERS, RECIPE, PIPELINES, CLI = range(6)
-LAYER_NAMES = ["math", "optimizer core", "optimizers", "recipe/callbacks", "pipelines/study", "cli"]
+SEAM, MATH, CORE, OPTIMIZERS, RECIPE, PIPELINES, CLI = range(7)
+LAYER_NAMES = ["seam", "math", "optimizer core", "optimizers", "recipe/callbacks", "pipelines/study", "cli"]
 
 LAYERS = {
+    # The one seam to private Keras/TensorFlow API: imports nothing of the package.
+    "tf_largebatch.optimizers.keras_seam": SEAM,
     # Pure math and argument checks: no Keras optimizer in sight.
     "tf_largebatch._version": MATH,
     "tf_largebatch.validation": MATH,
     "tf_largebatch.atomic_files": MATH,
     "tf_largebatch.optimizers.rules": MATH,
     "tf_largebatch.optimizers.gsnr": MATH,
-    # The optimizer core: the Keras seam and the base class, split by job.
-    "tf_largebatch.optimizers.keras_seam": CORE,
+    # The optimizer core: the base class, split by job.
     "tf_largebatch.optimizers.docstrings": CORE,
     "tf_largebatch.optimizers.selection": CORE,
     "tf_largebatch.optimizers.slots": CORE,

@@ -35,7 +35,7 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import LargeBatchOptimizer
+from tf_largebatch.optimizers import LargeBatchOptimizer, moments
 
 
 # --------------------------------------------------------------------- math
@@ -74,7 +74,9 @@ def noise_estimates_from_gradient_statistics(mean_square, variance, num_samples,
     = sum gbar^2 = |G_big|^2`` (batch ``B``) and ``variance + mean_square`` is the
     mean over samples of ``|g_i|^2 = |G_small|^2`` (batch ``B / k``). The
     estimates simplify to ``|G|^2 = M - V / (k - 1)`` and ``tr(Sigma) = B V /
-    (k - 1)``.
+    (k - 1)``: the per-sample estimates of
+    :func:`tf_largebatch.optimizers.moments.unbiased_noise_estimates`, with the
+    per-example covariance ``tr(Sigma)`` being ``B / k`` times the per-sample one.
 
     Args:
         mean_square: ``sum gbar^2`` over all variables' elements.
@@ -85,12 +87,8 @@ def noise_estimates_from_gradient_statistics(mean_square, variance, num_samples,
     """
     if num_samples < 2:
         raise ValueError(f"The noise scale needs k >= 2 gradient samples. Received: num_samples={num_samples!r}")
-    return unbiased_noise_estimates(
-        small_square_norm=variance + mean_square,
-        big_square_norm=mean_square,
-        small_batch=global_batch_size / num_samples,
-        big_batch=global_batch_size,
-    )
+    sample_variance, square_norm = moments.unbiased_noise_estimates(mean_square, variance, num_samples)
+    return square_norm, sample_variance * (global_batch_size / num_samples)
 
 
 class DebiasedMovingAverage:

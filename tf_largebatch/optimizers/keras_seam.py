@@ -23,7 +23,6 @@ from keras.src import backend as _keras_backend
 from keras.src.optimizers import base_optimizer as _base_optimizer
 from keras.src.optimizers import optimizer as _optimizer_module
 from keras.src.utils import tracking as _tracking
-import tensorflow as tf
 
 #: Keras versions whose private optimizer API this module was checked against:
 #: ``MIN <= version < MAX_EXCLUSIVE`` (major, minor).
