@@ -8,3 +8,4 @@ from tf_largebatch.optimizers.loss_scale import LossScaleOptimizer
 from tf_largebatch.optimizers.layerwise import LayerwiseAdagrad, LayerwiseAdam, LayerwiseRMSprop, LayerwiseSGD
 from tf_largebatch.optimizers.sngm import SNGM
 from tf_largebatch.optimizers.vr import VR, VRSGD, VRAdam, VRLAMB, VRLARS, VRMomentum
+from tf_largebatch.optimizers.adascale import AdaScale, StopAtScaleInvariantSteps
