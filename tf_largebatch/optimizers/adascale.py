@@ -10,6 +10,8 @@ the Keras surface: the :class:`AdaScale` wrapper and the
 :class:`StopAtScaleInvariantSteps` callback.
 """
 
+import copy
+
 import keras
 import tensorflow as tf
 
@@ -280,7 +282,7 @@ class AdaScale(LargeBatchOptimizer):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
+        config = copy.deepcopy(config)  # Keras's from_config rewrites the nested learning rate in place
         inner = keras_seam.deserialize(config.pop("inner_optimizer"), custom_objects=custom_objects)
         return cls(inner, **config)
 
