@@ -23,6 +23,8 @@ LAYERS = {
     "tf_largebatch.validation": MATH,
     "tf_largebatch.optimizers.rules": MATH,
     "tf_largebatch.optimizers.gsnr": MATH,
+    "tf_largebatch.optimizers.gain": MATH,
+    "tf_largebatch.goodput": MATH,
     # The optimizer core: the Keras seam and the base class, split by job.
     "tf_largebatch.optimizers.keras_seam": CORE,
     "tf_largebatch.optimizers.selection": CORE,
@@ -40,6 +42,7 @@ LAYERS = {
     "tf_largebatch.optimizers.lamb": OPTIMIZERS,
     "tf_largebatch.optimizers.curvature": OPTIMIZERS,
     "tf_largebatch.optimizers.vr": OPTIMIZERS,
+    "tf_largebatch.optimizers.adascale": OPTIMIZERS,
     # The recipe around them, and monitoring.
     "tf_largebatch.schedules": RECIPE,
     "tf_largebatch.scaling": RECIPE,
