@@ -204,56 +204,72 @@ def fit_with_batch_size_schedule(
         Smith et al., "Don't Decay the Learning Rate, Increase the Batch Size",
         ICLR 2018, §2-3; the curvature paper, §3.2.
     """
-    if not getattr(model, "compiled", False) or model.optimizer is None:
-        raise ValueError("`model` must be compiled before fit_with_batch_size_schedule.")
+    examples = _check_fit_arguments(model, data, initial_epoch, shuffle_buffer_size, fit_kwargs)
     phases = [as_phase(p) for p in phases]
     if not phases:
         raise ValueError(f"`phases` must contain at least one phase. Received: phases={phases!r}")
-    validation.check_positive_int("initial_epoch", initial_epoch, minimum=0)
-    validation.check_positive_int("shuffle_buffer_size", shuffle_buffer_size, allow_none=True)
-    for reserved in ("x", "y", "batch_size", "epochs", "initial_epoch", "shuffle"):
-        if reserved in fit_kwargs:
-            raise ValueError(
-                f"`{reserved}` is set by the phases; do not pass it. "
-                f"Received: {reserved}={fit_kwargs[reserved]!r}"
-            )
-    examples = as_unbatched_dataset(data)
-
-    merged = keras.callbacks.History()
-    merged.set_model(model)
-    merged.epoch = []
+    merged = _empty_history(model)
     epoch = initial_epoch
     for phase in phases:
         if phase.learning_rate is not None:
             set_learning_rate(model.optimizer, phase.learning_rate)
-        dataset = examples
-        if shuffle_buffer_size:
-            dataset = dataset.shuffle(shuffle_buffer_size, reshuffle_each_iteration=True)
-        dataset = dataset.batch(phase.batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
-        phase_validation = _batched_validation(validation_data, validation_batch_size or phase.batch_size)
+        dataset = _batched(examples, phase.batch_size, shuffle_buffer_size, drop_remainder)
         history = model.fit(
             dataset,
             epochs=epoch + phase.epochs,
             initial_epoch=epoch,
             callbacks=callbacks,
-            validation_data=phase_validation,
+            validation_data=_batched_validation(validation_data, validation_batch_size or phase.batch_size),
             verbose=verbose,
             shuffle=False,  # a dataset is not shuffled by fit; see shuffle_buffer_size
             **fit_kwargs,
         )
-        done = len(history.epoch)
-        lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-        for key, values in history.history.items():
-            merged.history.setdefault(key, []).extend(values)
-        merged.history.setdefault("batch_size", []).extend([phase.batch_size] * done)
-        if "learning_rate" not in history.history:
-            merged.history.setdefault("learning_rate", []).extend([lr] * done)
-        merged.epoch.extend(history.epoch)
+        _merge_phase(merged, history, model.optimizer, phase.batch_size)
         epoch += phase.epochs
-        if getattr(model, "stop_training", False) and done < phase.epochs:
+        if getattr(model, "stop_training", False) and len(history.epoch) < phase.epochs:
             break  # a callback (e.g. EarlyStopping) ended training
     model.history = merged
     return merged
+
+
+def _check_fit_arguments(model, data, initial_epoch, shuffle_buffer_size, fit_kwargs, reserved=()):
+    """Checks what every batch-size loop needs; returns the unbatched examples."""
+    if not getattr(model, "compiled", False) or model.optimizer is None:
+        raise ValueError("`model` must be compiled before fitting with a batch-size schedule.")
+    validation.check_positive_int("initial_epoch", initial_epoch, minimum=0)
+    validation.check_positive_int("shuffle_buffer_size", shuffle_buffer_size, allow_none=True)
+    for name in ("x", "y", "batch_size", "epochs", "initial_epoch", "shuffle") + tuple(reserved):
+        if name in fit_kwargs:
+            raise ValueError(
+                f"`{name}` is set by the batch-size schedule; do not pass it. Received: {name}={fit_kwargs[name]!r}"
+            )
+    return as_unbatched_dataset(data)
+
+
+def _batched(examples, batch_size, shuffle_buffer_size, drop_remainder):
+    """``examples``, optionally shuffled (every epoch), in batches of ``batch_size``."""
+    if shuffle_buffer_size:
+        examples = examples.shuffle(shuffle_buffer_size, reshuffle_each_iteration=True)
+    return examples.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def _empty_history(model):
+    merged = keras.callbacks.History()
+    merged.set_model(model)
+    merged.epoch = []
+    return merged
+
+
+def _merge_phase(merged, history, optimizer, batch_size):
+    """Appends one ``fit`` call's per-epoch logs, its batch size and learning rate to ``merged``."""
+    done = len(history.epoch)
+    lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    for key, values in history.history.items():
+        merged.history.setdefault(key, []).extend(values)
+    merged.history.setdefault("batch_size", []).extend([batch_size] * done)
+    if "learning_rate" not in history.history:
+        merged.history.setdefault("learning_rate", []).extend([lr] * done)
+    merged.epoch.extend(history.epoch)
 
 
 def _batched_validation(validation_data, batch_size):
