@@ -26,11 +26,11 @@ of ``B / k`` examples in place of their two batch sizes). With ``S = k`` they
 are exactly the paper's Algorithm 1 estimators ``sigma_hat^2 = 1/(S-1) sum
 |g_i - gbar|^2`` and ``mu_hat^2 = |gbar|^2 - sigma_hat^2 / S``.
 
-Smoothing (the paper's practical estimator, its Section 3.3/appendix, and the
-default of fairscale's ``AdaScale``): the gain uses exponential moving
-averages of the two estimates with factor ``theta = max(1 - S/1000, 0)``
-(a larger scale averages over fewer updates, since each update already
-averages over more samples), or a fixed ``theta`` given by the user::
+Smoothing (the paper's practical algorithm averages the two estimates over
+updates, with a factor that depends on the scale; the default factor here is
+fairscale's, ``theta = max(1 - S/1000, 0)``: a larger scale averages over
+fewer updates, since each update already averages over more samples), or a
+fixed ``theta`` given by the user::
 
     sigma2_avg <- theta * sigma2_avg + (1 - theta) * sigma2
     mu2_avg    <- theta * mu2_avg    + (1 - theta) * mu2
