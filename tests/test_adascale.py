@@ -229,3 +229,35 @@ def test_a_single_gradient_sample_is_a_clear_error_at_build():
     optimizer = AdaScale(keras.optimizers.SGD(0.1))
     with pytest.raises(ValueError, match="k >= 2"):
         optimizer.build([keras.Variable(np.zeros(2, np.float32))])
+
+
+def test_xla_step_equals_the_uncompiled_step():
+    x, y = regression_data(seed=6)
+    results = []
+    for jit_compile in (True, False):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, kernel_initializer="zeros")])
+        model.compile(optimizer=AdaScale(keras.optimizers.SGD(poly_schedule(), momentum=0.9),
+                                         gradient_accumulation_steps=4), loss="mse", jit_compile=jit_compile)
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        results.append((model.get_weights(), model.optimizer.scale_invariant_steps))
+    for a, b in zip(results[0][0], results[1][0]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
+
+
+def test_many_samples_with_shifted_moments_match_algorithm_1():
+    """k = 64 takes the recorder's shifted-moments path (moments about the previous mean)."""
+    k, steps = 64, 3
+    rng = np.random.default_rng(8)
+    noise = rng.normal(size=(steps, k, DIM)) * 0.5 + 3.0  # large mean against the noise
+
+    def samples_fn(w, step):
+        return [w - noise[step, i] for i in range(k)]
+
+    optimizer = AdaScale(keras.optimizers.SGD(0.1, momentum=0.9), gradient_accumulation_steps=k, smoothing=0.5)
+    w, trace = run_adascale(optimizer, samples_fn, steps, np.zeros(DIM))
+    expected_w, reference = adascale_sgd(np.zeros(DIM), samples_fn, steps, lambda tau: 0.1, momentum=0.9,
+                                         smoothing=0.5)
+    np.testing.assert_allclose([g for g, _, _ in trace], reference.gains, rtol=1e-3)
+    np.testing.assert_allclose(w, expected_w, rtol=1e-4, atol=1e-5)
