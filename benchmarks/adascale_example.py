@@ -111,9 +111,9 @@ def main():
 
     validation = {lr: [run_plain(train, val, cosine(lr, t0), b0, t0, s)[2] for s in seeds] for lr in args.lrs}
     lr = max(validation, key=lambda key: statistics.mean(validation[key]))
+    by_lr = ", ".join(f"{k}: {statistics.mean(v):.3f}" for k, v in validation.items())
     print(f"load {open('/proc/loadavg').read().split()[:3]}; base recipe: batch {b0}, {t0} updates, "
-          f"validation accuracy by peak lr: " + ", ".join(f"{k}: {statistics.mean(v):.3f}" for k, v in validation.items())
-          + f" -> lr {lr}")
+          f"validation accuracy by peak lr: {by_lr} -> lr {lr}")
     rows = [("base", 1, [run_plain(train, test, cosine(lr, t0), b0, t0, s) for s in seeds])]
     for scale in args.scales:
         steps = max(t0 // scale, 1)
@@ -123,7 +123,8 @@ def main():
                                                  b0 * scale, steps, s) for s in seeds]))
         rows.append(("AdaScale", scale, [run_adascale(train, test, cosine(lr, t0), b0, scale, t0, s)
                                          for s in seeds]))
-    print(f"{'contender':<10} {'S':>3} {'updates':>18} {'examples / base':>18} {'test accuracy':>18}   (n={len(seeds)})")
+    print(f"{'contender':<10} {'S':>3} {'updates':>18} {'examples / base':>18} {'test accuracy':>18}"
+          f"   (n={len(seeds)})")
     for name, scale, results in rows:
         updates, examples, accuracy = zip(*results)
         print(f"{name:<10} {scale:>3} {interval(updates):>18} {interval([e / (b0 * t0) for e in examples]):>18} "

@@ -269,3 +269,12 @@ def test_adaptive_batch_size_argument_errors():
         fit_with_adaptive_batch_size(model, (x, y), initial_batch_size=5, **arguments)
     with pytest.raises(ValueError, match="steps_per_epoch"):
         fit_with_adaptive_batch_size(model, (x, y), steps_per_epoch=3, **arguments)
+
+
+def test_phases_set_the_base_learning_rate_of_adascale():
+    x, y = noisy_data(32)
+    model = adascale_regression(accumulation=2)
+    fit_with_batch_size_schedule(model, (x, y), [(1, 8, 0.02), (1, 16, 0.01)], verbose=0)
+    optimizer = model.optimizer
+    assert float(optimizer.learning_rate) == pytest.approx(0.01)  # eta(tau), a constant here
+    assert optimizer.scaled_learning_rate == pytest.approx(0.01 * optimizer.gain)

@@ -90,9 +90,11 @@ def set_learning_rate(optimizer, learning_rate):
     a ``LearningRateSchedule`` (or a callable) has no such variable; replacing
     the schedule would silently drop it, so that is an error.
     """
+    from tf_largebatch.optimizers.adascale import AdaScale
+
     current = keras_seam.stored_learning_rate(optimizer)
     inner = getattr(optimizer, "inner_optimizer", None)
-    if inner is not None:
+    if inner is not None and not isinstance(optimizer, AdaScale):  # AdaScale keeps the base rate itself
         current = keras_seam.stored_learning_rate(inner)
     if callable(current) and not isinstance(current, keras.Variable):
         raise ValueError(

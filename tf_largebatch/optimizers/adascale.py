@@ -144,8 +144,8 @@ class AdaScale(LargeBatchOptimizer):
         with strategy.extended.colocate_vars_with(tf_variable(keras_seam.micro_step_counter(self))):
             with keras_seam.name_scope(self):
                 variable = keras.Variable(
-                    initializer=value if callable(value) else keras.initializers.Constant(value), shape=(), dtype="float32", trainable=False,
-                    aggregation="mean", synchronization="on_read", name=name,
+                    initializer=value if callable(value) else keras.initializers.Constant(value), shape=(),
+                    dtype="float32", trainable=False, aggregation="mean", synchronization="on_read", name=name,
                 )
         keras_seam.track_variable(self, variable)
         return variable
