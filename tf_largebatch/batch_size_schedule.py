@@ -431,8 +431,9 @@ def _adascale_of(model):
             "fit_with_adaptive_batch_size needs a model compiled with tf_largebatch.optimizers.AdaScale (it keeps "
             f"the learning rate right at every batch size). Received: {type(model.optimizer).__name__}"
         )
-    if not optimizer.built:
-        optimizer.build(model.trainable_variables)
+    if not optimizer.built:  # its scale is set before the first fit
+        with keras_seam.distribution_strategy(optimizer).scope():
+            optimizer.build(model.trainable_variables)
     return optimizer
 
 
