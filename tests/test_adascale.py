@@ -109,16 +109,16 @@ def test_replicas_equal_micro_batches_on_one_device(mirrored):
     x, y = regression_data()
     with mirrored(4).scope():
         replicated = regression_model(AdaScale(keras.optimizers.SGD(poly_schedule(), momentum=0.9)))
-    replicated.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0)
+    replicated.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
     single = regression_model(AdaScale(keras.optimizers.SGD(poly_schedule(), momentum=0.9),
                                        gradient_accumulation_steps=4))
-    single.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+    single.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
     for a, b in zip(replicated.get_weights(), single.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(replicated.optimizer.scale_invariant_steps, single.optimizer.scale_invariant_steps,
                                rtol=1e-5)
     np.testing.assert_allclose(replicated.optimizer.gain, single.optimizer.gain, rtol=1e-5)
-    assert replicated.optimizer.scale_invariant_steps > 6.0  # 6 updates worth more than 6 base updates
+    assert replicated.optimizer.scale_invariant_steps > 4.0  # 4 updates worth more than 4 base updates
 
 
 def test_nan_micro_batch_leaves_no_trace():
