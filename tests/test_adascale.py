@@ -261,3 +261,15 @@ def test_many_samples_with_shifted_moments_match_algorithm_1():
                                          smoothing=0.5)
     np.testing.assert_allclose([g for g, _, _ in trace], reference.gains, rtol=1e-3)
     np.testing.assert_allclose(w, expected_w, rtol=1e-4, atol=1e-5)
+
+
+def test_gsnr_monitor_reads_adascale_statistics(tmp_path):
+    x, y = regression_data(seed=9)
+    model = regression_model(AdaScale(keras.optimizers.SGD(0.05), gradient_accumulation_steps=4))
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
+              callbacks=[tlb.callbacks.GSNRMonitor(str(tmp_path), global_batch_size=32, update_freq=2)])
+    tags = set()
+    for path in tmp_path.rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(value.tag for value in event.summary.value)
+    assert "noise_scale/b_simple" in tags
