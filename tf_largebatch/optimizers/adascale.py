@@ -230,11 +230,20 @@ class AdaScale(LargeBatchOptimizer):
         apply_reduced_gradients(self.inner_optimizer, means, trainable_variables)
 
     # ---- PLUMBING ADAPTER (the only lines that know how the moments arrive) ----
-    # Today: GradientStatisticsMixin._sample_moments (per variable: mean and biased
-    # variance of the k samples, from the one all-reduce), _remember_mean (moment
-    # shifts at large k) and the monitoring rows. When the moments recorder
-    # component replaces the mixin, this method is what to port: it must return
-    # the mean gradients, sum |gbar|^2 and sum (1/k) sum_i |g_i - gbar|^2.
+    # What AdaScale uses of today's LargeBatchOptimizer mixins, all here or in
+    # the three one-line uses above:
+    #   _records_statistics() -> True: the one all-reduce carries h and h**2;
+    #   _update_from_reduced_statistics(statistics, variables): called once per
+    #       update, after the non-finite check (skipped updates never reach it);
+    #   num_gradient_samples (k) and the k >= 2 check at build (inherited);
+    #   apply_reduced_gradients(inner, ...): the inner step without re-reducing;
+    #   below: _sample_moments (per variable: mean and biased variance of the k
+    #       samples), _remember_mean (moment shifts at large k), and the
+    #       monitoring rows (_records_every_update, _statistics_requested,
+    #       _empty_statistic_rows, _store_statistics).
+    # When the moments-recorder component replaces the mixin, this method is what
+    # to port: it must return the mean gradients, sum |gbar|^2 and
+    # sum (1/k) sum_i |g_i - gbar|^2 over all variables.
     def _gradient_moments(self, statistics, trainable_variables):
         """``(mean gradients, |gbar|^2, sum of the biased per-element variances)``
         of this update's ``k`` samples, all over every variable; records the
