@@ -273,3 +273,14 @@ def test_gsnr_monitor_reads_adascale_statistics(tmp_path):
         for event in tf.compat.v1.train.summary_iterator(str(path)):
             tags.update(value.tag for value in event.summary.value)
     assert "noise_scale/b_simple" in tags
+
+
+def test_scale_defaults_to_the_number_of_samples_until_set():
+    optimizer = AdaScale(keras.optimizers.SGD(0.1), gradient_accumulation_steps=4)
+    assert optimizer.current_scale == 4.0
+    optimizer.build([keras.Variable(np.zeros(2, np.float32))])
+    assert optimizer.current_scale == 4.0
+    optimizer.set_scale(6.0)
+    assert optimizer.current_scale == 6.0
+    with pytest.raises(ValueError, match="scale"):
+        optimizer.set_scale(0.5)

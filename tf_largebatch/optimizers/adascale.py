@@ -35,7 +35,7 @@ _STATE = (
     ("_tau", "adascale_scale_invariant_steps", 0.0),
     ("_gain", "adascale_gain", 1.0),
     ("_scaled_learning_rate", "adascale_scaled_learning_rate", None),
-    ("_scale", "adascale_scale", None),
+    ("_scale", "adascale_scale", None),  # 0: S = k, re-read from the strategy (e.g. after a restore)
 )
 
 
@@ -83,8 +83,10 @@ class AdaScale(LargeBatchOptimizer):
             scaled rate ``r_t * eta(tau_t)`` of the last update.
         scale: float >= 1 or ``None``: ``S``, the update's batch over the base
             batch. ``None``: ``S = k``, each gradient sample is one base batch
-            (the paper's setting: ``S`` workers, one base batch each). Change it
-            during training with :meth:`set_scale` (the adaptive batch size does).
+            (the paper's setting: ``S`` workers, one base batch each), read from
+            the current strategy (so a restore onto another number of replicas
+            follows it). Change it during training with :meth:`set_scale` (the
+            adaptive batch size does); a scale set is saved with the optimizer.
         smoothing: float in [0, 1) or ``None``: the moving-average factor
             ``theta``; ``None`` gives ``max(1 - S/1000, 0)``, re-evaluated when
             the scale changes.
@@ -133,7 +135,7 @@ class AdaScale(LargeBatchOptimizer):
         super().build(var_list)
         self.inner_optimizer.build(var_list)
         initial = {"_scaled_learning_rate": lambda shape, dtype: self._base_learning_rate_at(0.0),
-                   "_scale": float(self.num_gradient_samples if self.scale is None else self.scale)}
+                   "_scale": 0.0 if self.scale is None else float(self.scale)}
         for attribute, variable_name, value in _STATE:
             setattr(self, attribute, self._replica_identical_scalar(variable_name, initial.get(attribute, value)))
 
@@ -186,8 +188,13 @@ class AdaScale(LargeBatchOptimizer):
     def current_scale(self):
         """``S`` in use (a Python float)."""
         if self.built:
-            return float(self._scale.numpy())
+            return float(self._scale_in_use())
         return float(self.scale) if self.scale is not None else float(self.num_gradient_samples)
+
+    def _scale_in_use(self):
+        """``S``: the scale set (``scale=`` or :meth:`set_scale`), else ``k`` of the current strategy."""
+        scale = tf.convert_to_tensor(self._scale)
+        return tf.where(scale > 0.0, scale, float(self.num_gradient_samples))
 
     def noise_scale(self, base_batch_size):
         """McCandlish et al.'s ``B_simple = tr(Sigma) / |G|^2`` in examples, from the averages.
@@ -220,7 +227,7 @@ class AdaScale(LargeBatchOptimizer):
         ratio, variance_average, norm_average, next_tau = gain.gain_step(
             tf.convert_to_tensor(self._variance_average), tf.convert_to_tensor(self._norm_average), tau,
             squared_mean_sum, variance_sum, num_samples=self.num_gradient_samples,
-            scale=tf.convert_to_tensor(self._scale), smoothing=self.smoothing,
+            scale=self._scale_in_use(), smoothing=self.smoothing,
         )
         self._scaled_learning_rate.assign(ratio * self._base_learning_rate_at(tau))
         self._variance_average.assign(variance_average)
