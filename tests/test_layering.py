@@ -24,6 +24,8 @@ LAYERS = {
     "tf_largebatch.atomic_files": MATH,
     "tf_largebatch.optimizers.rules": MATH,
     "tf_largebatch.optimizers.gsnr": MATH,
+    "tf_largebatch.optimizers.gain": MATH,
+    "tf_largebatch.goodput": MATH,
     # The optimizer core: the Keras seam and the base class, split by job.
     "tf_largebatch.optimizers.keras_seam": CORE,
     "tf_largebatch.optimizers.docstrings": CORE,
@@ -43,6 +45,7 @@ LAYERS = {
     "tf_largebatch.optimizers.lamb": OPTIMIZERS,
     "tf_largebatch.optimizers.curvature": OPTIMIZERS,
     "tf_largebatch.optimizers.vr": OPTIMIZERS,
+    "tf_largebatch.optimizers.adascale": OPTIMIZERS,
     "tf_largebatch.optimizers.registry": OPTIMIZERS,
     # The recipe around them, and monitoring.
     "tf_largebatch.schedules": RECIPE,
