@@ -9,10 +9,13 @@ from tf_largebatch.optimizers import gain
 
 
 def summed_moments(samples):
-    """What the package's recorder hands AdaScale: |gbar|^2 and sum (1/k) sum_i |g_i - gbar|^2 (float32)."""
+    """What the package's recorder hands AdaScale (MomentsRecorder.noise_estimates), in NumPy:
+    s2_b = 1/(k-1) sum_i |g_i - gbar|^2 and mu2 = |gbar|^2 - s2_b / k (float32 samples)."""
     g = np.stack([flat(s) for s in samples]).astype(np.float32)
+    k = len(samples)
     mean = g.mean(axis=0)
-    return float(np.sum(mean**2)), float(np.sum(((g - mean) ** 2).mean(axis=0)))
+    sample_variance = float(np.sum((g - mean) ** 2) / (k - 1))
+    return sample_variance, float(np.sum(mean**2)) - sample_variance / k
 
 
 def run_gain_steps(sample_sets, scale=None, smoothing=None):

@@ -1,12 +1,15 @@
 """AdaScale SGD as a Keras 3 optimizer: the base recipe's learning rate at any batch size.
 
 Johnson, Agrawal, Gu and Guestrin, "AdaScale SGD: A User-Friendly Algorithm for
-Distributed Training", ICML 2020, Algorithm 1. The math (estimators,
-smoothing, guards, clock) is in :mod:`~tf_largebatch.optimizers.gain`; the
-replica plumbing (the one all-reduce carrying both moments, accumulation,
-the non-finite policy) is the package's own
-(:class:`~tf_largebatch.optimizers.base.LargeBatchOptimizer`). This module is
-the Keras surface: the :class:`AdaScale` wrapper and the
+Distributed Training", ICML 2020, Algorithm 1. The unbiased estimators of
+``sigma**2`` and ``|grad F|**2`` come from the package's moments recorder
+(:meth:`~tf_largebatch.optimizers.moments.MomentsRecorder.noise_estimates`,
+from the update's one all-reduce); the smoothing, the gain ratio, its guards
+and the clock are in :mod:`~tf_largebatch.optimizers.gain`; the replica
+plumbing (accumulation, the all-reduce, the non-finite policy) is the chassis
+(:class:`~tf_largebatch.optimizers.base.LargeBatchOptimizer` and its
+:class:`~tf_largebatch.optimizers.reducer.ReplicaReducer`). This module is the
+Keras surface: the :class:`AdaScale` wrapper and the
 :class:`StopAtScaleInvariantSteps` callback.
 """
 
@@ -16,8 +19,9 @@ import keras
 import tensorflow as tf
 
 from tf_largebatch import validation
-from tf_largebatch.optimizers import gain, gsnr, keras_seam
+from tf_largebatch.optimizers import gain, keras_seam
 from tf_largebatch.optimizers.base import LargeBatchOptimizer, apply_reduced_gradients
+from tf_largebatch.optimizers.moments import MomentsRecorder
 from tf_largebatch.optimizers.slots import tf_variable
 from tf_largebatch.optimizers.vr import VR
 
@@ -25,7 +29,7 @@ from tf_largebatch.optimizers.vr import VR
 #: gradient samples); every other one belongs to the inner optimizer.
 WRAPPER_ARGUMENTS = ("use_ema", "ema_momentum", "ema_overwrite_frequency", "gradient_accumulation_steps",
                      "loss_scale_factor", "nonfinite_gradients", "record_gradient_statistics")
-_INNER_ARGUMENTS = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm")
+_INNER_ARGUMENTS = ("weight_decay", "exclude_from_weight_decay", "clipnorm", "clipvalue", "global_clipnorm")
 
 #: The wrapper's own scalar state, in ``optimizer.variables`` and checkpoints:
 #: (attribute, variable name, initial value or None for "set at build").
@@ -95,13 +99,15 @@ class AdaScale(LargeBatchOptimizer):
         use_ema, ema_momentum, ema_overwrite_frequency, loss_scale_factor: as
             for any Keras optimizer; they belong to the wrapper.
         nonfinite_gradients: ``"skip"`` (default) or ``"raise"``.
-        record_gradient_statistics: bool, record the per-variable monitoring
-            statistics on every update (else only after
-            :meth:`request_gradient_statistics`, as ``GSNRMonitor`` does).
+        record_gradient_statistics: ``True`` (the only value): the gain reads
+            the recorder's noise estimates on every update, so the per-variable
+            monitoring statistics (:meth:`gradient_statistics`, read by
+            ``GSNRMonitor``) are recorded on every update too.
         name: string.
 
-    ``weight_decay``, ``clipnorm``, ``clipvalue``, ``global_clipnorm`` and
-    ``learning_rate`` belong to the inner optimizer; passing them here is an error.
+    ``weight_decay``, ``exclude_from_weight_decay``, ``clipnorm``,
+    ``clipvalue``, ``global_clipnorm`` and ``learning_rate`` belong to the
+    inner optimizer; passing them here is an error.
 
     References:
         Johnson, Agrawal, Gu and Guestrin, "AdaScale SGD: A User-Friendly
@@ -110,9 +116,13 @@ class AdaScale(LargeBatchOptimizer):
             Training", 2018, Appendix A (the unbiased estimators).
     """
 
-    def __init__(self, inner_optimizer, scale=None, smoothing=None, record_gradient_statistics=False,
+    def __init__(self, inner_optimizer, scale=None, smoothing=None, record_gradient_statistics=True,
                  name="adascale", **kwargs):
         _reject_inner_arguments(kwargs)
+        if record_gradient_statistics is not True:
+            raise ValueError("AdaScale records the gradient statistics on every update (its gain reads them): "
+                             "`record_gradient_statistics` can only be True. "
+                             f"Received: record_gradient_statistics={record_gradient_statistics!r}")
         _check_inner_optimizer(inner_optimizer)
         base_learning_rate = _base_learning_rate(inner_optimizer)
         super().__init__(learning_rate=base_learning_rate, name=name,
@@ -218,15 +228,18 @@ class AdaScale(LargeBatchOptimizer):
                              f"before calling {what}.")
 
     # ------------------------------------------------------------ update path
-    def _records_statistics(self):
-        return True  # both moments ride in the update's one all-reduce
+    def _make_moments_recorder(self):
+        # The gain reads the recorder's noise estimates on every update.
+        return MomentsRecorder(statistic_names=self.statistic_names, every_update=True)
 
     def _update_from_reduced_statistics(self, statistics, trainable_variables):
-        means, squared_mean_sum, variance_sum = self._gradient_moments(statistics, trainable_variables)
+        """One applied update (skipped ones never get here): the recorder's moments, the gain, the inner step."""
+        means = self._moments.observe(statistics, trainable_variables)
+        sample_variance, gradient_norm = self._moments.noise_estimates()
         tau = tf.convert_to_tensor(self._tau)
         ratio, variance_average, norm_average, next_tau = gain.gain_step(
             tf.convert_to_tensor(self._variance_average), tf.convert_to_tensor(self._norm_average), tau,
-            squared_mean_sum, variance_sum, num_samples=self.num_gradient_samples,
+            sample_variance, gradient_norm, num_samples=self.num_gradient_samples,
             scale=self._scale_in_use(), smoothing=self.smoothing,
         )
         self._scaled_learning_rate.assign(ratio * self._base_learning_rate_at(tau))
@@ -236,56 +249,11 @@ class AdaScale(LargeBatchOptimizer):
         self._tau.assign(next_tau)
         apply_reduced_gradients(self.inner_optimizer, means, trainable_variables)
 
-    # ---- PLUMBING ADAPTER (the only lines that know how the moments arrive) ----
-    # What AdaScale uses of today's LargeBatchOptimizer mixins, all here or in
-    # the three one-line uses above:
-    #   _records_statistics() -> True: the one all-reduce carries h and h**2;
-    #   _update_from_reduced_statistics(statistics, variables): called once per
-    #       update, after the non-finite check (skipped updates never reach it);
-    #   num_gradient_samples (k) and the k >= 2 check at build (inherited);
-    #   apply_reduced_gradients(inner, ...): the inner step without re-reducing;
-    #   below: _sample_moments (per variable: mean and biased variance of the k
-    #       samples), _remember_mean (moment shifts at large k), and the
-    #       monitoring rows (_records_every_update, _statistics_requested,
-    #       _empty_statistic_rows, _store_statistics).
-    # When the moments-recorder component replaces the mixin, this method is what
-    # to port: it must return the mean gradients, sum |gbar|^2 and
-    # sum (1/k) sum_i |g_i - gbar|^2 over all variables.
-    def _gradient_moments(self, statistics, trainable_variables):
-        """``(mean gradients, |gbar|^2, sum of the biased per-element variances)``
-        of this update's ``k`` samples, all over every variable; records the
-        monitoring rows when they are due."""
-        record = True if self._records_every_update() else self._statistics_requested()
-        rows = self._empty_statistic_rows()
-        means, squares, variances = [], [], []
-        for position, (index, mean, variance) in enumerate(self._sample_moments(statistics, trainable_variables)):
-            variable = trainable_variables[position]
-            self._remember_mean(variable, mean)
-            means.append(tf.cast(mean, variable.dtype))
-            signal = tf.square(mean)
-            squares.append(tf.reduce_sum(signal))
-            variances.append(tf.reduce_sum(variance))
-            rows[index] = _monitoring_row(signal, variance, squares[-1], variances[-1], record)
-        self._store_rows(rows, record)
-        return means, tf.add_n(squares), tf.add_n(variances)
-
-    def _store_rows(self, rows, record):
-        if record is True:
-            self._store_statistics(rows)
-            return
-
-        def store():
-            self._store_statistics(rows)
-            return tf.constant(True)
-
-        tf.cond(record, store, lambda: tf.constant(False))
-    # ---- end of the plumbing adapter ----
-
     # ------------------------------------------------------------------ config
     def get_config(self):
         config = super().get_config()
         config = {key: config[key] for key in ("name",) + WRAPPER_ARGUMENTS if key in config}
-        inner = keras_seam.serialize(self.inner_optimizer)
+        inner = keras.saving.serialize_keras_object(self.inner_optimizer)
         # The inner optimizer's learning rate is AdaScale's callable; save the base recipe's in its place.
         stored = keras_seam.stored_learning_rate(self)
         inner["config"]["learning_rate"] = (
@@ -299,17 +267,8 @@ class AdaScale(LargeBatchOptimizer):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = copy.deepcopy(config)  # Keras's from_config rewrites the nested learning rate in place
-        inner = keras_seam.deserialize(config.pop("inner_optimizer"), custom_objects=custom_objects)
+        inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
         return cls(inner, **config)
-
-
-def _monitoring_row(signal, variance, square_sum, variance_sum, record):
-    """The recorder's row ``[sum gbar^2, sum s2, mean raw GSNR]`` (the GSNR mean only when recording)."""
-    def mean_gsnr():
-        return gsnr.raw_gsnr(signal, variance)[1]
-
-    value = mean_gsnr() if record is True else tf.cond(record, mean_gsnr, lambda: tf.constant(0.0))
-    return tf.stack([square_sum, variance_sum, value])
 
 
 def _reject_inner_arguments(kwargs):

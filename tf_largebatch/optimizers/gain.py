@@ -9,12 +9,17 @@ examples. The *scale* ``S >= 1`` is the update's batch ``B`` over the base
 batch ``B_0`` of the recipe being scaled (by default ``S = k``: each sample is
 one base batch, as in the paper, where each of ``S`` workers computes one
 base-batch gradient). All quantities are sums over every element of every
-trained variable (squared L2 norms, traces)::
+trained variable (squared L2 norms, traces). The two unbiased estimates come
+from the package's moments recorder
+(:func:`tf_largebatch.optimizers.moments.unbiased_noise_estimates`, whose
+docstring derives them; this module does not compute moments)::
 
-    gbar       = (1/k) sum_i g_i
     s2_b       = 1/(k-1) sum_i |g_i - gbar|^2      unbiased variance of one sample
-    sigma2     = s2_b * S / k                     ... rescaled to one base batch
     mu2        = |gbar|^2 - s2_b / k              unbiased |grad F|^2
+
+and this module rescales the first to one base batch::
+
+    sigma2     = s2_b * S / k
 
 ``sigma2`` is the paper's ``sigma^2`` (the variance of a base-batch gradient,
 ``tr(Sigma) / B_0`` with ``Sigma`` the per-example covariance) and ``mu2`` its
@@ -67,23 +72,6 @@ from tf_largebatch.optimizers import rules
 
 #: ``theta = max(1 - S / SMOOTHING_HORIZON, 0)`` by default.
 SMOOTHING_HORIZON = 1000.0
-
-
-def sample_variance_sum(sum_of_biased_variances, num_samples):
-    """``s2_b``: the unbiased variance of one gradient sample, summed over elements.
-
-    Args:
-        sum_of_biased_variances: ``sum over elements of (1/k) sum_i (g_i - gbar)^2``
-            (what the package's moment recorder yields per variable, summed).
-        num_samples: ``k >= 2``.
-    """
-    k = float(num_samples)
-    return tf.cast(sum_of_biased_variances, tf.float32) * (k / (k - 1.0))
-
-
-def gradient_norm_estimate(sum_of_squared_means, sample_variance, num_samples):
-    """``mu2 = |gbar|^2 - s2_b / k``, unbiased for ``|grad F|^2`` (may be negative)."""
-    return tf.cast(sum_of_squared_means, tf.float32) - sample_variance / float(num_samples)
 
 
 def base_batch_variance(sample_variance, num_samples, scale):
@@ -139,22 +127,16 @@ def noise_scale(variance, norm, base_batch_size):
                     tf.where(trace > 0.0, float("inf"), 0.0))
 
 
-def step_statistics(sum_of_squared_means, sum_of_biased_variances, num_samples, scale):
-    """One update's ``(sigma2, mu2)`` from the summed moments of its ``k`` samples."""
-    sample_variance = sample_variance_sum(sum_of_biased_variances, num_samples)
-    return (base_batch_variance(sample_variance, num_samples, scale),
-            gradient_norm_estimate(sum_of_squared_means, sample_variance, num_samples))
-
-
-def gain_step(variance_average, norm_average, tau, sum_of_squared_means, sum_of_biased_variances, *,
-              num_samples, scale, smoothing=None):
+def gain_step(variance_average, norm_average, tau, sample_variance, gradient_norm, *, num_samples, scale,
+              smoothing=None):
     """One whole AdaScale step of the statistics: Algorithm 1 with the smoothed estimators.
 
     Args:
         variance_average, norm_average: the moving averages before this update.
         tau: the scale-invariant clock before this update (``tau_t``).
-        sum_of_squared_means: ``|gbar|^2``.
-        sum_of_biased_variances: ``sum_i |g_i - gbar|^2 / k``.
+        sample_variance: ``s2_b``, the unbiased variance of one of the ``k``
+            samples, summed over elements (the recorder's ``sigma**2``).
+        gradient_norm: ``mu2``, the unbiased ``|grad F|^2`` (may be negative).
         num_samples: ``k >= 2`` (a Python int).
         scale: ``S >= 1`` (float or scalar tensor).
         smoothing: ``theta`` in ``[0, 1)``, or ``None`` for :func:`default_smoothing`.
@@ -164,7 +146,8 @@ def gain_step(variance_average, norm_average, tau, sum_of_squared_means, sum_of_
         update itself uses ``r_t * eta(tau_t)``.
     """
     theta = default_smoothing(scale) if smoothing is None else tf.constant(smoothing, tf.float32)
-    variance, norm = step_statistics(sum_of_squared_means, sum_of_biased_variances, num_samples, scale)
+    variance = base_batch_variance(tf.cast(sample_variance, tf.float32), num_samples, scale)
+    norm = tf.cast(gradient_norm, tf.float32)
     variance_average = smooth(variance_average, variance, theta)
     norm_average = smooth(norm_average, norm, theta)
     gain = gain_ratio(variance_average, norm_average, scale)
