@@ -287,7 +287,10 @@ def _base_learning_rate(inner_optimizer):
     if isinstance(stored, keras.optimizers.schedules.LearningRateSchedule):
         return stored
     if isinstance(stored, keras.Variable):
-        return float(stored.numpy())
+        if tf.executing_eagerly():
+            return float(stored.numpy())
+        # Constructed inside a graph (e.g. a config check): the value it was created with.
+        return float(tf.get_static_value(stored.value.initial_value))
     raise ValueError(
         "AdaScale needs the inner optimizer's learning rate as a float or a "
         f"keras.optimizers.schedules.LearningRateSchedule; received a {type(stored).__name__}. "
