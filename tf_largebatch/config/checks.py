@@ -206,15 +206,17 @@ def check_optimizer(cfg, path="optimizer"):
     # Construct once: the class's own checks (ranges, combinations). In a
     # throw-away graph, so checking does not start TensorFlow's eager runtime:
     # MultiWorkerMirroredStrategy must be created before that happens.
+    # A wrapper's construction also judges its inner optimizer: the error names the whole section.
     import tensorflow as tf
 
+    where = path if takes_inner_optimizer(cls) and not opt.keras_form else arguments_path
     try:
         with tf.Graph().as_default():
             build_optimizer(opt, learning_rate=0.1, gradient_accumulation_steps=None, scale=adascale_scale(cfg))
     except TypeError as error:
-        raise ConfigError(arguments_path, f"not accepted by {opt.name}: {error}") from None
+        raise ConfigError(where, f"not accepted by {opt.name}: {error}") from None
     except ValueError as error:
-        raise ConfigError(arguments_path, f"rejected by {opt.name}: {error}") from None
+        raise ConfigError(where, f"rejected by {opt.name}: {error}") from None
 
 
 def _check_arguments_of(arguments, cls, path, owner, set_elsewhere):
