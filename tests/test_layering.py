@@ -47,6 +47,7 @@ LAYERS = {
     "tf_largebatch.optimizers.vr": OPTIMIZERS,
     "tf_largebatch.optimizers.adascale": OPTIMIZERS,
     "tf_largebatch.optimizers.registry": OPTIMIZERS,
+    "tf_largebatch.optimizers.lookup": OPTIMIZERS,
     # The recipe around them, and monitoring.
     "tf_largebatch.schedules": RECIPE,
     "tf_largebatch.scaling": RECIPE,
