@@ -49,7 +49,9 @@ class AdaScale(LargeBatchOptimizer):
 
     Per update, from the ``k >= 2`` gradient samples (replicas x
     ``gradient_accumulation_steps`` micro-batches) that the update's one
-    all-reduce already carries (:mod:`~tf_largebatch.optimizers.gain`)::
+    all-reduce already carries (the estimates from the moments recorder,
+    :meth:`~tf_largebatch.optimizers.moments.MomentsRecorder.noise_estimates`;
+    the rest in :mod:`~tf_largebatch.optimizers.gain`)::
 
         sigma2, mu2  = unbiased variance at one base batch and |grad F|^2
         averages     <- theta * averages + (1 - theta) * (sigma2, mu2)
