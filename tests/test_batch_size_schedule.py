@@ -189,3 +189,109 @@ def test_increase_batch_size_instead_of_decay_keeps_noise_scale():
         increase_batch_size_instead_of_decay(10, [5], 32, 0.1, max_batch_size=16)
     with pytest.raises(ValueError, match="factor"):
         increase_batch_size_instead_of_decay(10, [5], 32, 0.1, factor=1)
+
+
+# ----------------------------------------------------------- adaptive batch size
+def adascale_regression(accumulation=2, lr=0.05):
+    from tf_largebatch.optimizers import AdaScale
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, kernel_initializer="zeros")])
+    model.compile(optimizer=AdaScale(keras.optimizers.SGD(lr, momentum=0.9), gradient_accumulation_steps=accumulation,
+                                     smoothing=0.9), loss="mse")
+    return model
+
+
+def noisy_data(n=96, noise=2.0):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(n, 3)).astype("float32")
+    y = (x @ np.array([[1.0], [-2.0], [0.5]]) + noise * rng.normal(size=(n, 1))).astype("float32")
+    return x, y
+
+
+def test_adaptive_batch_size_follows_the_goodput_model(tmp_path):
+    from tf_largebatch import goodput
+    from tf_largebatch.batch_size_schedule import fit_with_adaptive_batch_size
+
+    alpha, beta = 0.05, 0.002  # a known cost model: decisions depend only on the measured noise scale
+    model = adascale_regression()
+    history = fit_with_adaptive_batch_size(
+        model, noisy_data(), base_batch_size=4, scale_invariant_steps=60, min_batch_size=4, max_batch_size=40,
+        updates_per_decision=5, step_time=lambda m: alpha + beta * m, log_dir=str(tmp_path), verbose=0,
+    )
+    decisions = history.decisions
+    assert len(decisions) >= 3
+    assert decisions[0].probe and decisions[0].batch_size == 4 and decisions[0].next_batch_size == 8
+    candidates = goodput.candidate_batch_sizes(4, 40, 2)
+    for previous, decision in zip(decisions, decisions[1:]):
+        assert decision.batch_size == previous.next_batch_size
+    for decision in decisions[1:]:
+        assert not decision.probe
+        assert decision.next_batch_size == goodput.best_batch_size(candidates, decision.noise_scale, 4, alpha, beta)
+        assert decision.predicted_efficiency == pytest.approx(
+            goodput.statistical_efficiency(decision.next_batch_size, decision.noise_scale, 4))
+    assert all(d.batch_size in candidates for d in decisions)
+    optimizer = model.optimizer
+    assert optimizer.scale_invariant_steps >= 60
+    assert decisions[-1].scale_invariant_steps == optimizer.scale_invariant_steps
+    assert optimizer.current_scale == decisions[-1].batch_size / 4
+    for key in ("loss", "batch_size", "noise_scale", "gain", "predicted_efficiency", "next_batch_size"):
+        assert len(history.history[key]) == len(decisions), key
+    tags = set()
+    for path in (tmp_path / "adaptive_batch_size").iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(value.tag for value in event.summary.value)
+    assert {"adaptive_batch_size/batch_size", "adaptive_batch_size/noise_scale", "adaptive_batch_size/gain",
+            "adaptive_batch_size/predicted_efficiency"} <= tags
+
+
+def test_adaptive_batch_size_with_measured_step_times():
+    from tf_largebatch.batch_size_schedule import fit_with_adaptive_batch_size
+
+    model = adascale_regression(accumulation=2)
+    history = fit_with_adaptive_batch_size(model, noisy_data(), base_batch_size=2, scale_invariant_steps=24,
+                                           min_batch_size=2, max_batch_size=16, updates_per_decision=4)
+    assert all(d.step_time > 0 and d.batch_size % 2 == 0 and 2 <= d.next_batch_size <= 16
+               for d in history.decisions)
+    assert model.optimizer.scale_invariant_steps >= 24
+
+
+def test_adaptive_batch_size_argument_errors():
+    from tf_largebatch.batch_size_schedule import fit_with_adaptive_batch_size
+
+    x, y = data(8)
+    arguments = dict(base_batch_size=4, scale_invariant_steps=4, min_batch_size=4, max_batch_size=8)
+    with pytest.raises(ValueError, match="AdaScale"):
+        fit_with_adaptive_batch_size(linear_model(keras.optimizers.SGD(0.1)), (x, y), **arguments)
+    model = adascale_regression()
+    with pytest.raises(ValueError, match="min_batch_size"):
+        fit_with_adaptive_batch_size(model, (x, y), **{**arguments, "min_batch_size": 2})
+    with pytest.raises(ValueError, match="initial_batch_size"):
+        fit_with_adaptive_batch_size(model, (x, y), initial_batch_size=5, **arguments)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        fit_with_adaptive_batch_size(model, (x, y), steps_per_epoch=3, **arguments)
+
+
+def test_phases_set_the_base_learning_rate_of_adascale():
+    x, y = noisy_data(32)
+    model = adascale_regression(accumulation=2)
+    fit_with_batch_size_schedule(model, (x, y), [(1, 8, 0.02), (1, 16, 0.01)], verbose=0)
+    optimizer = model.optimizer
+    assert float(optimizer.learning_rate) == pytest.approx(0.01)  # eta(tau), a constant here
+    assert optimizer.scaled_learning_rate == pytest.approx(0.01 * optimizer.gain)
+
+
+def test_adaptive_batch_size_under_mirrored_strategy_uses_multiples_of_the_samples(mirrored):
+    from tf_largebatch.batch_size_schedule import fit_with_adaptive_batch_size
+    from tf_largebatch.optimizers import AdaScale
+
+    with mirrored(2).scope():
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, kernel_initializer="zeros")])
+        model.compile(optimizer=AdaScale(keras.optimizers.SGD(0.05), gradient_accumulation_steps=2, smoothing=0.9),
+                      loss="mse")
+    history = fit_with_adaptive_batch_size(model, noisy_data(), base_batch_size=4, scale_invariant_steps=12,
+                                           min_batch_size=6, max_batch_size=24, updates_per_decision=3,
+                                           step_time=lambda m: 0.1 + 0.001 * m)
+    sizes = [d.batch_size for d in history.decisions] + [history.decisions[-1].next_batch_size]
+    assert all(size % 4 == 0 and 8 <= size <= 24 for size in sizes), sizes  # k = 2 replicas x 2 micro-batches
+    assert model.optimizer.current_scale == history.decisions[-1].batch_size / 4
+    assert model.optimizer.scale_invariant_steps >= 12

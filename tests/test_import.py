@@ -20,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 REGISTERED = [
     "SNGM", "LARS", "LAMB", "LayerwiseSGD", "LayerwiseAdagrad", "LayerwiseRMSprop", "LayerwiseAdam", "MCLR",
-    "PercentDelta", "VR", "VRSGD", "VRMomentum", "VRAdam", "VRLAMB", "VRLARS", "LossScaleOptimizer",
+    "PercentDelta", "AdaScale", "VR", "VRSGD", "VRMomentum", "VRAdam", "VRLAMB", "VRLARS", "LossScaleOptimizer",
     "GhostBatchNormalization", "ChannelPadShortcut", "WarmupPolynomialDecay", "WarmupCosineDecay", "WarmupStepDecay", "DiscardSmallLosses",
 ]
 

@@ -30,6 +30,8 @@ LAYERS = {
     "tf_largebatch.atomic_files": MATH,
     "tf_largebatch.optimizers.rules": MATH,
     "tf_largebatch.optimizers.gsnr": MATH,
+    "tf_largebatch.optimizers.gain": MATH,
+    "tf_largebatch.goodput": MATH,
     # The optimizer core: the base class, split by job.
     "tf_largebatch.optimizers.docstrings": CORE,
     "tf_largebatch.optimizers.selection": CORE,
@@ -48,6 +50,7 @@ LAYERS = {
     "tf_largebatch.optimizers.lamb": OPTIMIZERS,
     "tf_largebatch.optimizers.curvature": OPTIMIZERS,
     "tf_largebatch.optimizers.vr": OPTIMIZERS,
+    "tf_largebatch.optimizers.adascale": OPTIMIZERS,
     "tf_largebatch.optimizers.registry": OPTIMIZERS,
     "tf_largebatch.optimizers.lookup": OPTIMIZERS,
     # The recipe around them, and monitoring.

@@ -19,7 +19,7 @@ from tf_largebatch._version import __version__
 
 _SUBMODULES = ("batch_size_schedule", "callbacks", "layers", "losses", "optimizers", "scaling", "schedules")
 _OPTIMIZERS = (
-    "LAMB", "LARS", "MCLR", "SNGM", "VR", "VRSGD", "LayerwiseAdagrad", "LayerwiseAdam", "LayerwiseRMSprop",
+    "AdaScale", "LAMB", "LARS", "MCLR", "SNGM", "VR", "VRSGD", "LayerwiseAdagrad", "LayerwiseAdam", "LayerwiseRMSprop",
     "LayerwiseSGD", "LossScaleOptimizer", "PercentDelta", "VRAdam", "VRLAMB", "VRLARS", "VRMomentum",
 )
 __all__ = ["__version__", *_SUBMODULES, *_OPTIMIZERS]
@@ -27,8 +27,8 @@ __all__ = ["__version__", *_SUBMODULES, *_OPTIMIZERS]
 if typing.TYPE_CHECKING:  # what _import_all() binds, spelled out for IDEs and type checkers
     from tf_largebatch import batch_size_schedule, callbacks, layers, losses, optimizers, scaling, schedules
     from tf_largebatch.optimizers import (
-        LAMB, LARS, MCLR, SNGM, VR, VRSGD, LayerwiseAdagrad, LayerwiseAdam, LayerwiseRMSprop, LayerwiseSGD,
-        LossScaleOptimizer, PercentDelta, VRAdam, VRLAMB, VRLARS, VRMomentum,
+        AdaScale, LAMB, LARS, MCLR, SNGM, VR, VRSGD, LayerwiseAdagrad, LayerwiseAdam, LayerwiseRMSprop,
+        LayerwiseSGD, LossScaleOptimizer, PercentDelta, VRAdam, VRLAMB, VRLARS, VRMomentum,
     )
 
 

@@ -14,8 +14,9 @@ import numpy as np
 from tf_largebatch import strategy as strategy_lib
 from tf_largebatch.config import registry
 from tf_largebatch.config.arguments import check_arguments
-from tf_largebatch.config.building import (RUNNER_OPTIMIZER_ARGS, build_optimizer, optimizer_class,
-                                           uses_keras_weight_decay_exclusions)
+from tf_largebatch.config.building import (RUNNER_ADASCALE_ARGS, RUNNER_OPTIMIZER_ARGS, adascale_scale,
+                                           build_optimizer, inner_section, optimizer_class, takes_inner_optimizer,
+                                           uses_keras_weight_decay_exclusions, uses_scale_invariant_clock)
 from tf_largebatch.config.errors import ConfigError, describe
 from tf_largebatch.config.schema import REQUIRED, ScheduleConfig, value_at
 
@@ -44,6 +45,7 @@ def check_experiment(cfg):
         raise ConfigError("loss.label_smoothing", f"expected a number in [0, 1), got {cfg.loss.label_smoothing!r}")
     _check_callbacks(cfg)
     check_optimizer(cfg)
+    check_gradient_samples(cfg, known_replicas(cfg.strategy))
     if cfg.callbacks.gsnr_monitor is not None:
         _check_gsnr_monitor(cfg)
     check_best_metric(cfg)
@@ -177,37 +179,131 @@ def _check_profile_batch(c, path="callbacks.profile_batch"):
 
 
 def check_optimizer(cfg, path="optimizer"):
-    """The optimizer section: its class, its arguments against the constructor,
-    then one construction (the class's own checks) in a throw-away graph."""
+    """The optimizer section: its class, its arguments against the constructor
+    (and its inner optimizer's), AdaScale's base batch, then one construction
+    (the class's own checks) in a throw-away graph."""
     opt = cfg.optimizer
     cls = optimizer_class(opt, path)
     arguments_path = f"{path}.{opt.arguments_key}"
     arguments = opt.arguments
     set_elsewhere = dict(RUNNER_OPTIMIZER_ARGS)
+    if uses_scale_invariant_clock(cls):
+        set_elsewhere.update(RUNNER_ADASCALE_ARGS)
+    if takes_inner_optimizer(cls):
+        set_elsewhere["inner_optimizer"] = f"{path}.inner"
+    _check_base_batch(cfg, cls)
     if opt.keras_form:  # optimizer.get_config() writes them; they must agree with the runner's
         _check_keras_form_runner_args(cfg, arguments, arguments_path)
         set_elsewhere = {}
         arguments = {k: v for k, v in arguments.items() if k not in RUNNER_OPTIMIZER_ARGS}
-    also = ("exclude_from_weight_decay",) if uses_keras_weight_decay_exclusions(cls) else ()
-    check_arguments(arguments, cls, arguments_path, opt.name, set_elsewhere=set_elsewhere,
-                    also_accepted=also)
-    exclusions = arguments.get("exclude_from_weight_decay")
-    if also and exclusions is not None and not (
-            isinstance(exclusions, list) and all(isinstance(e, str) for e in exclusions)):
-        raise ConfigError(f"{arguments_path}.exclude_from_weight_decay",
-                          f"expected a list of strings, got {describe(exclusions)}")
+        if takes_inner_optimizer(cls):
+            _check_keras_form_inner(cfg, arguments, arguments_path, opt.name)
+    elif takes_inner_optimizer(cls):
+        _check_inner(cfg, opt, path)
+    elif opt.inner is not None:
+        raise ConfigError(f"{path}.inner", f"{opt.name} takes no inner optimizer (AdaScale and VR do); drop it")
+    _check_arguments_of(arguments, cls, arguments_path, opt.name, set_elsewhere)
     # Construct once: the class's own checks (ranges, combinations). In a
     # throw-away graph, so checking does not start TensorFlow's eager runtime:
     # MultiWorkerMirroredStrategy must be created before that happens.
+    # A wrapper's construction also judges its inner optimizer: the error names the whole section.
     import tensorflow as tf
 
+    where = path if takes_inner_optimizer(cls) and not opt.keras_form else arguments_path
     try:
         with tf.Graph().as_default():
-            build_optimizer(opt, learning_rate=0.1, gradient_accumulation_steps=None)
+            build_optimizer(opt, learning_rate=0.1, gradient_accumulation_steps=None, scale=adascale_scale(cfg))
     except TypeError as error:
-        raise ConfigError(arguments_path, f"not accepted by {opt.name}: {error}") from None
+        raise ConfigError(where, f"not accepted by {opt.name}: {error}") from None
     except ValueError as error:
-        raise ConfigError(arguments_path, f"rejected by {opt.name}: {error}") from None
+        raise ConfigError(where, f"rejected by {opt.name}: {error}") from None
+
+
+def _check_arguments_of(arguments, cls, path, owner, set_elsewhere):
+    """``arguments`` against ``cls``'s signature; ``exclude_from_weight_decay`` for a Keras class is a list."""
+    also = ("exclude_from_weight_decay",) if uses_keras_weight_decay_exclusions(cls) else ()
+    check_arguments(arguments, cls, path, owner, set_elsewhere=set_elsewhere, also_accepted=also)
+    exclusions = arguments.get("exclude_from_weight_decay")
+    if also and exclusions is not None and not (
+            isinstance(exclusions, list) and all(isinstance(e, str) for e in exclusions)):
+        raise ConfigError(f"{path}.exclude_from_weight_decay",
+                          f"expected a list of strings, got {describe(exclusions)}")
+
+
+def _check_inner(cfg, opt, path):
+    """``optimizer.inner`` of a wrapper: required, ``{name, args}``, one level, its arguments checked."""
+    inner_path = f"{path}.inner"
+    if opt.inner is None:
+        raise ConfigError(inner_path, f"required by {opt.name}, which wraps an inner optimizer: e.g. "
+                          "inner: {name: SGD, args: {momentum: 0.9}}")
+    inner = inner_section(opt, inner_path)
+    if inner.keras_form:
+        raise ConfigError(inner_path, "expected {name, args} (Keras's {class_name, config} form is for the "
+                          "whole optimizer section)")
+    if not inner.name:
+        raise ConfigError(f"{inner_path}.name", "required")
+    inner_cls = optimizer_class(inner, inner_path)
+    if inner.inner is not None or takes_inner_optimizer(inner_cls):
+        raise ConfigError(f"{inner_path}.name", f"{opt.name} wraps a base optimizer (e.g. SGD), not "
+                          f"{inner.name}, which wraps one itself")
+    _check_arguments_of(inner.args, inner_cls, f"{inner_path}.args", inner.name, {
+        "learning_rate": "schedule",
+        "gradient_accumulation_steps": f"training.gradient_accumulation_steps (the {opt.name} wrapper accumulates)",
+    })
+
+
+def _check_keras_form_inner(cfg, arguments, path, owner):
+    """Keras's form of a wrapper: ``inner_optimizer`` is a serialized optimizer whose
+    learning rate (if given) agrees with ``schedule``; AdaScale's ``scale`` agrees with the base batch."""
+    inner = arguments.get("inner_optimizer")
+    if not isinstance(inner, dict) or not isinstance(inner.get("config", {}), dict):
+        raise ConfigError(f"{path}.inner_optimizer", f"required by {owner}: a serialized optimizer "
+                          f"{{class_name, config}}, as get_config() writes it; got {describe(inner)}")
+    _check_keras_form_runner_args(cfg, inner.get("config") or {}, f"{path}.inner_optimizer.config")
+    scale = arguments.pop("scale", None)
+    expected = adascale_scale(cfg)
+    if scale is not None and expected is not None and float(scale) != float(expected):
+        raise ConfigError(f"{path}.scale", f"{scale!r} differs from training.global_batch_size / "
+                          f"training.base_global_batch_size ({expected:g}), which the runner uses; drop it")
+
+
+def _check_base_batch(cfg, cls):
+    """``training.base_global_batch_size``: required by AdaScale (the scale and the base-run
+    lengths follow from it), at most the global batch; read by nothing else."""
+    base = cfg.training.base_global_batch_size
+    if not uses_scale_invariant_clock(cls):
+        if base is not None:
+            raise ConfigError("training.base_global_batch_size", f"read with the AdaScale optimizer only (its "
+                              f"base recipe's batch); {cfg.optimizer.name} does not use it: drop it")
+        return
+    if base is None:
+        raise ConfigError("training.base_global_batch_size", f"required by {cfg.optimizer.name}: the batch of the "
+                          "base recipe whose learning rate and schedule (in its updates) are scaled")
+    _check_positive("training.base_global_batch_size", base)
+    if base > cfg.training.global_batch_size:
+        raise ConfigError("training.base_global_batch_size", f"{base} is larger than training.global_batch_size "
+                          f"({cfg.training.global_batch_size}); AdaScale scales a recipe up (scale >= 1)")
+
+
+def check_gradient_samples(cfg, replicas):
+    """A ConfigError unless an optimizer that needs ``k >= 2`` gradient samples per update
+    (AdaScale) gets them: ``k`` = replicas x ``gradient_accumulation_steps``.
+
+    Args:
+        cfg: the phase's config.
+        replicas: replicas per step (``None``: not known yet; checked with accumulation alone
+            at load, and again by the runner once the strategy exists).
+    """
+    if not uses_scale_invariant_clock(optimizer_class(cfg.optimizer)):
+        return
+    accumulation = cfg.training.gradient_accumulation_steps
+    if replicas is not None and replicas * accumulation < 2:
+        raise ConfigError(
+            "training.gradient_accumulation_steps",
+            f"{cfg.optimizer.name} estimates the gradient noise from k >= 2 gradient samples per update, but k = "
+            f"{replicas} replica(s) x {accumulation} accumulation step(s) = {replicas * accumulation}; use a "
+            "strategy with >= 2 replicas or gradient_accumulation_steps >= 2",
+        )
 
 
 def _check_keras_form_runner_args(cfg, arguments, path):

@@ -220,6 +220,9 @@ def _smoke_merge(raw, patch):
     optimizer = merged.get("optimizer")
     if patch and isinstance(optimizer, dict) and isinstance(optimizer.get("config"), dict):
         optimizer["config"].pop("learning_rate", None)
+        inner = optimizer["config"].get("inner_optimizer")  # a wrapper's (AdaScale, VR)
+        if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
+            inner["config"].pop("learning_rate", None)
     return merged
 
 

@@ -11,12 +11,12 @@ unless marked required; unknown keys are errors)::
     precision: float32 | mixed_bfloat16 | mixed_float16
     data:      {name, data_dir, synthetic, train_files, eval_files, image_size, seq_length, ...}
     model:     {name, args: {...}}          # args checked against the builder
-    optimizer: {name, args: {...}}          # or Keras's own {class_name, config}
+    optimizer: {name, args: {...}, inner: {name, args}}   # or Keras's own {class_name, config}
     schedule:  {name, learning_rate, warmup_steps | warmup_epochs, warmup_learning_rate,
                 decay_steps, <the keys of the named schedule>}
     loss:      {label_smoothing}
-    training:  {global_batch_size, steps | epochs, steps_per_loop, steps_per_execution,
-                gradient_accumulation_steps, model_dir, ...}
+    training:  {global_batch_size, base_global_batch_size, steps | epochs, steps_per_loop,
+                steps_per_execution, gradient_accumulation_steps, model_dir, ...}
     callbacks: {tensorboard, backup_and_restore, checkpoints, max_to_keep, best_metric,
                 profile_batch, gsnr_monitor}
     phases:    [ {name, <any of the sections above, merged over the base>} , ...]
@@ -116,6 +116,12 @@ class OptimizerConfig:
     ``schedule.learning_rate`` and ``training.gradient_accumulation_steps``.
     In that form ``name`` is set to ``class_name``, so ``name`` always names
     the class.
+
+    ``inner`` (this package's form only): the inner optimizer of an optimizer
+    that wraps one (``AdaScale``, ``VR``), itself in the ``{name, args}``
+    form; the learning rate from ``schedule`` goes to it, and
+    ``gradient_accumulation_steps`` to the wrapper. In Keras's form the inner
+    optimizer is ``config.inner_optimizer``, as ``get_config`` writes it.
     """
 
     name: str = ""
@@ -124,6 +130,7 @@ class OptimizerConfig:
     config: Optional[dict] = None
     module: Optional[str] = None
     registered_name: Optional[str] = None
+    inner: Optional[dict] = None
 
     def __post_init__(self):
         if not self.keras_form:
@@ -133,6 +140,9 @@ class OptimizerConfig:
         if self.args or self.name not in ("", self.class_name):
             raise ConfigError("optimizer", "expected either this package's form (name, args) or Keras's "
                               "(class_name, config), not both")
+        if self.inner is not None:
+            raise ConfigError("optimizer.inner", "this package's form only; in Keras's form the inner optimizer "
+                              "is optimizer.config.inner_optimizer")
         self.name = self.class_name
 
     @property
@@ -197,9 +207,19 @@ class TrainingConfig:
     evaluation, checkpoint and backup. ``steps_per_execution`` steps run per
     host call (TPU host loops). ``model_dir`` and ``initial_weights`` expand
     ``~`` and ``$VARIABLES``.
+
+    ``base_global_batch_size`` (with the ``AdaScale`` optimizer only): ``B_0``,
+    the batch of the recipe being scaled. The run's scale is then
+    ``S = global_batch_size / base_global_batch_size``, and ``steps`` or
+    ``epochs`` and every length of ``schedule`` count updates *of the base
+    run* (batch ``B_0``): AdaScale evaluates the schedule at its
+    scale-invariant clock, and the runner stops training when the clock
+    reaches the base run's updates (``StopAtScaleInvariantSteps``), after
+    between ``1/S`` of them and all of them.
     """
 
     global_batch_size: int = 0
+    base_global_batch_size: Optional[int] = None
     steps: Optional[int] = None
     epochs: Optional[float] = None
     steps_per_loop: int = 1000
@@ -260,12 +280,18 @@ class ExperimentConfig:
         """Examples per Keras step (one accumulation micro-step, all replicas)."""
         return self.training.global_batch_size // self.training.gradient_accumulation_steps
 
+    @property
+    def schedule_batch_size(self):
+        """The batch whose updates ``steps``, ``epochs`` and the schedule count:
+        ``training.base_global_batch_size`` if set (AdaScale), else the global batch."""
+        return self.training.base_global_batch_size or self.training.global_batch_size
+
     def steps_per_epoch(self):
-        """Optimizer steps per pass over ``data.num_train_examples``."""
-        return self.data.num_train_examples / self.training.global_batch_size
+        """Optimizer steps per pass over ``data.num_train_examples`` (at :attr:`schedule_batch_size`)."""
+        return self.data.num_train_examples / self.schedule_batch_size
 
     def total_steps(self):
-        """Optimizer steps of this phase."""
+        """Optimizer steps of this phase (base-run updates with AdaScale: an upper bound on its updates)."""
         if self.training.steps is not None:
             return self.training.steps
         return max(1, math.ceil(self.training.epochs * self.steps_per_epoch()))

@@ -8,6 +8,7 @@ from tf_largebatch.optimizers.loss_scale import LossScaleOptimizer
 from tf_largebatch.optimizers.layerwise import LayerwiseAdagrad, LayerwiseAdam, LayerwiseRMSprop, LayerwiseSGD
 from tf_largebatch.optimizers.sngm import SNGM
 from tf_largebatch.optimizers.vr import VR, VRSGD, VRAdam, VRLAMB, VRLARS, VRMomentum
+from tf_largebatch.optimizers.adascale import AdaScale, StopAtScaleInvariantSteps
 from tf_largebatch.optimizers import registry
 from tf_largebatch.optimizers.lookup import register_plain_names
 

@@ -3,7 +3,9 @@
 Configs (``optimizer.name``), the study (its recipes) and the command line look
 optimizers up here. Each entry says where the class comes from and its role:
 
-* ``"trains"``: an optimizer to train with (``SNGM``, ``VRAdam``, Keras's ``Adam``);
+* ``"trains"``: an optimizer to train with (``SNGM``, ``VRAdam``, Keras's ``Adam``),
+  including those that wrap an inner optimizer but are themselves what the
+  model is compiled with and a config names (``VR``, ``AdaScale``);
 * ``"wrapper"``: a class that wraps another optimizer or is a base
   (``LossScaleOptimizer``, ``LargeBatchOptimizer``, Keras's ``MultiOptimizer``,
   ``Optimizer``): it is never offered as a name to train with, and an
@@ -20,6 +22,7 @@ import difflib
 
 import keras
 
+from tf_largebatch.optimizers.adascale import AdaScale
 from tf_largebatch.optimizers.base import LargeBatchOptimizer
 from tf_largebatch.optimizers.curvature import MCLR, PercentDelta
 from tf_largebatch.optimizers.lamb import LAMB
@@ -42,6 +45,7 @@ PACKAGE_OPTIMIZERS = (
     (LayerwiseSGD, TRAINS), (LayerwiseAdagrad, TRAINS), (LayerwiseRMSprop, TRAINS), (LayerwiseAdam, TRAINS),
     (MCLR, TRAINS), (PercentDelta, TRAINS),
     (VR, TRAINS), (VRSGD, TRAINS), (VRMomentum, TRAINS), (VRAdam, TRAINS), (VRLAMB, TRAINS), (VRLARS, TRAINS),
+    (AdaScale, TRAINS),
     (LargeBatchOptimizer, WRAPPER), (LossScaleOptimizer, WRAPPER),
 )
 

@@ -1,5 +1,6 @@
 """The runner's Keras callbacks: checkpoints, the best checkpoint, TensorBoard,
-GSNR monitoring, EMA weights for evaluation, and the learning rate of each update.
+GSNR monitoring, EMA weights for evaluation, the learning rate of each update,
+and AdaScale's stop at the base run's updates.
 
 :func:`build_callbacks` assembles them for one phase from ``cfg.callbacks``
 (checked when the config was loaded, :mod:`tf_largebatch.config.checks`);
@@ -10,6 +11,8 @@ import os
 
 import keras
 import tensorflow as tf
+
+from tf_largebatch.optimizers.adascale import AdaScale, StopAtScaleInvariantSteps
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.weights.h5"
@@ -33,7 +36,8 @@ class LearningRateLog(keras.callbacks.Callback):
     The rate is the schedule (counted in optimizer updates) at the last
     update's step, ``schedule(iterations - 1)``: what every optimizer of the
     runner applies there (this package's evaluate the schedule at
-    ``iterations``; Keras's get it wrapped in ``ScheduleInUpdates``).
+    ``iterations``; Keras's get it wrapped in ``ScheduleInUpdates``), except
+    for AdaScale: the rate it applied, ``r_t * schedule(tau_t)``.
 
     Args:
         learning_rate: the schedule in optimizer updates, or a float.
@@ -55,7 +59,10 @@ class LearningRateLog(keras.callbacks.Callback):
         if updates == 0 or updates == self.last_update:
             return
         self.last_update = updates
-        if isinstance(self.schedule, keras.optimizers.schedules.LearningRateSchedule):
+        trainer = training_optimizer(optimizer)
+        if isinstance(trainer, AdaScale):  # what it applied: r_t * schedule(tau_t)
+            self.learning_rate = trainer.scaled_learning_rate
+        elif isinstance(self.schedule, keras.optimizers.schedules.LearningRateSchedule):
             self.learning_rate = float(keras.ops.convert_to_numpy(self.schedule(updates - 1)))
         else:
             self.learning_rate = float(self.schedule)
@@ -192,4 +199,7 @@ def build_callbacks(cfg, phase_dir, learning_rate_log, optimizer, *, has_eval=Tr
         args.setdefault("log_dir", os.path.join(phase_dir, "logs", "gsnr"))
         args.setdefault("global_batch_size", cfg.training.global_batch_size)
         callbacks.append(GSNRMonitor(**args))
+    if isinstance(optimizer, AdaScale):
+        # AdaScale: the phase's steps are base-run updates; stop when its clock gets there.
+        callbacks.append(StopAtScaleInvariantSteps(cfg.total_steps()))
     return callbacks

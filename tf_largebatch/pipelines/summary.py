@@ -61,6 +61,9 @@ def phase_summary(cfg, *, model, optimizer, strategy, history, timer, learning_r
         "jit_compile": bool(model.jit_compile),
         "initial_weights": initial_weights,
         "skipped": False,
+        # AdaScale: updates of the base run the phase's updates were worth (its clock tau).
+        **({"scale_invariant_steps": optimizer.scale_invariant_steps}
+           if hasattr(optimizer, "scale_invariant_steps") else {}),
     }
 
 

@@ -17,7 +17,10 @@ previous phase's final weights with a new optimizer, so its schedule (and
 warm-up) starts at step 0.
 
 Every optimizer follows the schedule in optimizer updates, Keras's own
-included (:mod:`~tf_largebatch.pipelines.schedule_in_updates`). Each phase's
+included (:mod:`~tf_largebatch.pipelines.schedule_in_updates`); AdaScale
+follows it in updates of the base run (``training.base_global_batch_size``)
+on its scale-invariant clock, and the phase ends when that clock reaches the
+base run's updates (``StopAtScaleInvariantSteps``, added by the callbacks). Each phase's
 ``summary.json`` records the optimizer steps (``optimizer_steps``, what the
 schedule counts), the updates applied (``optimizer_updates``; a step skipped
 for a non-finite gradient is in ``skipped_updates``), the learning rate of the
@@ -37,8 +40,8 @@ import tensorflow as tf
 from tf_largebatch import config as config_lib
 from tf_largebatch import strategy as strategy_lib
 from tf_largebatch.config import registry
-from tf_largebatch.config.building import build_model, optimizer_class
-from tf_largebatch.config.checks import check_keras_accumulation
+from tf_largebatch.config.building import adascale_scale, build_model, optimizer_class
+from tf_largebatch.config.checks import check_gradient_samples, check_keras_accumulation
 from tf_largebatch.optimizers import LossScaleOptimizer
 from tf_largebatch.pipelines import synthetic, task_module, throughput
 from tf_largebatch.pipelines.backup import LoopBackup
@@ -77,11 +80,13 @@ def make_datasets(cfg):
 
 
 def build_optimizer(cfg, schedule=None):
-    """The optimizer of ``cfg`` with its schedule (``build_schedule(cfg)`` unless given) counted in updates."""
+    """The optimizer of ``cfg`` with its schedule (``build_schedule(cfg)`` unless given) counted in updates
+    (AdaScale: in base-run updates, on its scale-invariant clock, at ``scale`` = global / base batch)."""
     accumulation = cfg.training.gradient_accumulation_steps
     schedule = build_schedule(cfg) if schedule is None else schedule
     learning_rate = in_updates(schedule, optimizer_class(cfg.optimizer), accumulation)
-    return config_lib.build_optimizer(cfg.optimizer, learning_rate, gradient_accumulation_steps=accumulation)
+    return config_lib.build_optimizer(cfg.optimizer, learning_rate, gradient_accumulation_steps=accumulation,
+                                      scale=adascale_scale(cfg))
 
 
 def worker_dir(strategy, directory):
@@ -225,6 +230,7 @@ def _run(configs, callbacks):
         # Checked when the config was loaded where the config says the replicas;
         # here for the rest (every local GPU, the workers of TF_CONFIG).
         check_keras_accumulation(cfg, strategy.num_replicas_in_sync)
+        check_gradient_samples(cfg, strategy.num_replicas_in_sync)
     # Every phase's input is checked (files found, datasets loadable) before
     # the first step of the first phase.
     data = [make_datasets(cfg) for cfg in configs]
