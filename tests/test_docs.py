@@ -90,16 +90,7 @@ REPEATABLE = {"replace", "setup", "check"}
 
 # Directives for blocks of pages without a doctest comment yet, keyed by (page, first line
 # of the block). Move them into the pages (as <!-- doctest ... --> comments) when editing those.
-PENDING_MARKS = {
-    ("docs/benchmarks.md", "python benchmarks/optimizer_speed.py            # everything (16 min on a busy 2-core CPU)"):
-        "static: benchmark runs take minutes; tests/test_benchmarks*.py and the flags check cover the scripts",
-    ("docs/benchmarks.md", "python benchmarks/optimizer_speed.py --quick --sections 4 --sizes 1e5,1e6,1e7   # 6-8 min on a quiet 2-core CPU"):
-        "static: benchmark runs take minutes",
-    ("docs/benchmarks.md", "python benchmarks/optimizer_speed.py --sections 5 --sizes 1e5,1e6 --threads 1   # with PYTHONPATH=<export of a commit>"):
-        "static: a benchmark run of an exported commit",
-    ("docs/study.md", "tf-largebatch demo            # the default study (147 runs); python -m tf_largebatch.study does the same"):
-        "static: the default study takes minutes; README's Quick start runs a tiny one",
-}
+PENDING_MARKS = {}
 
 
 # --------------------------------------------------------------------------- extraction
@@ -525,12 +516,7 @@ MACHINE_LOAD = re.compile(r"\bload\b|\bquiet\b|\bidle\b|\bbusy\b", re.I)
 # Paragraphs of pages outside this test's own edits that do not yet carry their command or
 # load, as (page, a phrase of the paragraph). Fix the paragraph, then delete its entry:
 # an entry that matches no offending paragraph fails the test.
-KNOWN_UNSOURCED = {
-    ("docs/benchmarks.md", "Sections 1–3 were measured"),
-    ("docs/benchmarks.md", "Measured at `cbc41ac`"),
-    ("docs/study.md", "XLA compiles a cell"),
-    ("docs/study.md", "338 early in training"),
-}
+KNOWN_UNSOURCED = set()
 
 
 def _paragraphs(path):
