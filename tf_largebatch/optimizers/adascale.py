@@ -102,8 +102,11 @@ class AdaScale(LargeBatchOptimizer):
         nonfinite_gradients: ``"skip"`` (default) or ``"raise"``.
         record_gradient_statistics: ``True`` (the only value): the gain reads
             the recorder's noise estimates on every update, so the per-variable
-            monitoring statistics (:meth:`gradient_statistics`, read by
-            ``GSNRMonitor``) are recorded on every update too.
+            sums of the monitoring statistics (:meth:`gradient_statistics`,
+            read by ``GSNRMonitor``) are recorded on every update too; their
+            mean-GSNR column only on the updates after
+            :meth:`request_gradient_statistics` (``GSNRMonitor`` asks before
+            each reading), NaN on the others.
         name: string.
 
     ``weight_decay``, ``exclude_from_weight_decay``, ``clipnorm``,
@@ -240,8 +243,9 @@ class AdaScale(LargeBatchOptimizer):
 
     # ------------------------------------------------------------ update path
     def _make_moments_recorder(self):
-        # The gain reads the recorder's noise estimates on every update.
-        return MomentsRecorder(statistic_names=self.statistic_names, every_update=True)
+        # The gain reads the recorder's sums on every update (``observe`` records
+        # them always); the mean-GSNR column only on request (``GSNRMonitor``).
+        return MomentsRecorder(statistic_names=self.statistic_names, every_update=False)
 
     def _update_from_reduced_statistics(self, statistics, trainable_variables):
         """One applied update (skipped ones never get here): the recorder's moments, the gain, the inner step."""
