@@ -33,7 +33,7 @@ class ZooEntry:
     class_name: str
     kwargs: dict
     min_samples: int = 1
-    inner: tuple = None  # (keras optimizer class name, kwargs) for the VR wrapper
+    inner: tuple = None  # (keras optimizer class name, kwargs) for a wrapper (VR, AdaScale)
 
     @property
     def cls(self):
@@ -110,6 +110,8 @@ _ENTRIES = [
     ZooEntry("VRAdam", "VRAdam", dict(learning_rate=0.01), min_samples=2),
     ZooEntry("VRLAMB", "VRLAMB", dict(learning_rate=0.01), min_samples=2),
     ZooEntry("VRLARS", "VRLARS", dict(learning_rate=0.5, trust_coefficient=0.02), min_samples=2),
+    ZooEntry("AdaScale-SGD", "AdaScale", dict(), min_samples=2,
+             inner=("SGD", dict(learning_rate=0.05, momentum=0.9))),
 ]
 
 

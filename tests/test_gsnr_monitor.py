@@ -332,6 +332,34 @@ def test_monitor_with_a_non_vr_optimizer_writes_the_noise_scale_but_no_clip_frac
             np.testing.assert_allclose(values[tag][step], value, rtol=1e-5, err_msg=f"{tag} at {step}")
 
 
+def test_monitor_with_adascale_reads_the_mean_gsnr_it_asked_for(mirrored, tmp_path):
+    """AdaScale records the sums on every update (its gain reads them) and the mean GSNR on the
+    updates the monitor asks for: NaN in between, finite and written at the readings."""
+    x, y = _data()
+    with mirrored(2).scope():
+        model = _model()
+        optimizer = tlb.AdaScale(keras.optimizers.SGD(0.05, momentum=0.9))
+        model.compile(optimizer=optimizer, loss="mse")
+    log_dir = str(tmp_path / "gsnr")
+    recorder = StatisticsRecorder(optimizer)
+    monitor = GSNRMonitor(log_dir, global_batch_size=16, update_freq=2, smoothing=0.5, per_variable=True)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[monitor, recorder])
+    values, _ = read_events(log_dir)
+    path = model.trainable_variables[0].path
+    assert sorted(values[f"gsnr_mean/{path}"]) == [2, 4]
+    for step, stats in recorder.records.items():
+        assert all(s["variance"] > 0 for s in stats.values())
+        if step in (2, 4):
+            assert np.isfinite(stats[path]["gsnr_mean"])
+            np.testing.assert_allclose(values[f"gsnr_mean/{path}"][step], stats[path]["gsnr_mean"], rtol=1e-6)
+        else:
+            assert np.isnan(stats[path]["gsnr_mean"])
+    read = {step: recorder.records[step] for step in (2, 4)}
+    for step, scalars in expected_scalars(read, 2, 16, 0.5).items():
+        for tag, value in scalars.items():
+            np.testing.assert_allclose(values[tag][step], value, rtol=1e-5, err_msg=f"{tag} at {step}")
+
+
 def test_recording_needs_two_samples():
     with pytest.raises(ValueError, match="k >= 2"):
         tlb.SNGM(0.1, record_gradient_statistics=True).apply([tf.ones(3)], [keras.Variable(np.ones(3, "float32"))])

@@ -67,16 +67,7 @@ def test_zoo_names_every_public_optimizer_and_each_exists():
         if isinstance(value, type) and issubclass(value, tlb_optimizers.LargeBatchOptimizer)
         and value is not tlb_optimizers.LargeBatchOptimizer
     }
-    assert public - zoo_classes - set(NOT_YET_IN_ZOO) == set(), \
-        f"public optimizers missing from the zoo: {sorted(public - zoo_classes - set(NOT_YET_IN_ZOO))}"
-    assert set(NOT_YET_IN_ZOO) <= public - zoo_classes, "joined the zoo or gone: delete from NOT_YET_IN_ZOO"
-
-
-#: Public optimizers that do not pass the zoo yet, with what fails (docs/adascale.md, "Known limits").
-NOT_YET_IN_ZOO = {
-    "AdaScale": "fit(jit_compile=True) creates variables inside the compiled step, and a "
-                "tf.train.Checkpoint taken mid-accumulation cannot save the inner optimizer's variable list",
-}
+    assert public - zoo_classes == set(), f"public optimizers missing from the zoo: {sorted(public - zoo_classes)}"
 
 
 @pytest.mark.parametrize("entry", ZOO)

@@ -24,7 +24,7 @@ KERAS_PRIVATE_ATTRIBUTES = (
     "_variables", "_trainable_variables", "_get_variable_index", "_distribution_strategy", "_apply_weight_decay",
     "_get_current_learning_rate", "_backend_apply_gradients", "_update_model_variables_moving_average",
     "_overwrite_model_variables_with_average_value", "_var_key", "_accumulated_gradients",
-    "_model_variables_moving_average",
+    "_model_variables_moving_average", "_non_append_mutation", "_update_snapshot",
 )
 
 
@@ -214,6 +214,32 @@ def test_stored_and_current_learning_rate():
     keras_seam.micro_step_counter(scheduled).assign(3)
     np.testing.assert_allclose(float(keras_seam.keras_current_learning_rate(scheduled)), 0.5)
     assert int(scheduled.iterations.numpy()) == 1
+
+
+def test_replace_learning_rate_keeps_the_optimizer_checkpointable(tmp_path):
+    """Keras's setter deletes the float rate's variable from the tracked list, which
+    TensorFlow then refuses to save; after the seam's replacement a checkpoint round-trips."""
+    def make():
+        optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+        keras_seam.replace_learning_rate(optimizer, lambda: 0.25)
+        optimizer.build([keras.Variable(np.ones(2, np.float32))])
+        return optimizer
+
+    optimizer = make()
+    np.testing.assert_allclose(float(optimizer.learning_rate), 0.25)
+    assert [v.name for v in optimizer.variables] == ["iteration", "variable_momentum"]
+    optimizer.variables[1].assign([3.0, 4.0])
+    path = tf.train.Checkpoint(optimizer=optimizer).save(str(tmp_path / "ckpt"))
+    restored = make()
+    tf.train.Checkpoint(optimizer=restored).restore(path).assert_consumed()
+    np.testing.assert_array_equal(restored.variables[1].numpy(), [3.0, 4.0])
+
+    keras_only = keras.optimizers.SGD(0.1)
+    keras_only.learning_rate = lambda: 0.25  # the behaviour the seam works around
+    with pytest.raises(ValueError, match="deleted"):
+        tf.train.Checkpoint(optimizer=keras_only).save(str(tmp_path / "keras_only"))
+    with pytest.raises(ValueError, match="unbuilt"):
+        keras_seam.replace_learning_rate(optimizer, lambda: 0.5)
 
 
 # ------------------------------------------------------- Keras's update pieces

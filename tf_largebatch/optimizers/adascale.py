@@ -20,10 +20,9 @@ import tensorflow as tf
 
 from tf_largebatch import validation
 from tf_largebatch.optimizers import gain, keras_seam
-from tf_largebatch.optimizers.base import LargeBatchOptimizer, apply_reduced_gradients
+from tf_largebatch.optimizers.base import LargeBatchOptimizer, apply_reduced_gradients, check_inner_optimizer
 from tf_largebatch.optimizers.moments import MomentsRecorder
 from tf_largebatch.optimizers.slots import tf_variable
-from tf_largebatch.optimizers.vr import VR
 
 #: Base-optimizer keyword arguments that belong to the wrapper (they act on the
 #: gradient samples); every other one belongs to the inner optimizer.
@@ -103,8 +102,11 @@ class AdaScale(LargeBatchOptimizer):
         nonfinite_gradients: ``"skip"`` (default) or ``"raise"``.
         record_gradient_statistics: ``True`` (the only value): the gain reads
             the recorder's noise estimates on every update, so the per-variable
-            monitoring statistics (:meth:`gradient_statistics`, read by
-            ``GSNRMonitor``) are recorded on every update too.
+            sums of the monitoring statistics (:meth:`gradient_statistics`,
+            read by ``GSNRMonitor``) are recorded on every update too; their
+            mean-GSNR column only on the updates after
+            :meth:`request_gradient_statistics` (``GSNRMonitor`` asks before
+            each reading), NaN on the others.
         name: string.
 
     ``weight_decay``, ``exclude_from_weight_decay``, ``clipnorm``,
@@ -125,7 +127,7 @@ class AdaScale(LargeBatchOptimizer):
             raise ValueError("AdaScale records the gradient statistics on every update (its gain reads them): "
                              "`record_gradient_statistics` can only be True. "
                              f"Received: record_gradient_statistics={record_gradient_statistics!r}")
-        _check_inner_optimizer(inner_optimizer)
+        check_inner_optimizer(inner_optimizer, "AdaScale")
         base_learning_rate = _base_learning_rate(inner_optimizer)
         super().__init__(learning_rate=base_learning_rate, name=name,
                          record_gradient_statistics=record_gradient_statistics, **kwargs)
@@ -133,7 +135,7 @@ class AdaScale(LargeBatchOptimizer):
         self.smoothing = validation.check_number("smoothing", smoothing, low=0.0, high=1.0, high_inclusive=False,
                                                  allow_none=True)
         self.inner_optimizer = inner_optimizer
-        inner_optimizer.learning_rate = self._inner_learning_rate  # a callable: public Keras API
+        keras_seam.replace_learning_rate(inner_optimizer, self._inner_learning_rate)
 
     # ----------------------------------------------------------- Keras surface
     @property
@@ -146,10 +148,20 @@ class AdaScale(LargeBatchOptimizer):
             return
         super().build(var_list)
         self.inner_optimizer.build(var_list)
-        initial = {"_scaled_learning_rate": lambda shape, dtype: self._base_learning_rate_at(0.0),
+        initial = {"_scaled_learning_rate": self._initial_learning_rate(),
                    "_scale": 0.0 if self.scale is None else float(self.scale)}
         for attribute, variable_name, value in _STATE:
             setattr(self, attribute, self._replica_identical_scalar(variable_name, initial.get(attribute, value)))
+
+    def _initial_learning_rate(self):
+        """``eta(0)`` as a Python float, computed outside any trace.
+
+        ``build`` may run inside the first traced step (``fit`` builds an unbuilt
+        optimizer there); an initializer that reads the learning-rate variable
+        cannot be lifted out of an XLA-compiled function, a constant can.
+        """
+        with tf.init_scope():
+            return float(self._base_learning_rate_at(0.0).numpy())
 
     def _replica_identical_scalar(self, name, value):
         """A float32 scalar every replica computes identically from the all-reduced
@@ -158,7 +170,7 @@ class AdaScale(LargeBatchOptimizer):
         with strategy.extended.colocate_vars_with(tf_variable(keras_seam.micro_step_counter(self))):
             with keras_seam.name_scope(self):
                 variable = keras.Variable(
-                    initializer=value if callable(value) else keras.initializers.Constant(value), shape=(),
+                    initializer=keras.initializers.Constant(value), shape=(),
                     dtype="float32", trainable=False, aggregation="mean", synchronization="on_read", name=name,
                 )
         keras_seam.track_variable(self, variable)
@@ -231,8 +243,9 @@ class AdaScale(LargeBatchOptimizer):
 
     # ------------------------------------------------------------ update path
     def _make_moments_recorder(self):
-        # The gain reads the recorder's noise estimates on every update.
-        return MomentsRecorder(statistic_names=self.statistic_names, every_update=True)
+        # The gain reads the recorder's sums on every update (``observe`` records
+        # them always); the mean-GSNR column only on request (``GSNRMonitor``).
+        return MomentsRecorder(statistic_names=self.statistic_names, every_update=False)
 
     def _update_from_reduced_statistics(self, statistics, trainable_variables):
         """One applied update (skipped ones never get here): the recorder's moments, the gain, the inner step."""
@@ -298,36 +311,6 @@ def _base_learning_rate(inner_optimizer):
         f"keras.optimizers.schedules.LearningRateSchedule; received a {type(stored).__name__}. "
         "A schedule is evaluated at the scale-invariant clock tau."
     )
-
-
-def _check_inner_optimizer(inner_optimizer):
-    if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
-        raise ValueError(
-            "`inner_optimizer` must be a keras.optimizers.Optimizer instance (e.g. keras.optimizers.SGD(0.1, "
-            f"momentum=0.9)). Received: inner_optimizer={inner_optimizer!r}"
-        )
-    if isinstance(inner_optimizer, (AdaScale, VR)):
-        raise ValueError(
-            f"AdaScale does not wrap a {type(inner_optimizer).__name__}: both need the per-sample gradients, "
-            "which only the outer optimizer sees. Wrap a base optimizer (e.g. keras.optimizers.SGD)."
-        )
-    if isinstance(inner_optimizer, keras.optimizers.LossScaleOptimizer):
-        raise ValueError(
-            f"`inner_optimizer` cannot be a {type(inner_optimizer).__name__}: wrap AdaScale in a "
-            "LossScaleOptimizer instead (Keras does this itself under mixed_float16)."
-        )
-    if inner_optimizer.built:
-        raise ValueError(
-            f"`inner_optimizer` ({type(inner_optimizer).__name__} {inner_optimizer.name!r}) is already built on "
-            f"{len(inner_optimizer.variables)} variable(s). AdaScale builds its inner optimizer on the variables "
-            "it trains: pass a fresh, unbuilt optimizer."
-        )
-    for argument in ("gradient_accumulation_steps", "use_ema"):
-        if getattr(inner_optimizer, argument):
-            raise ValueError(
-                f"Set `{argument}` on AdaScale, not on its inner optimizer "
-                f"(received inner {argument}={getattr(inner_optimizer, argument)!r})."
-            )
 
 
 class StopAtScaleInvariantSteps(keras.callbacks.Callback):

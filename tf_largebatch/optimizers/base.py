@@ -64,6 +64,7 @@ __all__ = [
     "apply_reduced_gradients",
     "check_float_variables",
     "check_gradients_match",
+    "check_inner_optimizer",
     "compute_dtype",
     "cond_with_collectives",
     "densify",
@@ -403,6 +404,58 @@ def check_float_variables(variables, owner):
                 f"{owner} updates floating-point variables only, but variable '{variable_path(variable)}' has "
                 f"dtype {dtype.name}. Make it non-trainable (trainable=False) or give it a float dtype."
             )
+
+
+def check_inner_optimizer(inner_optimizer, owner):
+    """Raises ``ValueError`` unless ``inner_optimizer`` can be wrapped by ``owner`` (VR, AdaScale).
+
+    The wrapped optimizer must be a fresh ``keras.optimizers.Optimizer``: not
+    itself a wrapper that needs the per-sample gradients (only the outer
+    optimizer sees them), not a ``LossScaleOptimizer`` (it wraps the outer
+    one), not built (the wrapper builds it on the variables it trains),
+    without accumulation or EMA (those act on the gradient samples and belong
+    to the wrapper), and with valid Keras base keywords (Keras's own
+    optimizers accept ``clipnorm=-1``, ``use_ema="yes"``, ...).
+
+    Args:
+        inner_optimizer: what the user passed as ``inner_optimizer``.
+        owner: how messages name the wrapper ("the VR optimizer", "AdaScale").
+    """
+    owner_capitalised = owner[:1].upper() + owner[1:]
+    if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
+        raise ValueError(
+            "`inner_optimizer` must be a keras.optimizers.Optimizer instance (e.g. keras.optimizers.SGD(0.1, "
+            f"momentum=0.9)). Received: inner_optimizer={inner_optimizer!r}"
+        )
+    if isinstance(inner_optimizer, keras.optimizers.LossScaleOptimizer):
+        raise ValueError(
+            f"`inner_optimizer` cannot be a {type(inner_optimizer).__name__}: wrap {owner} in a "
+            "LossScaleOptimizer instead (Keras does this itself under mixed_float16)."
+        )
+    if isinstance(inner_optimizer, LargeBatchOptimizer) and hasattr(inner_optimizer, "inner_optimizer"):
+        raise ValueError(
+            f"{owner_capitalised} does not wrap a {type(inner_optimizer).__name__}: the two do not nest, both need "
+            "the per-sample gradients, which only the outer optimizer sees. Wrap a base optimizer "
+            "(e.g. keras.optimizers.SGD)."
+        )
+    if inner_optimizer.built:
+        raise ValueError(
+            f"`inner_optimizer` ({type(inner_optimizer).__name__} {inner_optimizer.name!r}) is already built on "
+            f"{len(inner_optimizer.variables)} variable(s) of its own. {owner_capitalised} builds its inner "
+            "optimizer on the variables it trains: pass a fresh, unbuilt optimizer."
+        )
+    for argument in ("gradient_accumulation_steps", "use_ema"):
+        if getattr(inner_optimizer, argument):
+            raise ValueError(
+                f"Set `{argument}` on {owner}, not on its inner optimizer "
+                f"(received inner {argument}={getattr(inner_optimizer, argument)!r})."
+            )
+    # Read as attributes (get_config needs eager execution); Keras keeps a list
+    # argument in a tracking wrapper, so name it as the user wrote it.
+    keywords = {key: getattr(inner_optimizer, key) for key in validation.BASE_KEYWORDS
+                if hasattr(inner_optimizer, key)}
+    validation.check_base_keywords({key: list(value) if isinstance(value, (list, tuple)) else value
+                                    for key, value in keywords.items()})
 
 
 def check_gradients_match(grads, variables):

@@ -220,6 +220,31 @@ def stored_learning_rate(optimizer):
     return getattr(optimizer, "_learning_rate", None)
 
 
+def replace_learning_rate(optimizer, learning_rate):
+    """Sets an unbuilt, unsaved optimizer's learning rate to a callable or schedule, checkpointably.
+
+    Keras's ``learning_rate`` setter drops the float learning rate's variable
+    from the optimizer's tracked variable list with a deletion, and
+    TensorFlow's list wrapper then refuses to be checkpointed ("A list element
+    was ... deleted"), because positions saved before a deletion would not
+    match after it. Before anything is saved or built (a wrapper taking over
+    its inner optimizer at construction) there are no saved positions, and an
+    object restored from a checkpoint goes through the same construction, so
+    the list is acknowledged as it now is.
+
+    Args:
+        optimizer: an unbuilt ``keras.optimizers.Optimizer``.
+        learning_rate: a ``LearningRateSchedule`` or a callable returning the rate.
+    """
+    if optimizer.built:
+        raise ValueError(f"replace_learning_rate needs an unbuilt optimizer; {optimizer.name!r} is built.")
+    optimizer.learning_rate = learning_rate
+    tracked = optimizer._variables
+    if getattr(tracked, "_non_append_mutation", False):  # a TensorFlow ListWrapper
+        tracked._non_append_mutation = False
+        tracked._update_snapshot()
+
+
 def keras_current_learning_rate(optimizer):
     """Keras's own ``_get_current_learning_rate`` (a schedule at the micro-step counter)."""
     return keras.optimizers.Optimizer._get_current_learning_rate(optimizer)

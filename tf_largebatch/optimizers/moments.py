@@ -165,7 +165,8 @@ class MomentsRecorder:
         statistic_names: the table's columns; the first three are
             :data:`MONITORING_STATISTICS`.
         every_update: record the table on every update (else only on the
-            updates after :meth:`request`).
+            updates after :meth:`request`; :meth:`observe` records the sums
+            on every update regardless, the rest of the row on request).
     """
 
     def __init__(self, *, statistic_names=MONITORING_STATISTICS, every_update=True):
@@ -291,6 +292,13 @@ class MomentsRecorder:
     def observe(self, statistics, variables):
         """Records the monitoring statistics of an update and moves the shifts.
 
+        The sums (``mean_square``, ``variance``) are recorded on every update
+        (:meth:`noise_estimates` reads them); the mean-GSNR column, a division
+        per element and a reduction that no update rule needs, only when
+        :meth:`record_due` (every update with ``every_update=True``, else the
+        updates after :meth:`request`, which ``GSNRMonitor`` makes before each
+        reading). On the other updates it holds NaN ("not computed").
+
         Args:
             statistics: the all-reduced ``[sums of means, sums of mean squares]``.
             variables: parallel to each list.
@@ -298,16 +306,27 @@ class MomentsRecorder:
         Returns:
             The update's mean gradients (``statistics[0]`` itself unless shifted).
         """
-        rows = self.empty_rows()
         means = list(statistics[0])
+        observed = []  # (table row, moments)
         for position, (sum_of_means, sum_of_squares, variable) in enumerate(zip(*statistics, variables)):
             moments = self.moments(sum_of_means, sum_of_squares, variable)
-            _, mean_gsnr = gsnr.raw_gsnr(moments.signal, moments.variance)
-            index = keras_seam.variable_index(self._optimizer, variable)
-            rows[index] = tf.stack([tf.reduce_sum(moments.signal), tf.reduce_sum(moments.variance), mean_gsnr])
+            observed.append((keras_seam.variable_index(self._optimizer, variable), moments))
             if self.shifts is not None:
                 self.remember_mean(variable, moments.mean)
                 means[position] = tf.cast(moments.mean, variable.dtype)
+
+        def mean_gsnrs():
+            return tf.stack([gsnr.raw_gsnr(m.signal, m.variance)[1] for _, m in observed])
+
+        record = self.record_due()
+        if record is True:
+            gsnr_means = mean_gsnrs()
+        else:
+            gsnr_means = tf.cond(record, mean_gsnrs, lambda: tf.fill([len(observed)], float("nan")))
+        rows = self.empty_rows()
+        for position, (index, moments) in enumerate(observed):
+            rows[index] = tf.stack([tf.reduce_sum(moments.signal), tf.reduce_sum(moments.variance),
+                                    gsnr_means[position]])
         self.store(rows)
         return means
 

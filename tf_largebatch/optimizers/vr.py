@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from tf_largebatch import validation
 from tf_largebatch.optimizers import gsnr, keras_seam, moments, rules
-from tf_largebatch.optimizers.base import LargeBatchOptimizer, apply_reduced_gradients
+from tf_largebatch.optimizers.base import LargeBatchOptimizer, apply_reduced_gradients, check_inner_optimizer
 from tf_largebatch.optimizers.docstrings import document, fill
 from tf_largebatch.optimizers.lamb import LAMB
 from tf_largebatch.optimizers.lars import LARS
@@ -169,14 +169,7 @@ class VR(LargeBatchOptimizer):
             )
         super().__init__(learning_rate=0.0, name=name, record_gradient_statistics=record_gradient_statistics,
                          **kwargs)
-        _check_inner_optimizer(inner_optimizer)
-        # Keras's own optimizers accept clipnorm=-1, loss_scale_factor=-2, use_ema="yes", ...
-        # Read as attributes (get_config needs eager execution); Keras keeps a list
-        # argument in a tracking wrapper, so name it as the user wrote it.
-        inner_keywords = {key: getattr(inner_optimizer, key) for key in validation.BASE_KEYWORDS
-                          if hasattr(inner_optimizer, key)}
-        validation.check_base_keywords({key: list(value) if isinstance(value, (list, tuple)) else value
-                                        for key, value in inner_keywords.items()})
+        check_inner_optimizer(inner_optimizer, "the VR optimizer")
         self.inner_optimizer = inner_optimizer
         self.gamma = validation.check_number("gamma", gamma, low=0.0, high=1.0, low_inclusive=False)
         self.gsnr_momentum = validation.check_probability("gsnr_momentum", gsnr_momentum)
@@ -265,36 +258,6 @@ class VR(LargeBatchOptimizer):
         config = dict(config)
         inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
         return cls(inner, **config)
-
-
-def _check_inner_optimizer(inner_optimizer):
-    if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
-        raise ValueError(
-            "`inner_optimizer` must be a keras.optimizers.Optimizer instance. "
-            f"Received: inner_optimizer={inner_optimizer!r}"
-        )
-    if isinstance(inner_optimizer, VR):
-        raise ValueError(
-            f"VR optimizers do not nest: `inner_optimizer` is already a {type(inner_optimizer).__name__}. "
-            "Wrap its base optimizer instead (e.g. VR(keras.optimizers.SGD(...)) or VRSGD(...))."
-        )
-    if isinstance(inner_optimizer, keras.optimizers.LossScaleOptimizer):
-        raise ValueError(
-            f"`inner_optimizer` cannot be a {type(inner_optimizer).__name__}: wrap the VR optimizer in a "
-            "LossScaleOptimizer instead (Keras does this itself under mixed_float16)."
-        )
-    if inner_optimizer.built:
-        raise ValueError(
-            f"`inner_optimizer` ({type(inner_optimizer).__name__} {inner_optimizer.name!r}) is already built on "
-            f"{len(inner_optimizer.variables)} variable(s) of its own. The VR optimizer builds its inner "
-            "optimizer on the variables it trains: pass a fresh, unbuilt optimizer."
-        )
-    for argument in ("gradient_accumulation_steps", "use_ema"):
-        if getattr(inner_optimizer, argument):
-            raise ValueError(
-                f"Set `{argument}` on the VR optimizer, not on its inner optimizer "
-                f"(received inner {argument}={getattr(inner_optimizer, argument)!r})."
-            )
 
 
 # ------------------------------------------------------------ the VR transform

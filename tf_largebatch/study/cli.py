@@ -23,7 +23,7 @@ import sys
 from tf_largebatch.study import recipes, tasks
 
 DATASETS = ("digits", "teacher_student", "cifar10")
-DEMO_OPTIMIZERS = ("MSGD", "SNGM", "LARS", "LAMB", "VRMomentum", "MSGD-untuned")
+DEMO_OPTIMIZERS = ("MSGD", "SNGM", "LARS", "LAMB", "VRMomentum", "MSGD-untuned", "AdaScale(MSGD)-untuned")
 DEFAULT_BATCH_SIZES = (16, 64, 256, 1024)
 DEFAULT_SEEDS = 5
 QUICK_OPTIMIZERS = ("MSGD", "SNGM")

@@ -26,6 +26,7 @@ package makes equal to ``k`` replicas.
 
 
 import functools
+import math
 
 import keras
 import numpy as np
@@ -202,8 +203,37 @@ class CompiledTrainer:
         self.schedule.peak.assign(float(peak_learning_rate))
         self.schedule.length.assign(float(length))
 
+    @property
+    def clocked(self):
+        """Whether the optimizer runs the schedule on its own scale-invariant clock (AdaScale's ``tau``)."""
+        from tf_largebatch.optimizers import AdaScale
+
+        return isinstance(self.optimizer, AdaScale)
+
     def learning_rate(self, step):
+        """The learning rate the update after ``step`` runs: the schedule at ``step``; with a clock,
+        AdaScale's scaled rate ``r * eta(tau)`` at the current ``tau`` with the last gain ``r``
+        (1 before any update), which is the next update's if the gain stays."""
+        if self.clocked:
+            base = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))  # eta(tau)
+            return self.optimizer.gain * base
         return float(self.schedule(tf.constant(step, tf.float32)).numpy())
+
+    def steps_within_budget(self, length):
+        """How many more steps the run may take before its schedule of ``length`` steps ends.
+
+        Without a clock: ``length`` (the caller's steps bound the run). With
+        AdaScale's clock: 0 once ``tau >= length``, else
+        ``max(1, floor((length - tau) / r))`` with ``r`` the last gain, so that
+        steps of about that gain bring ``tau`` to ``length`` without passing it
+        by more than the last update.
+        """
+        if not self.clocked:
+            return int(length)
+        remaining = float(length) - self.optimizer.scale_invariant_steps
+        if remaining <= 0.0:
+            return 0
+        return max(1, int(math.floor(remaining / max(self.optimizer.gain, 1.0))))
 
     def train_steps(self, start_step, num_steps, seed):
         """Runs ``num_steps`` optimizer steps from ``start_step``; returns their mean training loss."""

@@ -206,7 +206,11 @@ def train_run(trainer, initial_weights, learning_rate, length, seed, targets, sp
     non-finite training or validation loss, or a validation loss above its value
     at step 0; the validation loss is measured on the same examples every time,
     so a slow but sound run never trips it). A target reached before a
-    divergence counts.
+    divergence counts. An optimizer with a scale-invariant clock (AdaScale: the
+    schedule runs on ``tau``, not on the step) stops after the update that
+    brings ``tau`` to ``length`` (:meth:`CompiledTrainer.steps_within_budget`
+    shortens the last chunks so that no update runs past it); its steps are
+    real optimizer steps.
 
     Args:
         noise: None, or ``{"probes", "samples", "micro_batch"}``: measure the
@@ -239,7 +243,9 @@ def train_run(trainer, initial_weights, learning_rate, length, seed, targets, sp
     initial_loss = record(0, None)
     diverged_at = None
     checkpoints = evaluation_steps(length, spacing)
-    for begin, end in zip(checkpoints, checkpoints[1:]):
+    begin = 0
+    while begin < length:
+        end = min(next(c for c in checkpoints if c > begin), begin + trainer.steps_within_budget(length))
         if noise is not None and begin >= next_probe:
             big, small = trainer.gradient_noise(seed + 1_000_003, begin, noise["probes"], noise["samples"],
                                                 noise["micro_batch"])
@@ -247,10 +253,11 @@ def train_run(trainer, initial_weights, learning_rate, length, seed, targets, sp
             next_probe = max(1, 2 * begin)
         train_loss = trainer.train_steps(begin, end - begin, seed)
         loss = record(end, train_loss)
+        begin = end
         if not math.isfinite(train_loss) or loss is None or (initial_loss is not None and loss > initial_loss):
             diverged_at = end
             break
-        if _reached_everything(curve, targets):
+        if _reached_everything(curve, targets) or trainer.steps_within_budget(length) == 0:
             break
 
     def best(split):
@@ -373,9 +380,11 @@ class GridRunner:
             # One batch size at a time (its widening rounds revisit every optimizer): keep memory flat.
             self._trainers = {k: v for k, v in self._trainers.items() if k[1] == batch_size}
             samples = self.config.gradient_samples if recipe.needs_gradient_samples() else 1
+            # AdaScale's S: this batch over the smallest, whose setting an untuned contender reuses.
+            extra = {"scale": batch_size / self.config.batch_sizes[0]} if recipe.batch_scale else {}
             self._trainers[key] = CompiledTrainer(
                 model_fn=lambda: build_model(self.task.model_fn),
-                optimizer_fn=lambda lr, accumulation: recipe.build(lr, accumulation),
+                optimizer_fn=lambda lr, accumulation: recipe.build(lr, accumulation, **extra),
                 train=self._train,
                 splits=self._splits,
                 batch_size=batch_size,

@@ -17,9 +17,16 @@ An **untuned transfer** contender (``"MSGD-untuned"``: any name with the
 every batch size it runs the learning rate and schedule length that the study
 selected for its ``transfer_from`` optimizer at the smallest batch size, on the
 same seeds, and is reported beside the tuned optimizers. It measures how much of
-the tuning a method saves (e.g. an adaptive-learning-rate wrapper such as
-AdaScale, added as one :data:`RECIPES` entry with ``transfer_from="MSGD"``, a
-``factory`` that wraps the inner optimizer and ``gradient_samples=True``).
+the tuning a method saves.
+
+``"AdaScale(MSGD)-untuned"`` is such a contender: AdaScale (Johnson et al.,
+ICML 2020) around Keras ``SGD(lr, momentum=0.9)`` with MSGD's smallest-batch
+learning rate and schedule at every batch size, its scale ``S`` the batch size
+over the study's smallest (``batch_scale``), its gain from the ``k`` gradient
+samples (micro-batches) of each step. The schedule runs on AdaScale's
+scale-invariant clock ``tau`` and a run ends once ``tau`` reaches the schedule's
+length (:func:`tf_largebatch.study.grid.train_run`); its steps to a target are
+real optimizer steps.
 """
 
 import dataclasses
@@ -53,6 +60,10 @@ class Recipe:
             ``gradient_accumulation_steps`` like the class would.
         gradient_samples: None (decided from the class: the VR family), or
             whether the optimizer needs k >= 2 gradient samples per step.
+        batch_scale: whether ``factory`` takes ``scale``, the batch size over
+            the study's smallest batch size (AdaScale's ``S``).
+        construction: None, or how ``factory`` builds the optimizer, for
+            :meth:`describe` (``lr`` stands for the learning rate).
     """
 
     name: str
@@ -64,6 +75,8 @@ class Recipe:
     transfer_from: str = None
     factory: object = None
     gradient_samples: bool = None
+    batch_scale: bool = False
+    construction: str = None
 
     def centre_learning_rate(self, batch_size):
         """The scaling rule's peak learning rate at ``batch_size``."""
@@ -91,11 +104,26 @@ class Recipe:
 
     def describe(self):
         arguments = "".join(f", {k}={v!r}" for k, v in self.kwargs)
-        built = f"{self.source}.optimizers.{self.class_name}(lr{arguments})"
+        built = self.construction or f"{self.source}.optimizers.{self.class_name}(lr{arguments})"
         if self.transfer_from:
             return (f"{built}; untuned: at every batch size the learning rate and schedule selected for "
                     f"{self.transfer_from} at the smallest batch size")
         return f"{built}; lr {self.base_learning_rate:g} at B={BASE_BATCH_SIZE}, {self.rule} scaling"
+
+
+def adascale_momentum_sgd(learning_rate, scale=1.0, momentum=0.9, gradient_accumulation_steps=None):
+    """``AdaScale(keras.optimizers.SGD(learning_rate, momentum=momentum), scale=scale)``.
+
+    ``learning_rate`` is the base recipe's (a float or a schedule, evaluated at
+    AdaScale's clock ``tau``); each of the ``gradient_accumulation_steps``
+    micro-batches is one gradient sample of the gain ratio.
+    """
+    import keras
+
+    from tf_largebatch.optimizers import AdaScale
+
+    return AdaScale(keras.optimizers.SGD(learning_rate, momentum=momentum), scale=scale,
+                    gradient_accumulation_steps=gradient_accumulation_steps)
 
 
 # Base learning rates: the demo's earlier x1/4, x1, x4 sweep at batch size 128 on a
@@ -115,6 +143,11 @@ RECIPES = {
         Recipe("VRAdam", "tf_largebatch", "VRAdam", 2e-3, "sqrt"),
         Recipe("VRLAMB", "tf_largebatch", "VRLAMB", 8e-3, "sqrt"),
         Recipe("VRLARS", "tf_largebatch", "VRLARS", 1.0, "sqrt"),
+        # Never tuned: MSGD's smallest-batch setting at every batch size (its own rate and rule are unused).
+        Recipe("AdaScale(MSGD)-untuned", "tf_largebatch", "AdaScale", 0.0125, "linear", (("momentum", 0.9),),
+               transfer_from="MSGD", factory=adascale_momentum_sgd, gradient_samples=True, batch_scale=True,
+               construction="tf_largebatch.optimizers.AdaScale(keras.optimizers.SGD(lr, momentum=0.9), "
+                            "scale=B / smallest B)"),
     )
 }
 
@@ -165,14 +198,14 @@ def find_optimizer_class(name, source=None):
 
 def builtin(name):
     """The :class:`Recipe` for a built-in name (no Keras import), or None if Keras must be asked."""
-    if name.endswith(UNTUNED_SUFFIX) and len(name) > len(UNTUNED_SUFFIX):
-        base = builtin(name[:-len(UNTUNED_SUFFIX)])
-        return None if base is None else dataclasses.replace(base, name=name, transfer_from=base.name)
     if name in RECIPES:
         return RECIPES[name]
     for recipe_name, recipe in RECIPES.items():
         if recipe_name.lower() == name.lower():
             return recipe
+    if name.endswith(UNTUNED_SUFFIX) and len(name) > len(UNTUNED_SUFFIX):
+        base = builtin(name[:-len(UNTUNED_SUFFIX)])
+        return None if base is None else dataclasses.replace(base, name=name, transfer_from=base.name)
     return None
 
 
