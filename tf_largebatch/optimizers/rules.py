@@ -223,7 +223,7 @@ def heavy_ball(momentum, update, beta):
     return tf.cast(beta, update.dtype) * momentum + update
 
 
-def apply_heavy_ball(variable, velocity, update, learning_rate, beta):
+def apply_heavy_ball(variable, velocity, update, learning_rate, beta, nesterov=False):
     """``u <- beta * u + update``, then ``w <- w - lr * u``, as one TensorFlow training kernel.
 
     The one function of this module that writes variables. The same step as
@@ -240,6 +240,7 @@ def apply_heavy_ball(variable, velocity, update, learning_rate, beta):
         update: the step's direction, same shape (cast to the variable's dtype).
         learning_rate: ``lr``, a scalar.
         beta: the momentum coefficient.
+        nesterov: bool; ``True`` steps by ``lr * (update + beta * u)`` with the new ``u``.
 
     Raises:
         ValueError: if ``velocity`` and ``variable`` have different dtypes (e.g.
@@ -255,7 +256,7 @@ def apply_heavy_ball(variable, velocity, update, learning_rate, beta):
 
     tf.raw_ops.ResourceApplyMomentum(
         var=variable.handle, accum=velocity.handle, lr=scalar(learning_rate), grad=tf.cast(update, dtype),
-        momentum=scalar(beta), use_locking=False, use_nesterov=False)
+        momentum=scalar(beta), use_locking=False, use_nesterov=bool(nesterov))
 
 
 def moving_average(average, value, decay):
