@@ -131,9 +131,7 @@ def l2_norm(x):
         A float32 scalar.
     """
     x = as_float32(x)
-    plain = sum_of_squares(x)
-    return tf.cond(squares_representable(plain, _num_elements(x)), lambda: tf.sqrt(plain),
-                   lambda: _scaled_l2_norm(x))
+    return _norm_from_sum_of_squares(sum_of_squares(x), _num_elements(x), lambda: _scaled_l2_norm(x))
 
 
 def global_norm(tensors):
@@ -154,8 +152,17 @@ def global_norm(tensors):
     tensors = [as_float32(t) for t in tensors]
     plain = tf.add_n([sum_of_squares(t) for t in tensors])
     size = sum(_num_elements(t) for t in tensors)
-    return tf.cond(squares_representable(plain, size), lambda: tf.sqrt(plain),
-                   lambda: l2_norm(tf.stack([_scaled_l2_norm(t) for t in tensors])))
+    return _norm_from_sum_of_squares(plain, size, lambda: l2_norm(tf.stack([_scaled_l2_norm(t) for t in tensors])))
+
+
+def _norm_from_sum_of_squares(plain, size, scaled_norm):
+    """``sqrt(plain)`` when :func:`squares_representable`, else ``scaled_norm()``; only one runs (``tf.cond``).
+
+    The one guard of :func:`l2_norm` and :func:`global_norm`: ``plain`` is the
+    plain sum of squares of ``size`` elements, ``scaled_norm`` the overflow-free
+    form of the same norm.
+    """
+    return tf.cond(squares_representable(plain, size), lambda: tf.sqrt(plain), scaled_norm)
 
 
 def normalize(x, norm):
