@@ -54,6 +54,24 @@ def without_empty_variables(grads, variables):
     return [g for g, _ in kept], [v for _, v in kept]
 
 
+def _all_reduce_sum_by_dtype(values):
+    """:func:`all_reduce_sum` of ``values``, one collective per dtype among them (in order).
+
+    TensorFlow's collectives pack the tensors of one call into one buffer, which
+    needs one dtype: the default (float32 statistics) is one collective; a
+    statistic reduced in bfloat16 travels in a second one.
+    """
+    dtypes = list(dict.fromkeys(value.dtype for value in values))
+    if len(dtypes) <= 1:
+        return all_reduce_sum(values)
+    reduced = [None] * len(values)
+    for dtype in dtypes:
+        positions = [i for i, value in enumerate(values) if value.dtype == dtype]
+        for position, value in zip(positions, all_reduce_sum([values[i] for i in positions])):
+            reduced[position] = value
+    return reduced
+
+
 class ReplicaReducer:
     """Accumulates local statistics, all-reduces them once per update, skips non-finite updates.
 
@@ -72,6 +90,8 @@ class ReplicaReducer:
 
     def __init__(self, nonfinite_gradients):
         self.nonfinite_gradients = check_nonfinite_policy(nonfinite_gradients)
+        #: ``{statistic index: dtype}``: statistics all-reduced in another dtype (cast back after).
+        self.reduce_dtypes = {}
         self.skipped_counter = None
         self.accumulators = []
         self.accumulation_steps = None
@@ -128,25 +148,39 @@ class ReplicaReducer:
             return
         indices = [keras_seam.variable_index(self._optimizer, v) for v in variables]
         accumulators = [[accumulator[i] for i in indices] for accumulator in self.accumulators]
-        for values, slots in zip(local_statistics, accumulators):
-            for value, slot in zip(values, slots):
-                slot.assign_add(tf.cast(value, slot.dtype))
+        micro_step = keras_seam.micro_step_counter(self._optimizer)
+        last = tf.equal((micro_step + 1) % steps, 0)
 
-        def update():
-            means = [[slot.value / steps for slot in slots] for slots in accumulators]
+        def accumulate():
+            for values, slots in zip(local_statistics, accumulators):
+                for value, slot in zip(values, slots):
+                    slot.assign_add(tf.cast(value, slot.dtype))
+            return tf.constant(True)
+
+        # The update micro-step's own statistics are folded into the means below instead of
+        # being written to the accumulators and read back: the same float32 sums, one write
+        # and one read of every accumulator fewer per update.
+        tf.cond(last, lambda: tf.constant(False), accumulate)
+
+        def update(values_of_last_micro_batch):
+            means = [[(slot.value + tf.cast(value, slot.dtype)) / steps for value, slot in zip(values, slots)]
+                     for values, slots in zip(values_of_last_micro_batch, accumulators)]
             self._reduce(means, variables, apply_update)
             for slots in accumulators:
                 for slot in slots:
                     slot.assign(tf.zeros_like(slot.value))
 
-        micro_step = keras_seam.micro_step_counter(self._optimizer)
-        cond_with_collectives(tf.equal((micro_step + 1) % steps, 0), update)
+        cond_with_collectives(last, update, args=(local_statistics,))
 
     def _reduce(self, local_statistics, variables, apply_update):
         """All-reduce (SUM) every statistic in one collective, check it, update."""
         count = len(local_statistics[0])
-        reduced = all_reduce_sum([value for values in local_statistics for value in values])
-        statistics = [reduced[i * count:(i + 1) * count] for i in range(len(local_statistics))]
+        payload = [tf.cast(value, self.reduce_dtypes[index]) if index in self.reduce_dtypes else value
+                   for index, values in enumerate(local_statistics) for value in values]
+        reduced = _all_reduce_sum_by_dtype(payload)
+        statistics = [[tf.cast(value, local.dtype) for value, local in zip(reduced[i * count:(i + 1) * count], values)]
+                      if i in self.reduce_dtypes else reduced[i * count:(i + 1) * count]
+                      for i, values in enumerate(local_statistics)]
         if self.nonfinite_gradients == "raise":
             apply_update([[assert_finite(value, variable) for value, variable in zip(values, variables)]
                           for values in statistics])
