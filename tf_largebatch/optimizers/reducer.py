@@ -14,7 +14,7 @@ that job: the accumulators and the ``skipped_updates`` counter, from which
 
 import tensorflow as tf
 
-from tf_largebatch.optimizers import keras_seam
+from tf_largebatch.optimizers import keras_seam, rules
 from tf_largebatch.optimizers.replicas import all_reduce_sum, cond_with_collectives
 from tf_largebatch.optimizers.slots import add_local_variable, variable_path
 
@@ -34,6 +34,22 @@ def check_nonfinite_policy(policy):
 def all_finite(values):
     """A boolean scalar: every element of every tensor in ``values`` is finite."""
     return tf.reduce_all([tf.math.is_finite(tf.reduce_sum(value)) for value in values])
+
+
+def all_finite_by_squares(values):
+    """``(finite, sums)``: :func:`all_finite` of ``values``, and each tensor's sum of squares.
+
+    A finite sum of squares (:func:`~tf_largebatch.optimizers.rules.sum_of_squares`,
+    one read) means every element is finite; only when some sum is not finite
+    (a NaN or Inf, or squares beyond float32's range) does the exact check
+    (:func:`all_finite`) run, in a ``tf.cond``. The sums are the plain sums of
+    squares a norm of the same tensor starts from, so an update that needs
+    ``||g||`` reads ``g`` once less (:meth:`ReplicaReducer.known_sum_of_squares`).
+    """
+    sums = [rules.sum_of_squares(value) for value in values]
+    squares_finite = tf.reduce_all([tf.math.is_finite(total) for total in sums])
+    finite = tf.cond(squares_finite, lambda: tf.constant(True), lambda: all_finite(values))
+    return finite, sums
 
 
 def assert_finite(value, variable):
@@ -92,6 +108,8 @@ class ReplicaReducer:
         self.nonfinite_gradients = check_nonfinite_policy(nonfinite_gradients)
         #: ``{statistic index: dtype}``: statistics all-reduced in another dtype (cast back after).
         self.reduce_dtypes = {}
+        # Trace-time cache: reduced gradient (by tensor reference) -> its plain sum of squares.
+        self._sums_of_squares = {}
         self.skipped_counter = None
         self.accumulators = []
         self.accumulation_steps = None
@@ -118,6 +136,15 @@ class ReplicaReducer:
     def checkpoint_dependencies(self):
         """``{name: variable}`` saved by name on the optimizer (the names before components existed)."""
         return {"_skipped_updates": self.skipped_counter}
+
+    def known_sum_of_squares(self, gradient):
+        """The plain sum of squares of ``gradient`` if this step's finiteness check computed it, else ``None``.
+
+        Found by tensor identity: ``gradient`` must be the all-reduced tensor
+        itself (not clipped, transformed or cast). Valid within the trace of
+        the step that reduced it, which is where updates ask.
+        """
+        return self._sums_of_squares.get(gradient.ref()) if tf.is_tensor(gradient) else None
 
     @property
     def skipped_updates(self):
@@ -187,6 +214,11 @@ class ReplicaReducer:
             return
         # With both moments, the squares' sums alone decide: the square of a NaN or
         # Inf is not finite, and squares overflow before the values or their sums do.
-        finite = all_finite(statistics[-1])
+        # With the gradient alone, its sums of squares decide and are kept for the norms.
+        if len(statistics) == 1:
+            finite, sums = all_finite_by_squares(statistics[0])
+            self._sums_of_squares = {value.ref(): total for value, total in zip(statistics[0], sums)}
+        else:
+            finite = all_finite(statistics[-1])
         cond_with_collectives(finite, apply_update, args=(statistics,),
                               false_fn=lambda: self.skipped_counter.assign_add(1))

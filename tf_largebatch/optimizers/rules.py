@@ -109,7 +109,7 @@ def _scaled_l2_norm(x):
     return safe * tf.sqrt(sum_of_squares(x / safe))
 
 
-def l2_norm(x):
+def l2_norm(x, plain_sum_of_squares=None):
     """Euclidean norm of a whole tensor, in float32, free of overflow and underflow.
 
     Squaring a float32 above ~1.8e19 overflows and below ~1e-19 underflows, so
@@ -126,12 +126,15 @@ def l2_norm(x):
 
     Args:
         x: a tensor of any shape and float dtype.
+        plain_sum_of_squares: ``None``, or :func:`sum_of_squares` of ``x``
+            already computed (it is then not computed again).
 
     Returns:
         A float32 scalar.
     """
     x = as_float32(x)
-    return _norm_from_sum_of_squares(sum_of_squares(x), _num_elements(x), lambda: _scaled_l2_norm(x))
+    plain = sum_of_squares(x) if plain_sum_of_squares is None else plain_sum_of_squares
+    return _norm_from_sum_of_squares(plain, _num_elements(x), lambda: _scaled_l2_norm(x))
 
 
 def global_norm(tensors):
