@@ -1,4 +1,4 @@
-"""What the VR optimizers all-reduce: the bfloat16 second moment (opt-in) and the folded last micro-batch.
+"""What the VR optimizers all-reduce: the bfloat16 second moment (opt-in) and the accumulated means.
 
 The NumPy reference below is written from Algorithm 1 of the VRGD paper, with
 the one approximation of ``second_moment_dtype="bfloat16"`` made explicit: the
@@ -147,9 +147,9 @@ def test_second_moment_dtype_survives_the_config_round_trip():
     assert clone.second_moment_dtype == "bfloat16" and clone.get_config() == wrapper.get_config()
 
 
-def test_the_last_micro_batch_is_folded_in_exactly():
-    """The update's means are the same float32 sums whether the last micro-batch passes through the
-    accumulator or not: the reducer's all-reduced statistics equal NumPy's sequential float32 sums."""
+def test_the_accumulated_means_are_the_sequential_float32_sums():
+    """The reducer's all-reduced statistics equal NumPy's sequential float32 sums of the micro-batches
+    and of their squares, and the accumulators are zero after the update."""
     rng = np.random.default_rng(5)
     samples = rng.normal(size=(3, 4, 6)).astype(np.float32) * np.float32(1e3) + np.float32(0.1)
     seen = []

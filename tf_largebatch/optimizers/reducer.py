@@ -175,29 +175,19 @@ class ReplicaReducer:
             return
         indices = [keras_seam.variable_index(self._optimizer, v) for v in variables]
         accumulators = [[accumulator[i] for i in indices] for accumulator in self.accumulators]
-        micro_step = keras_seam.micro_step_counter(self._optimizer)
-        last = tf.equal((micro_step + 1) % steps, 0)
+        for values, slots in zip(local_statistics, accumulators):
+            for value, slot in zip(values, slots):
+                slot.assign_add(tf.cast(value, slot.dtype))
 
-        def accumulate():
-            for values, slots in zip(local_statistics, accumulators):
-                for value, slot in zip(values, slots):
-                    slot.assign_add(tf.cast(value, slot.dtype))
-            return tf.constant(True)
-
-        # The update micro-step's own statistics are folded into the means below instead of
-        # being written to the accumulators and read back: the same float32 sums, one write
-        # and one read of every accumulator fewer per update.
-        tf.cond(last, lambda: tf.constant(False), accumulate)
-
-        def update(values_of_last_micro_batch):
-            means = [[(slot.value + tf.cast(value, slot.dtype)) / steps for value, slot in zip(values, slots)]
-                     for values, slots in zip(values_of_last_micro_batch, accumulators)]
+        def update():
+            means = [[slot.value / steps for slot in slots] for slots in accumulators]
             self._reduce(means, variables, apply_update)
             for slots in accumulators:
                 for slot in slots:
                     slot.assign(tf.zeros_like(slot.value))
 
-        cond_with_collectives(last, update, args=(local_statistics,))
+        micro_step = keras_seam.micro_step_counter(self._optimizer)
+        cond_with_collectives(tf.equal((micro_step + 1) % steps, 0), update)
 
     def _reduce(self, local_statistics, variables, apply_update):
         """All-reduce (SUM) every statistic in one collective, check it, update."""
