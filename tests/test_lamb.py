@@ -234,3 +234,35 @@ def test_bfloat16_variables_follow_the_float32_trajectory():
     history, _ = ref.run_keras(LAMB(0.05, weight_decay=0.01), weights, gradients, dtype="bfloat16")
     expected = ref.run(ref.per_variable(ref.lamb_step), weights, gradients, 0.05, weight_decay=0.01)
     assert_histories_close(history, expected, rtol=3e-2, atol=1e-3)
+
+
+def test_the_compiled_chain_under_mirrored_strategy_equals_one_device(chain_compiled_alone, mirrored,
+                                                                      monkeypatch):
+    """Two replicas run the XLA-compiled chain in Keras's per-device update (graph mode); the
+    weights equal one device's inline chain on the same global-mean gradients."""
+    import tensorflow as tf
+
+    calls = []
+    compiled = layerwise.compiled_adam_trust_chain
+    monkeypatch.setattr(layerwise, "compiled_adam_trust_chain", lambda *a, **k: calls.append(1) or compiled(*a, **k))
+
+    weights, gradients = ref.random_problem(steps=3)
+    strategy = mirrored(2)
+    with strategy.scope():
+        variables = ref.make_variables(weights)
+        optimizer = LAMB(0.05, weight_decay=0.01)
+        optimizer.build(variables)
+
+    @tf.function
+    def step(per_replica):
+        strategy.run(lambda grads: optimizer.apply(grads, variables), args=(per_replica,))
+
+    for gs in gradients:
+        # Each replica hands half the global mean gradient (Keras's 1/R loss scaling).
+        halves = [tf.constant(np.asarray(g, np.float32) / 2) for g in gs]
+        step(strategy.experimental_distribute_values_from_function(lambda context: halves))
+    replicated = [np.asarray(v.numpy(), np.float64) for v in variables]
+    layerwise.COMPILE_MIN_ELEMENTS = 2**15  # the one-device run below takes the inline chain
+    history, _ = ref.run_keras(LAMB(0.05, weight_decay=0.01), weights, gradients, compiled=True)
+    assert_histories_close([replicated], history[-1:])
+    assert len(calls) >= len(weights)  # traced: the replicas' update took the compiled chain
