@@ -137,7 +137,7 @@ def l2_norm(x, plain_sum_of_squares=None):
     return _norm_from_sum_of_squares(plain, _num_elements(x), lambda: _scaled_l2_norm(x))
 
 
-def global_norm(tensors):
+def global_norm(tensors, plain_sums_of_squares=None):
     """Euclidean norm of the concatenation of ``tensors`` (float32, overflow-free).
 
     The plain form sums every tensor's :func:`sum_of_squares` and takes one
@@ -148,12 +148,16 @@ def global_norm(tensors):
 
     Args:
         tensors: a non-empty list of tensors.
+        plain_sums_of_squares: ``None``, or a list parallel to ``tensors`` of
+            their :func:`sum_of_squares` where already computed (``None``
+            entries are computed here).
 
     Returns:
         A float32 scalar.
     """
     tensors = [as_float32(t) for t in tensors]
-    plain = tf.add_n([sum_of_squares(t) for t in tensors])
+    known = plain_sums_of_squares or [None] * len(tensors)
+    plain = tf.add_n([sum_of_squares(t) if total is None else total for t, total in zip(tensors, known)])
     size = sum(_num_elements(t) for t in tensors)
     return _norm_from_sum_of_squares(plain, size, lambda: l2_norm(tf.stack([_scaled_l2_norm(t) for t in tensors])))
 
