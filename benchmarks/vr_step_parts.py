@@ -10,6 +10,8 @@ ratio to Adam):
 
 * ``VRAdam``: the default (no monitoring statistics unless requested);
 * ``VRAdam, statistics every update``: ``record_gradient_statistics=True``;
+* ``VRAdam, second moment in bfloat16``: ``second_moment_dtype="bfloat16"``
+  (the opt-in approximation: the second moment all-reduced in bfloat16);
 * ``VRAdam, chain compiled``: the per-variable GSNR chain compiled with XLA
   (``tf.function(jit_compile=True)``) also on CPU, where the package runs it
   inline (``tf_largebatch.optimizers.vr.COMPILE_ON_DEVICE_TYPES``);
@@ -71,6 +73,9 @@ def main(argv=None):
     parser.add_argument("--jit", action="store_true", help="compile the model step with XLA (one device only)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--only", default=None,
+                        help="contender labels to time besides Adam, separated by ';' (default: all), e.g. "
+                             "'VRAdam;VRAdam, second moment in bfloat16'")
     parser.add_argument("--previous-gsnr", metavar="FILE", help="another version's gsnr.py to compare with")
     parser.add_argument("--threads", type=int, default=0,
                         help="TensorFlow intra- and inter-op threads (default 0: TensorFlow's choice)")
@@ -91,6 +96,8 @@ def _run(args):
     accumulation = 1 if args.replicas else 2
     bench.OPTIMIZERS["VRAdam, statistics every update"] = lambda **kw: bench.tlb.VRAdam(
         1e-3, record_gradient_statistics=True, **kw)
+    bench.OPTIMIZERS["VRAdam, second moment in bfloat16"] = lambda **kw: bench.tlb.VRAdam(
+        1e-3, second_moment_dtype="bfloat16", **kw)
     # The chain is vr.adapted_gradient (compiled as vr._compiled_adapted_gradient for large variables).
     chain, compiled_chain, compile_on = vr.adapted_gradient, vr._compiled_adapted_gradient, vr.COMPILE_ON_DEVICE_TYPES
     gsnr_module = types.SimpleNamespace(adapted_gradient=chain, STATISTIC_NAMES=vr.gsnr.STATISTIC_NAMES)
@@ -98,6 +105,7 @@ def _run(args):
         ("Adam", "Adam", gsnr_module, compile_on),
         ("VRAdam", "VRAdam", gsnr_module, compile_on),
         ("VRAdam, statistics every update", "VRAdam, statistics every update", gsnr_module, compile_on),
+        ("VRAdam, second moment in bfloat16", "VRAdam, second moment in bfloat16", gsnr_module, compile_on),
         ("VRAdam, chain compiled", "VRAdam", gsnr_module, ("CPU", "GPU")),
         ("VRAdam, no GSNR chain", "VRAdam", _without_chain(gsnr_module), compile_on),
     ]
@@ -107,6 +115,9 @@ def _run(args):
             ("VRAdam, previous chain", "VRAdam", previous, compile_on),
             ("VRAdam, previous chain, statistics", "VRAdam, statistics every update", previous, compile_on),
         ]
+    if args.only:
+        wanted = set(args.only.split(";"))
+        variants = [variant for variant in variants if variant[0] == "Adam" or variant[0] in wanted]
     contenders = []
     try:
         for label, name, module, devices in variants:

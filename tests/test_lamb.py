@@ -6,7 +6,7 @@ import pytest
 
 import reference_optimizers as ref
 from reference_optimizers import RTOL, ATOL, assert_histories_close  # noqa: F401
-from tf_largebatch.optimizers import LAMB, LayerwiseAdam
+from tf_largebatch.optimizers import LAMB, LayerwiseAdam, layerwise
 
 
 LAMB_CASES = [
@@ -50,6 +50,35 @@ def test_default_epsilon_matches_the_reference_with_each_variable_on_its_own_sec
     assert largest[0] < np.finfo(np.float32).max < largest[1]  # the second variable switches form at step 2
     history, _ = ref.run_keras(cls(0.05, weight_decay=weight_decay), weights, gradients)
     expected = ref.run(ref.per_variable(ref.lamb_step), weights, gradients, 0.05, weight_decay=weight_decay)
+    assert_histories_close(history, expected)
+
+
+@pytest.fixture
+def chain_compiled_alone(monkeypatch):
+    """Every variable takes the XLA-compiled Adam chain in a graph-mode step (large ones do by default)."""
+    monkeypatch.setattr(layerwise, "COMPILE_MIN_ELEMENTS", 0)
+
+
+@pytest.mark.parametrize("case", LAMB_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_lamb_with_the_chain_compiled_alone_matches_reference(case, chain_compiled_alone):
+    weights, gradients = ref.random_problem(steps=6)
+    history, _ = ref.run_keras(LAMB(learning_rate=0.05, **case), weights, gradients, compiled=True)
+    kwargs = dict(case)
+    if "trust_ratio_bounds" in kwargs:
+        kwargs["bounds"] = kwargs.pop("trust_ratio_bounds")
+    expected = ref.run(ref.per_variable(ref.lamb_step), weights, gradients, 0.05, **kwargs)
+    assert_histories_close(history, expected)
+
+
+@pytest.mark.parametrize("cls", [LAMB, LayerwiseAdam], ids=lambda c: c.__name__)
+def test_the_compiled_chain_keeps_the_overflow_and_underflow_guarantees(cls, chain_compiled_alone):
+    """Gradients from 1e-25 to 1e30 (MIXED_SCALES, one scale per variable) through the XLA-compiled
+    chain, with weight decay."""
+    weights, gradients = ref.random_problem(steps=5)
+    weights = weights[:4]
+    gradients = [[scale * g for scale, g in zip(MIXED_SCALES, gs[:4])] for gs in gradients]
+    history, _ = ref.run_keras(cls(0.05, weight_decay=0.01), weights, gradients, compiled=True)
+    expected = ref.run(ref.per_variable(ref.lamb_step), weights, gradients, 0.05, weight_decay=0.01)
     assert_histories_close(history, expected)
 
 
@@ -205,3 +234,35 @@ def test_bfloat16_variables_follow_the_float32_trajectory():
     history, _ = ref.run_keras(LAMB(0.05, weight_decay=0.01), weights, gradients, dtype="bfloat16")
     expected = ref.run(ref.per_variable(ref.lamb_step), weights, gradients, 0.05, weight_decay=0.01)
     assert_histories_close(history, expected, rtol=3e-2, atol=1e-3)
+
+
+def test_the_compiled_chain_under_mirrored_strategy_equals_one_device(chain_compiled_alone, mirrored,
+                                                                      monkeypatch):
+    """Two replicas run the XLA-compiled chain in Keras's per-device update (graph mode); the
+    weights equal one device's inline chain on the same global-mean gradients."""
+    import tensorflow as tf
+
+    calls = []
+    compiled = layerwise.compiled_adam_trust_chain
+    monkeypatch.setattr(layerwise, "compiled_adam_trust_chain", lambda *a, **k: calls.append(1) or compiled(*a, **k))
+
+    weights, gradients = ref.random_problem(steps=3)
+    strategy = mirrored(2)
+    with strategy.scope():
+        variables = ref.make_variables(weights)
+        optimizer = LAMB(0.05, weight_decay=0.01)
+        optimizer.build(variables)
+
+    @tf.function
+    def step(per_replica):
+        strategy.run(lambda grads: optimizer.apply(grads, variables), args=(per_replica,))
+
+    for gs in gradients:
+        # Each replica hands half the global mean gradient (Keras's 1/R loss scaling).
+        halves = [tf.constant(np.asarray(g, np.float32) / 2) for g in gs]
+        step(strategy.experimental_distribute_values_from_function(lambda context: halves))
+    replicated = [np.asarray(v.numpy(), np.float64) for v in variables]
+    layerwise.COMPILE_MIN_ELEMENTS = 2**15  # the one-device run below takes the inline chain
+    history, _ = ref.run_keras(LAMB(0.05, weight_decay=0.01), weights, gradients, compiled=True)
+    assert_histories_close([replicated], history[-1:])
+    assert len(calls) >= len(weights)  # traced: the replicas' update took the compiled chain

@@ -219,3 +219,34 @@ def test_bfloat16_variables_follow_the_float32_trajectory(version):
     history, _ = ref.run_keras(LARS(0.5, **case), weights, gradients, dtype="bfloat16")
     expected = ref.run(ref.per_variable(ref.lars_step), weights, gradients, 0.5, **case)
     assert_histories_close(history, expected, rtol=3e-2, atol=1e-3)
+
+
+# Per variable of the test problem: gradients whose squares underflow (1e-30), overflow (1e30,
+# so the finiteness check's sum of squares is infinite and the exact check decides), or neither.
+GRADIENT_SCALES = [1e-30, 1e30, 1.0, 1e-25, 1e25, 1.0]
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize("case", [dict(), dict(weight_decay=1e-2, nesterov=True),
+                                  dict(trust_ratio_denominator="sum_of_norms", weight_decay=5e-2,
+                                       trust_coefficient=0.02)],
+                         ids=["norm_of_sum", "norm_of_sum-weight_decay", "sum_of_norms"])
+def test_gradients_from_1e_minus_30_to_1e30_match_the_reference(case, jit_compile):
+    """The gradient's norm starts from the skip policy's sum of squares; where that sum under- or
+    overflows, the scaled norm and the exact finiteness check take over: same steps as float64,
+    and no update is skipped."""
+    import tensorflow as tf
+
+    weights, gradients = ref.random_problem(steps=4)
+    gradients = [[scale * g for scale, g in zip(GRADIENT_SCALES, gs)] for gs in gradients]
+    variables = ref.make_variables(weights)
+    optimizer = LARS(0.5, **case)
+    optimizer.build(variables)
+    apply = tf.function(lambda grads: optimizer.apply(grads, variables), jit_compile=jit_compile)
+    history = []
+    for gs in gradients:
+        apply([tf.constant(np.asarray(g, np.float32)) for g in gs])
+        history.append([np.asarray(v.numpy(), np.float64) for v in variables])
+    expected = ref.run(ref.per_variable(ref.lars_step), weights, gradients, 0.5, **_reference_kwargs(case))
+    assert_histories_close(history, expected)
+    assert optimizer.skipped_updates == 0

@@ -145,3 +145,25 @@ def test_bad_hyperparameters_raise_naming_argument_and_value(kwargs, argument, v
     with pytest.raises(ValueError) as error:
         SNGM(**kwargs)
     assert argument in str(error.value) and value in str(error.value)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize("layerwise", [False, True])
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_compiled_steps_from_1e_minus30_to_1e30_match_the_reference(layerwise, scale, jit_compile):
+    """In a tf.function (and under XLA) the norm starts from the skip policy's sums of squares; at
+    1e30 those overflow (the exact finiteness check and the scaled norm take over), at 1e-30 they
+    underflow: the steps are the reference's, and no update is skipped."""
+    import tensorflow as tf
+
+    weights, gradients = ref.random_problem(steps=4)
+    variables = ref.make_variables(weights)
+    optimizer = SNGM(0.1, layerwise=layerwise)
+    optimizer.build(variables)
+    apply = tf.function(lambda grads: optimizer.apply(grads, variables), jit_compile=jit_compile)
+    history = []
+    for gs in gradients:
+        apply([tf.constant(np.asarray(scale * g, np.float32)) for g in gs])
+        history.append([np.asarray(v.numpy(), np.float64) for v in variables])
+    assert_histories_close(history, ref.run(ref.sngm_step, weights, gradients, 0.1, layerwise=layerwise))
+    assert optimizer.skipped_updates == 0

@@ -75,6 +75,32 @@ import tensorflow as tf
 #: Relative round-off tolerance per gradient sample for ``(1/k) sum (g - c)**2 - (gbar - c)**2``.
 VARIANCE_ROUNDOFF_PER_SAMPLE = 4.0 * float(np.finfo(np.float32).eps)
 
+#: The dtypes the second moment can be all-reduced in (``second_moment_dtype`` of the VR optimizers).
+SECOND_MOMENT_DTYPES = ("float32", "bfloat16")
+
+#: bfloat16's unit round-off (8 significant bits): a rounding moves a value by at most this fraction of it.
+BFLOAT16_UNIT_ROUNDOFF = 2.0**-8
+
+
+def second_moment_reduction_error(dtype, num_replicas):
+    """Bound on the relative error of the all-reduced second moment from reducing it in ``dtype``.
+
+    ``"float32"``: 0 (the float32 round-off is in :data:`VARIANCE_ROUNDOFF_PER_SAMPLE`).
+    ``"bfloat16"``: each replica's value is rounded to bfloat16 once and the
+    all-reduce may add the ``R`` non-negative values in bfloat16, rounding each
+    partial sum: at most ``(2 R - 1) u`` with ``u = 2**-8`` (2.7 % at ``R = 4``).
+
+    Args:
+        dtype: one of :data:`SECOND_MOMENT_DTYPES`.
+        num_replicas: ``R``.
+    """
+    if dtype == "float32":
+        return 0.0
+    if dtype == "bfloat16":
+        return (2.0 * num_replicas - 1.0) * BFLOAT16_UNIT_ROUNDOFF
+    raise ValueError(f"`second_moment_dtype` must be one of {SECOND_MOMENT_DTYPES}. Received: {dtype!r}")
+
+
 #: Names of the per-variable statistics recorded for monitoring, in order.
 STATISTIC_NAMES = ("mean_square", "variance", "gsnr_mean", "fraction_at_lower", "fraction_at_upper")
 
@@ -122,13 +148,18 @@ def sample_variance(mean, second_moment, num_samples):
     return variance_from_square(tf.square(mean), second_moment, num_samples)
 
 
-def variance_from_square(square_of_mean, second_moment, num_samples, at_resolution_limit=False):
+def variance_from_square(square_of_mean, second_moment, num_samples, at_resolution_limit=False,
+                         second_moment_error=0.0):
     """:func:`sample_variance` from ``mean**2`` (which callers also need).
 
     Args:
         square_of_mean: ``(gbar - c)**2``.
         second_moment: ``(1/k) sum (g_i - c)**2``.
         num_samples: ``k``.
+        second_moment_error: a further relative error of ``second_moment``
+            (:func:`second_moment_reduction_error`, when it was all-reduced in
+            bfloat16), added to the round-off tolerance: a variance below it
+            cannot be told from a tie and counts as one.
         at_resolution_limit: ``False``, ``True`` or a boolean scalar tensor:
             the moments are raw (``c = 0``) at a ``k`` whose round-off
             tolerance lies below genuine GSNRs (the first update with several
@@ -137,7 +168,7 @@ def variance_from_square(square_of_mean, second_moment, num_samples, at_resoluti
             returned (a finite GSNR at the resolution limit), not 0.
     """
     variance = second_moment - square_of_mean
-    tolerance = VARIANCE_ROUNDOFF_PER_SAMPLE * float(num_samples) * second_moment
+    tolerance = (VARIANCE_ROUNDOFF_PER_SAMPLE * float(num_samples) + float(second_moment_error)) * second_moment
     if at_resolution_limit is False:
         return tf.where(variance > tolerance, variance, 0.0)  # a scalar 0: no zero-filled pass
     floor = tf.where(tf.convert_to_tensor(at_resolution_limit), tolerance, tf.zeros_like(tolerance))

@@ -162,11 +162,16 @@ class LARS(TrustRatioOptimizer):
         return tf.convert_to_tensor(momentum)
 
     def _layer_rate(self, variable, gradient, update, weight_decay):
+        # The skip policy's finiteness check computed the gradient's sum of squares: when the
+        # norm is of the gradient itself, it is not read again.
+        gradient_squares = self._reducer.known_sum_of_squares(gradient)
         if self.trust_ratio_denominator == "norm_of_sum":
-            return super()._layer_rate(variable, gradient, update, weight_decay)
+            if update is not gradient:
+                return super()._layer_rate(variable, gradient, update, weight_decay)
+            return self._trust_ratio(rules.l2_norm(variable), rules.l2_norm(update, gradient_squares))
         return rules.trust_ratio(
             rules.l2_norm(variable),
-            rules.l2_norm(gradient),
+            rules.l2_norm(gradient, gradient_squares),
             trust_coefficient=self.trust_coefficient,
             bounds=self.trust_ratio_bounds,
             epsilon=self.epsilon,

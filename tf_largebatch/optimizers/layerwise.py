@@ -37,9 +37,64 @@ from tf_largebatch.optimizers import keras_seam, rules
 from tf_largebatch.optimizers.base import LargeBatchOptimizer, compute_dtype
 from tf_largebatch.optimizers.docstrings import document
 from tf_largebatch.optimizers.selection import VariableSelection
+from tf_largebatch.optimizers.slots import tf_variable
 
 #: Where momentum sits relative to the layer-wise rate (see the module docstring).
 MOMENTUM_PLACEMENTS = ("direction", "step")
+
+#: Device types on which a large variable's Adam chain (:func:`adam_trust_chain`) is compiled
+#: with XLA on its own when the step around it is not (graph mode on CPU or GPU).
+COMPILE_ON_DEVICE_TYPES = ("CPU", "GPU")
+
+#: Variables from this many elements on get the compiled chain; for smaller ones XLA's launch
+#: and per-shape compile cost more than the passes it saves.
+COMPILE_MIN_ELEMENTS = 2**15
+
+
+def compiles_chain_alone(variable):
+    """Whether ``variable``'s per-variable chain runs as its own XLA cluster.
+
+    Yes for a variable of at least :data:`COMPILE_MIN_ELEMENTS` elements on a
+    device of :data:`COMPILE_ON_DEVICE_TYPES`, when the step being traced is not
+    compiled by XLA already (there the chain is simply inlined and fused with
+    the rest; :func:`~tf_largebatch.optimizers.keras_seam.tracing_for_xla`).
+    """
+    if keras_seam.tracing_for_xla() or not variable.shape.is_fully_defined():
+        return False
+    device = tf.DeviceSpec.from_string(getattr(tf_variable(variable), "device", "") or "").device_type
+    return device in COMPILE_ON_DEVICE_TYPES and variable.shape.num_elements() >= COMPILE_MIN_ELEMENTS
+
+
+def adam_trust_chain(gradient, weight, first_moment, second_moment_root, step, *, beta_1, beta_2, epsilon,
+                     underflow_tolerance, weight_decay, with_norms):
+    """One variable's Adam direction, weight decay and trust-ratio norms, from its state to ``u``.
+
+    ``m <- beta_1 m + (1 - beta_1) g``; ``sqrt(v)`` by
+    :func:`~tf_largebatch.optimizers.rules.root_moving_average`;
+    ``u = m_hat / (sqrt(v_hat) + eps) + wd * w``; and, with ``with_norms``,
+    ``||w||`` and ``||u||`` (:func:`~tf_largebatch.optimizers.rules.l2_norm`,
+    overflow-free). Pure (the caller reads and assigns the slots), so it can
+    run as one XLA cluster: the element-wise work fuses into a few passes even
+    in a step that is not compiled (:data:`compiled_adam_trust_chain`). Every
+    form it picks is exact (the rules choose by the trace), so compiled and
+    inline give the same result to float32 rounding.
+
+    Returns:
+        ``(m, sqrt(v), u, ||w||, ||u||)``; the norms are ``None`` without ``with_norms``.
+    """
+    first_moment = rules.moving_average(first_moment, gradient, beta_1)
+    second_moment_root = rules.root_moving_average(second_moment_root, gradient, beta_2,
+                                                   underflow_tolerance=underflow_tolerance)
+    update = rules.bias_corrected_adam_direction(first_moment, second_moment_root, beta_1, beta_2, step, epsilon)
+    if weight_decay:
+        update = rules.add_weight_decay(update, weight, weight_decay)
+    if not with_norms:
+        return first_moment, second_moment_root, update, None, None
+    return first_moment, second_moment_root, update, rules.l2_norm(weight), rules.l2_norm(update)
+
+
+#: :func:`adam_trust_chain` as one XLA cluster (graph-mode steps on CPU/GPU, large variables).
+compiled_adam_trust_chain = tf.function(adam_trust_chain, jit_compile=True)
 
 
 class LayerwiseOptimizer(LargeBatchOptimizer):
@@ -107,21 +162,34 @@ class LayerwiseOptimizer(LargeBatchOptimizer):
         """The rate of an adapted variable (float32 scalar)."""
         raise NotImplementedError
 
+    def _update_and_layer_rate(self, gradient, variable, weight_decay, adapts):
+        """``(u, rate)``: :meth:`_update`, and :meth:`_layer_rate` when ``adapts`` (else ``None``).
+
+        One hook for a subclass that computes both in one pass (LayerwiseAdam's compiled chain).
+        """
+        update = self._update(gradient, variable, weight_decay)
+        return update, (self._layer_rate(variable, gradient, update, weight_decay) if adapts else None)
+
     def update_step(self, gradient, variable, learning_rate):
         dtype = compute_dtype(variable)
         learning_rate = tf.cast(learning_rate, dtype)
         gradient = tf.cast(gradient, dtype)
         index = keras_seam.variable_index(self, variable)
         weight_decay = self.weight_decay if (self.weight_decay and self._decays[index]) else 0.0
-        update = self._update(gradient, variable, weight_decay)
-        if self._adapts[index]:
+        update, rate = self._update_and_layer_rate(gradient, variable, weight_decay, self._adapts[index])
+        if rate is not None:
             # Scalars first: one element-wise pass for learning rate times layer rate.
-            learning_rate = learning_rate * tf.cast(self._layer_rate(variable, gradient, update, weight_decay), dtype)
+            learning_rate = learning_rate * tf.cast(rate, dtype)
         step = update * learning_rate
-        if self.momentum_placement == "step":
-            velocity = self.momentums[index]
-            self.assign(velocity, rules.heavy_ball(velocity, step, self.momentum))
-            step = rules.heavy_ball(velocity, step, self.momentum) if self.nesterov else velocity
+        if self.momentum_placement != "step":
+            self.assign_sub(variable, step)
+            return
+        velocity = self.momentums[index]
+        if velocity.dtype == variable.dtype:  # one training kernel instead of four passes in graph mode
+            rules.apply_heavy_ball(variable, velocity, step, 1.0, self.momentum, nesterov=self.nesterov)
+            return
+        self.assign(velocity, rules.heavy_ball(velocity, step, self.momentum))
+        step = rules.heavy_ball(velocity, step, self.momentum) if self.nesterov else velocity
         self.assign_sub(variable, tf.convert_to_tensor(step))
 
     # ---------------------------------------------------------------- config
@@ -152,9 +220,13 @@ class TrustRatioOptimizer(LayerwiseOptimizer):
         self.trust_ratio_bounds = validation.check_bounds("trust_ratio_bounds", trust_ratio_bounds)
 
     def _layer_rate(self, variable, gradient, update, weight_decay):
+        return self._trust_ratio(rules.l2_norm(variable), rules.l2_norm(update))
+
+    def _trust_ratio(self, weight_norm, update_norm):
+        """The trust ratio of ``||w||`` and ``||u||`` with this optimizer's coefficient, bounds and epsilon."""
         return rules.trust_ratio(
-            rules.l2_norm(variable),
-            rules.l2_norm(update),
+            weight_norm,
+            update_norm,
             trust_coefficient=self.trust_coefficient,
             bounds=self.trust_ratio_bounds,
             epsilon=self._trust_ratio_epsilon,
@@ -427,6 +499,22 @@ class LayerwiseAdam(TrustRatioOptimizer):
             tf.convert_to_tensor(m), tf.convert_to_tensor(root), self.beta_1, self.beta_2, self.applied_updates + 1,
             self.epsilon,
         )
+
+    def _update_and_layer_rate(self, gradient, variable, weight_decay, adapts):
+        """For a large variable in a step XLA does not compile, the chain from the moments to both
+        norms runs as one XLA cluster (:func:`compiles_chain_alone`); else the chassis's ops."""
+        if not compiles_chain_alone(variable) or gradient.dtype != tf.float32:
+            return super()._update_and_layer_rate(gradient, variable, weight_decay, adapts)
+        m, root = self._slot(self._momentums, variable), self._slot(self._velocity_roots, variable)
+        m_new, root_new, update, weight_norm, update_norm = compiled_adam_trust_chain(
+            gradient, tf.cast(tf.convert_to_tensor(variable), tf.float32), tf.convert_to_tensor(m),
+            tf.convert_to_tensor(root), tf.cast(self.applied_updates + 1, tf.float32),
+            beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon,
+            underflow_tolerance=rules.adam_root_tolerance(self.epsilon, self.beta_2),
+            weight_decay=float(weight_decay), with_norms=bool(adapts))
+        self.assign(m, m_new)
+        self.assign(root, root_new)
+        return update, (self._trust_ratio(weight_norm, update_norm) if adapts else None)
 
     def get_config(self):
         config = super().get_config()

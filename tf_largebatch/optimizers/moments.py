@@ -82,7 +82,7 @@ SampleMoments = collections.namedtuple("SampleMoments", ["mean", "variance", "si
 
 
 def sample_moments(sum_of_means, sum_of_mean_squares, shift, *, num_replicas, num_samples,
-                   at_resolution_limit=False):
+                   at_resolution_limit=False, second_moment_error=0.0):
     """One variable's :class:`SampleMoments` from its all-reduced sums: the one place they are computed.
 
     Args:
@@ -97,13 +97,17 @@ def sample_moments(sum_of_means, sum_of_mean_squares, shift, *, num_replicas, nu
             where ``k`` calls for a shift, so a variance under round-off counts
             as the round-off tolerance, not 0
             (:func:`~tf_largebatch.optimizers.gsnr.variance_from_square`).
+        second_moment_error: the relative error of the reduced second moment
+            beyond float32 round-off (``second_moment_dtype="bfloat16"``;
+            :func:`~tf_largebatch.optimizers.gsnr.second_moment_reduction_error`).
 
     Pure and free of variables, so the VR step compiles it with the GSNR chain
     into one XLA cluster.
     """
     shifted_mean, second_moment = gsnr.moments_from_replica_sums(sum_of_means, sum_of_mean_squares, num_replicas)
     square_of_shifted_mean = tf.square(shifted_mean)
-    variance = gsnr.variance_from_square(square_of_shifted_mean, second_moment, num_samples, at_resolution_limit)
+    variance = gsnr.variance_from_square(square_of_shifted_mean, second_moment, num_samples, at_resolution_limit,
+                                         second_moment_error)
     mean = gsnr.unshift(shifted_mean, shift)
     signal = square_of_shifted_mean if shift is None else tf.square(mean)
     return SampleMoments(mean, variance, signal)

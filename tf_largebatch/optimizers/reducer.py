@@ -14,7 +14,7 @@ that job: the accumulators and the ``skipped_updates`` counter, from which
 
 import tensorflow as tf
 
-from tf_largebatch.optimizers import keras_seam
+from tf_largebatch.optimizers import keras_seam, rules
 from tf_largebatch.optimizers.replicas import all_reduce_sum, cond_with_collectives
 from tf_largebatch.optimizers.slots import add_local_variable, variable_path
 
@@ -36,6 +36,22 @@ def all_finite(values):
     return tf.reduce_all([tf.math.is_finite(tf.reduce_sum(value)) for value in values])
 
 
+def all_finite_by_squares(values):
+    """``(finite, sums)``: :func:`all_finite` of ``values``, and each tensor's sum of squares.
+
+    A finite sum of squares (:func:`~tf_largebatch.optimizers.rules.sum_of_squares`,
+    one read) means every element is finite; only when some sum is not finite
+    (a NaN or Inf, or squares beyond float32's range) does the exact check
+    (:func:`all_finite`) run, in a ``tf.cond``. The sums are the plain sums of
+    squares a norm of the same tensor starts from, so an update that needs
+    ``||g||`` reads ``g`` once less (:meth:`ReplicaReducer.known_sum_of_squares`).
+    """
+    sums = [rules.sum_of_squares(value) for value in values]
+    squares_finite = tf.reduce_all([tf.math.is_finite(total) for total in sums])
+    finite = tf.cond(squares_finite, lambda: tf.constant(True), lambda: all_finite(values))
+    return finite, sums
+
+
 def assert_finite(value, variable):
     """``value``, failing the step with the variable's path if it holds a NaN or Inf."""
     return tf.debugging.assert_all_finite(
@@ -52,6 +68,24 @@ def without_empty_variables(grads, variables):
     """
     kept = [(g, v) for g, v in zip(grads, variables) if v.shape.num_elements() != 0]
     return [g for g, _ in kept], [v for _, v in kept]
+
+
+def _all_reduce_sum_by_dtype(values):
+    """:func:`all_reduce_sum` of ``values``, one collective per dtype among them (in order).
+
+    TensorFlow's collectives pack the tensors of one call into one buffer, which
+    needs one dtype: the default (float32 statistics) is one collective; a
+    statistic reduced in bfloat16 travels in a second one.
+    """
+    dtypes = list(dict.fromkeys(value.dtype for value in values))
+    if len(dtypes) <= 1:
+        return all_reduce_sum(values)
+    reduced = [None] * len(values)
+    for dtype in dtypes:
+        positions = [i for i, value in enumerate(values) if value.dtype == dtype]
+        for position, value in zip(positions, all_reduce_sum([values[i] for i in positions])):
+            reduced[position] = value
+    return reduced
 
 
 class ReplicaReducer:
@@ -72,6 +106,10 @@ class ReplicaReducer:
 
     def __init__(self, nonfinite_gradients):
         self.nonfinite_gradients = check_nonfinite_policy(nonfinite_gradients)
+        #: ``{statistic index: dtype}``: statistics all-reduced in another dtype (cast back after).
+        self.reduce_dtypes = {}
+        # Trace-time cache: reduced gradient (by tensor reference) -> its plain sum of squares.
+        self._sums_of_squares = {}
         self.skipped_counter = None
         self.accumulators = []
         self.accumulation_steps = None
@@ -98,6 +136,15 @@ class ReplicaReducer:
     def checkpoint_dependencies(self):
         """``{name: variable}`` saved by name on the optimizer (the names before components existed)."""
         return {"_skipped_updates": self.skipped_counter}
+
+    def known_sum_of_squares(self, gradient):
+        """The plain sum of squares of ``gradient`` if this step's finiteness check computed it, else ``None``.
+
+        Found by tensor identity: ``gradient`` must be the all-reduced tensor
+        itself (not clipped, transformed or cast). Valid within the trace of
+        the step that reduced it, which is where updates ask.
+        """
+        return self._sums_of_squares.get(gradient.ref()) if tf.is_tensor(gradient) else None
 
     @property
     def skipped_updates(self):
@@ -145,14 +192,23 @@ class ReplicaReducer:
     def _reduce(self, local_statistics, variables, apply_update):
         """All-reduce (SUM) every statistic in one collective, check it, update."""
         count = len(local_statistics[0])
-        reduced = all_reduce_sum([value for values in local_statistics for value in values])
-        statistics = [reduced[i * count:(i + 1) * count] for i in range(len(local_statistics))]
+        payload = [tf.cast(value, self.reduce_dtypes[index]) if index in self.reduce_dtypes else value
+                   for index, values in enumerate(local_statistics) for value in values]
+        reduced = _all_reduce_sum_by_dtype(payload)
+        statistics = [[tf.cast(value, local.dtype) for value, local in zip(reduced[i * count:(i + 1) * count], values)]
+                      if i in self.reduce_dtypes else reduced[i * count:(i + 1) * count]
+                      for i, values in enumerate(local_statistics)]
         if self.nonfinite_gradients == "raise":
             apply_update([[assert_finite(value, variable) for value, variable in zip(values, variables)]
                           for values in statistics])
             return
         # With both moments, the squares' sums alone decide: the square of a NaN or
         # Inf is not finite, and squares overflow before the values or their sums do.
-        finite = all_finite(statistics[-1])
+        # With the gradient alone, its sums of squares decide and are kept for the norms.
+        if len(statistics) == 1:
+            finite, sums = all_finite_by_squares(statistics[0])
+            self._sums_of_squares = {value.ref(): total for value, total in zip(statistics[0], sums)}
+        else:
+            finite = all_finite(statistics[-1])
         cond_with_collectives(finite, apply_update, args=(statistics,),
                               false_fn=lambda: self.skipped_counter.assign_add(1))

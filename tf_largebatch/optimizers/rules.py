@@ -109,7 +109,7 @@ def _scaled_l2_norm(x):
     return safe * tf.sqrt(sum_of_squares(x / safe))
 
 
-def l2_norm(x):
+def l2_norm(x, plain_sum_of_squares=None):
     """Euclidean norm of a whole tensor, in float32, free of overflow and underflow.
 
     Squaring a float32 above ~1.8e19 overflows and below ~1e-19 underflows, so
@@ -126,17 +126,18 @@ def l2_norm(x):
 
     Args:
         x: a tensor of any shape and float dtype.
+        plain_sum_of_squares: ``None``, or :func:`sum_of_squares` of ``x``
+            already computed (it is then not computed again).
 
     Returns:
         A float32 scalar.
     """
     x = as_float32(x)
-    plain = sum_of_squares(x)
-    return tf.cond(squares_representable(plain, _num_elements(x)), lambda: tf.sqrt(plain),
-                   lambda: _scaled_l2_norm(x))
+    plain = sum_of_squares(x) if plain_sum_of_squares is None else plain_sum_of_squares
+    return _norm_from_sum_of_squares(plain, _num_elements(x), lambda: _scaled_l2_norm(x))
 
 
-def global_norm(tensors):
+def global_norm(tensors, plain_sums_of_squares=None):
     """Euclidean norm of the concatenation of ``tensors`` (float32, overflow-free).
 
     The plain form sums every tensor's :func:`sum_of_squares` and takes one
@@ -147,15 +148,28 @@ def global_norm(tensors):
 
     Args:
         tensors: a non-empty list of tensors.
+        plain_sums_of_squares: ``None``, or a list parallel to ``tensors`` of
+            their :func:`sum_of_squares` where already computed (``None``
+            entries are computed here).
 
     Returns:
         A float32 scalar.
     """
     tensors = [as_float32(t) for t in tensors]
-    plain = tf.add_n([sum_of_squares(t) for t in tensors])
+    known = plain_sums_of_squares or [None] * len(tensors)
+    plain = tf.add_n([sum_of_squares(t) if total is None else total for t, total in zip(tensors, known)])
     size = sum(_num_elements(t) for t in tensors)
-    return tf.cond(squares_representable(plain, size), lambda: tf.sqrt(plain),
-                   lambda: l2_norm(tf.stack([_scaled_l2_norm(t) for t in tensors])))
+    return _norm_from_sum_of_squares(plain, size, lambda: l2_norm(tf.stack([_scaled_l2_norm(t) for t in tensors])))
+
+
+def _norm_from_sum_of_squares(plain, size, scaled_norm):
+    """``sqrt(plain)`` when :func:`squares_representable`, else ``scaled_norm()``; only one runs (``tf.cond``).
+
+    The one guard of :func:`l2_norm` and :func:`global_norm`: ``plain`` is the
+    plain sum of squares of ``size`` elements, ``scaled_norm`` the overflow-free
+    form of the same norm.
+    """
+    return tf.cond(squares_representable(plain, size), lambda: tf.sqrt(plain), scaled_norm)
 
 
 def normalize(x, norm):
@@ -223,7 +237,7 @@ def heavy_ball(momentum, update, beta):
     return tf.cast(beta, update.dtype) * momentum + update
 
 
-def apply_heavy_ball(variable, velocity, update, learning_rate, beta):
+def apply_heavy_ball(variable, velocity, update, learning_rate, beta, nesterov=False):
     """``u <- beta * u + update``, then ``w <- w - lr * u``, as one TensorFlow training kernel.
 
     The one function of this module that writes variables. The same step as
@@ -240,6 +254,7 @@ def apply_heavy_ball(variable, velocity, update, learning_rate, beta):
         update: the step's direction, same shape (cast to the variable's dtype).
         learning_rate: ``lr``, a scalar.
         beta: the momentum coefficient.
+        nesterov: bool; ``True`` steps by ``lr * (update + beta * u)`` with the new ``u``.
 
     Raises:
         ValueError: if ``velocity`` and ``variable`` have different dtypes (e.g.
@@ -255,7 +270,7 @@ def apply_heavy_ball(variable, velocity, update, learning_rate, beta):
 
     tf.raw_ops.ResourceApplyMomentum(
         var=variable.handle, accum=velocity.handle, lr=scalar(learning_rate), grad=tf.cast(update, dtype),
-        momentum=scalar(beta), use_locking=False, use_nesterov=False)
+        momentum=scalar(beta), use_locking=False, use_nesterov=bool(nesterov))
 
 
 def moving_average(average, value, decay):

@@ -85,9 +85,12 @@ class SNGM(LargeBatchOptimizer):
                 rules.add_weight_decay(g, v, self.weight_decay) if self.applies_weight_decay(v) else g
                 for g, v in zip(grads, trainable_variables)
             ]
+        # The skip policy's finiteness check computed the sums of squares of the reduced gradients;
+        # a gradient still the same tensor (no clipping, no decay) is not read again for its norm.
+        known = [self._reducer.known_sum_of_squares(g) for g in grads]
         if self.layerwise:
-            return [rules.normalize(g, rules.l2_norm(g)) for g in grads]
-        norm = rules.global_norm(grads)
+            return [rules.normalize(g, rules.l2_norm(g, total)) for g, total in zip(grads, known)]
+        norm = rules.global_norm(grads, known)
         return [rules.normalize(g, norm) for g in grads]
 
     def update_step(self, gradient, variable, learning_rate):
