@@ -137,6 +137,10 @@ def test_recipes_resolve_package_keras_and_study_names():
     assert (untuned.name, untuned.class_name, untuned.transfer_from) == ("MSGD-untuned", "SGD", "MSGD")
     assert recipes.resolve("Lion-untuned").transfer_from == "Lion"
     assert recipes.builtin("LAMB") is recipes.RECIPES["LAMB"] and recipes.builtin("Lion") is None
+    # The opt-in bfloat16 second moment, as its own contender: VRMomentum's recipe but for that argument.
+    bf16 = recipes.resolve("VRMomentum(bf16)")
+    assert (bf16.class_name, bf16.base_learning_rate, bf16.rule) == ("VRMomentum", 0.0125, "linear")
+    assert bf16.needs_gradient_samples() and bf16.build(0.1, 2).second_moment_dtype == "bfloat16"
 
 
 def test_a_recipe_with_a_factory_builds_a_wrapper_and_declares_its_samples():

@@ -140,6 +140,9 @@ RECIPES = {
         Recipe("LAMB", "tf_largebatch", "LAMB", 8e-3, "sqrt"),
         Recipe("VRSGD", "tf_largebatch", "VRSGD", 0.125, "linear"),
         Recipe("VRMomentum", "tf_largebatch", "VRMomentum", 0.0125, "linear"),
+        # The opt-in approximation: the second moment all-reduced in bfloat16 (docs/vr.md).
+        Recipe("VRMomentum(bf16)", "tf_largebatch", "VRMomentum", 0.0125, "linear",
+               (("second_moment_dtype", "bfloat16"),)),
         Recipe("VRAdam", "tf_largebatch", "VRAdam", 2e-3, "sqrt"),
         Recipe("VRLAMB", "tf_largebatch", "VRLAMB", 8e-3, "sqrt"),
         Recipe("VRLARS", "tf_largebatch", "VRLARS", 1.0, "sqrt"),
