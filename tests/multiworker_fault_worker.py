@@ -56,7 +56,7 @@ def train(strategy, callbacks=()):
         model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(4, activation="tanh"),
                                   keras.layers.Dense(2)])
         model.compile(optimizer=tlb.optimizers.VRLAMB(learning_rate=0.02, gradient_accumulation_steps=2), loss="mse")
-    model.fit(dataset(), epochs=EPOCHS, verbose=0, callbacks=list(callbacks))
+    model.fit(dataset(), epochs=EPOCHS, verbose=0, shuffle=False, callbacks=list(callbacks))
     return ([np.asarray(w.numpy()) for w in model.weights],
             [np.asarray(v.numpy()) for v in model.optimizer.variables])
 

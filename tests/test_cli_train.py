@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from tf_largebatch import cli, config
 from tf_largebatch.pipelines import train
 from tf_largebatch.pipelines.callbacks import restore_loop_checkpoint
-from distribute_utils import free_ports
+from distribute_utils import free_ports, release_interrupted_fit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR = os.path.join(ROOT, "tpu_configs", "resnet20_sngm_1024_v3-8.yaml")
@@ -95,6 +95,7 @@ def test_an_interrupted_run_resumes_from_its_backup_with_the_same_command(tmp_pa
     with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
         with pytest.raises(RuntimeError, match="preempted"):
             train.run(configs, callbacks=[preempt])
+        release_interrupted_fit()
         assert not (model_dir / "summary.json").exists()
         assert (model_dir / "backup").exists()
         # The same command again: it restores loop 2's state and runs loops 3 and 4 only.

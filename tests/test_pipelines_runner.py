@@ -19,6 +19,7 @@ from tf_largebatch.pipelines import callbacks as callbacks_lib
 from tf_largebatch.pipelines import models, throughput, train
 from tf_largebatch.pipelines import summary as summary_lib
 from tf_largebatch.pipelines.schedule_in_updates import ScheduleInUpdates
+from distribute_utils import release_interrupted_fit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MSGD = os.path.join(ROOT, "tpu_configs", "resnet20_msgd_2048_v3-8.yaml")
@@ -105,6 +106,7 @@ def interrupted_run(tmp_path):
     cfgs = smoke_configs(SNGM, tmp_path, "training.steps=4", "callbacks.tensorboard=false")
     with pytest.raises(RuntimeError, match="killed"):
         train.run(cfgs, callbacks=[Interrupt(at_loop=3)])
+    release_interrupted_fit()
     backup = tmp_path / "run" / "backup"
     # tf.train.CheckpointManager records the newest two loops (the loop number is in each).
     recorded = train.LoopBackup(str(backup)).backups()

@@ -98,8 +98,10 @@ def test_smoke_with_synthetic_false_insists_on_real_data(tmp_path, capsys):
 # equal up to numbers (the batch, learning rate and warm-up of a table row)
 # run the same code with other numbers, so one run of the family covers them.
 CONFIG_FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
-# (SNGM, LARS and MSGD on ResNet-20 and VR-LARS on ResNet-50 also train in
-# test_pipelines_smoke.py on mocked TFDS data, BERT in test_pipelines_bert.py.)
+# (SNGM, LARS and MSGD on ResNet-20 also train in test_pipelines_smoke.py on
+# mocked TFDS data, BERT in test_pipelines_bert.py; the ResNet-50 runs here are
+# the only ResNet-50 training of the pipelines, test_pipelines_smoke.py checks
+# the ImageNet input the VR-LARS config gets from TFDS on mock data.)
 
 
 def name_of(path):

@@ -34,6 +34,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from distribute_utils import release_interrupted_fit
 from optimizer_zoo import ENTRIES, ZOO, assert_weights_close, initial_weights, regression_data, tiny_model
 
 BATCH = 16
@@ -115,6 +116,7 @@ def _interrupted_then_resumed(entry, strategy, backup_dir, interrupt_at, save_fr
     first = _compiled_model(entry, strategy, seed=None)
     with pytest.raises(Preempted):
         _fit(first, [keras.callbacks.BackupAndRestore(backup_dir, save_freq=save_freq), InterruptAtBatch(interrupt_at)])
+    release_interrupted_fit()
     resumed = _compiled_model(entry, strategy, seed=99)
     start = RecordStart()
     history = _fit(resumed, [keras.callbacks.BackupAndRestore(backup_dir, save_freq=save_freq), start])
@@ -157,6 +159,7 @@ def test_integer_save_freq_restores_mid_epoch_state_and_replays_the_epoch(tmp_pa
     first = _compiled_model(entry, tf.distribute.get_strategy(), seed=None)
     with pytest.raises(Preempted):
         _fit(first, [keras.callbacks.BackupAndRestore(str(backup), save_freq=5), InterruptAtBatch(7)])
+    release_interrupted_fit()
     metadata = json.loads((backup / "training_metadata.json").read_text())
     assert metadata == {"epoch": 1, "batch": 1}
 
