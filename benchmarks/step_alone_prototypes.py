@@ -54,19 +54,26 @@ class FusedSNGM(bench.tlb.SNGM):
             grad=tf.cast(gradient, dtype), momentum=tf.cast(self.momentum, dtype), use_nesterov=False)
 
 
+def lars_direction_and_rate(optimizer, gradient, variable, learning_rate):
+    """``(index, u, lr * ratio)`` of one LARS variable: the chassis's direction and layer-wise rate."""
+    dtype = variable.dtype
+    gradient = tf.cast(gradient, dtype)
+    index = keras_seam.variable_index(optimizer, variable)
+    weight_decay = optimizer.weight_decay if (optimizer.weight_decay and optimizer._decays[index]) else 0.0
+    update = optimizer._update(gradient, variable, weight_decay)
+    rate = tf.cast(learning_rate, dtype)
+    if optimizer._adapts[index]:
+        rate = rate * tf.cast(optimizer._layer_rate(variable, gradient, update, weight_decay), dtype)
+    return index, update, rate
+
+
 class FusedLARS(bench.tlb.LARS):
     """LARS (trust ratio on the gradient, no Nesterov) with the velocity update as one
     ``ResourceApplyKerasMomentum``: its slot holds ``-velocity``."""
 
     def update_step(self, gradient, variable, learning_rate):
+        index, update, rate = lars_direction_and_rate(self, gradient, variable, learning_rate)
         dtype = variable.dtype
-        gradient = tf.cast(gradient, dtype)
-        index = keras_seam.variable_index(self, variable)
-        weight_decay = self.weight_decay if (self.weight_decay and self._decays[index]) else 0.0
-        update = self._update(gradient, variable, weight_decay)
-        rate = tf.cast(learning_rate, dtype)
-        if self._adapts[index]:
-            rate = rate * tf.cast(self._layer_rate(variable, gradient, update, weight_decay), dtype)
         tf.raw_ops.ResourceApplyKerasMomentum(
             var=variable.handle, accum=self.momentums[index].handle, lr=rate, grad=update,
             momentum=tf.cast(self.momentum, dtype), use_nesterov=False)
@@ -77,14 +84,7 @@ class FusedSameSlotLARS(bench.tlb.LARS):
     ``s = lr * ratio * u`` one pass before it): the slot keeps its meaning."""
 
     def update_step(self, gradient, variable, learning_rate):
-        dtype = variable.dtype
-        gradient = tf.cast(gradient, dtype)
-        index = keras_seam.variable_index(self, variable)
-        weight_decay = self.weight_decay if (self.weight_decay and self._decays[index]) else 0.0
-        update = self._update(gradient, variable, weight_decay)
-        rate = tf.cast(learning_rate, dtype)
-        if self._adapts[index]:
-            rate = rate * tf.cast(self._layer_rate(variable, gradient, update, weight_decay), dtype)
+        index, update, rate = lars_direction_and_rate(self, gradient, variable, learning_rate)
         rules.apply_heavy_ball(variable, self.momentums[index], update * rate, 1.0, self.momentum)
 
 
