@@ -106,7 +106,7 @@ class AdaScale(LargeBatchOptimizer):
             read by ``GSNRMonitor``) are recorded on every update too; their
             mean-GSNR column only on the updates after
             :meth:`request_gradient_statistics` (``GSNRMonitor`` asks before
-            each reading), NaN on the others.
+            each reading); on the other updates it keeps its last computed value.
         name: string.
 
     ``weight_decay``, ``exclude_from_weight_decay``, ``clipnorm``,

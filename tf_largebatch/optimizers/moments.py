@@ -301,7 +301,8 @@ class MomentsRecorder:
         per element and a reduction that no update rule needs, only when
         :meth:`record_due` (every update with ``every_update=True``, else the
         updates after :meth:`request`, which ``GSNRMonitor`` makes before each
-        reading). On the other updates it holds NaN ("not computed").
+        reading). On the other updates it keeps the value of the last update
+        that computed it (0 before any), so the state stays finite.
 
         Args:
             statistics: the all-reduced ``[sums of means, sums of mean squares]``.
@@ -326,13 +327,18 @@ class MomentsRecorder:
         if record is True:
             gsnr_means = mean_gsnrs()
         else:
-            gsnr_means = tf.cond(record, mean_gsnrs, lambda: tf.fill([len(observed)], float("nan")))
+            gsnr_means = tf.cond(record, mean_gsnrs, lambda: self._last_gsnr_means([index for index, _ in observed]))
         rows = self.empty_rows()
         for position, (index, moments) in enumerate(observed):
             rows[index] = tf.stack([tf.reduce_sum(moments.signal), tf.reduce_sum(moments.variance),
                                     gsnr_means[position]])
         self.store(rows)
         return means
+
+    def _last_gsnr_means(self, indices):
+        """The table's mean-GSNR column at ``indices`` (rows), as last written (this replica's copy)."""
+        column = self.statistic_names.index("gsnr_mean")
+        return tf.gather(tf.convert_to_tensor(self.table.value)[:, column], indices)
 
     def noise_estimates(self):
         """``(sigma**2, |grad F|**2)`` of the last recorded update, summed over all variables.
