@@ -195,9 +195,10 @@ class ReplicaReducer:
         payload = [tf.cast(value, self.reduce_dtypes[index]) if index in self.reduce_dtypes else value
                    for index, values in enumerate(local_statistics) for value in values]
         reduced = _all_reduce_sum_by_dtype(payload)
-        statistics = [[tf.cast(value, local.dtype) for value, local in zip(reduced[i * count:(i + 1) * count], values)]
-                      if i in self.reduce_dtypes else reduced[i * count:(i + 1) * count]
-                      for i, values in enumerate(local_statistics)]
+        statistics = [reduced[i * count:(i + 1) * count] for i in range(len(local_statistics))]
+        for index in self.reduce_dtypes:  # back to the statistic's own dtype
+            statistics[index] = [tf.cast(value, local.dtype)
+                                 for value, local in zip(statistics[index], local_statistics[index])]
         if self.nonfinite_gradients == "raise":
             apply_update([[assert_finite(value, variable) for value, variable in zip(values, variables)]
                           for values in statistics])
