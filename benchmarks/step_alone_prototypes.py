@@ -22,11 +22,22 @@ chain are now the package's own, so those rows time the package twice):
   ``reducer.all_finite_by_squares``, one read of every gradient, whose sums of
   squares SNGM's and LARS's norms of the gradient now reuse) replaced by
   ``True``, the norms then computing their own sums: what the skip policy's
-  read costs beyond the norms.
+  read costs beyond the norms;
+* **no norm guards**: the overflow-free norms' guard (``sqrt`` of the plain sum
+  of squares when it is representable, else the scaled form, in a ``tf.cond``)
+  replaced by the plain ``sqrt``: what the overflow and underflow safety of
+  the norms costs;
+* **LARS, floor**: the least any LARS step reads: the two sums of squares
+  (``rules.sum_of_squares``, the form the package uses), the trust ratio and
+  the momentum kernel, with neither the finiteness check nor the guards. Its
+  ratio to SGD with momentum is the cost of the two norms' reads (about 1.4
+  on paper: seven accesses of a parameter-sized tensor against five), and
+  LARS's ratio to it the cost of everything else.
 
-Both prototypes give the same steps as the optimizers on finite gradients
-(checked below before timing); the second drops the protection against
-non-finite gradients and is not something to use.
+The prototypes give the same steps as the optimizers on finite gradients
+(checked below before timing); the last three drop protections (against
+non-finite gradients, against norms that overflow or underflow) and are not
+something to use.
 """
 
 import argparse
@@ -126,49 +137,69 @@ class CompiledChainLAMB(bench.tlb.LAMB):
         self.assign_sub(variable, update * rate)
 
 
+class FloorLARS(bench.tlb.LARS):
+    """LARS reduced to two sums of squares, the trust ratio and the momentum kernel (no checks, no guards)."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        index = keras_seam.variable_index(self, variable)
+        gradient = tf.cast(gradient, variable.dtype)
+        rate = tf.cast(learning_rate, variable.dtype)
+        if self._adapts[index]:
+            weight_norm = tf.sqrt(rules.sum_of_squares(variable))
+            gradient_norm = tf.sqrt(rules.sum_of_squares(gradient))
+            rate = rate * rules.trust_ratio(weight_norm, gradient_norm, trust_coefficient=self.trust_coefficient,
+                                            bounds=self.trust_ratio_bounds, epsilon=self.epsilon)
+        rules.apply_heavy_ball(variable, self.momentums[index], gradient * rate, 1.0, self.momentum)
+
+
 def _factories():
     return {
-        "SGD+momentum": (bench.OPTIMIZERS["SGD+momentum"], False),
-        "SNGM": (bench.OPTIMIZERS["SNGM"], False),
-        "SNGM, fused kernel": (lambda: FusedSNGM(0.01), False),
-        "SNGM, no finiteness pass": (bench.OPTIMIZERS["SNGM"], True),
-        "SNGM, both": (lambda: FusedSNGM(0.01), True),
-        "LARS": (bench.OPTIMIZERS["LARS"], False),
-        "LARS, fused kernel": (lambda: FusedLARS(1.0), False),
-        "LARS, fused kernel, slot kept": (lambda: FusedSameSlotLARS(1.0), False),
-        "LARS, no finiteness pass": (bench.OPTIMIZERS["LARS"], True),
-        "LARS, both": (lambda: FusedLARS(1.0), True),
-        "keras Lamb": (bench.OPTIMIZERS["keras Lamb"], False),
-        "LAMB": (bench.OPTIMIZERS["LAMB"], False),
-        "LAMB, compiled chain": (lambda: CompiledChainLAMB(1e-3), False),
-        "LAMB (weight decay)": (bench.OPTIMIZERS["LAMB (weight decay)"], False),
-        "LAMB (weight decay), compiled chain": (lambda: CompiledChainLAMB(1e-3, weight_decay=0.01), False),
+        "SGD+momentum": (bench.OPTIMIZERS["SGD+momentum"], ()),
+        "SNGM": (bench.OPTIMIZERS["SNGM"], ()),
+        "SNGM, fused kernel": (lambda: FusedSNGM(0.01), ()),
+        "SNGM, no finiteness pass": (bench.OPTIMIZERS["SNGM"], ("check",)),
+        "SNGM, both": (lambda: FusedSNGM(0.01), ("check",)),
+        "LARS": (bench.OPTIMIZERS["LARS"], ()),
+        "LARS, fused kernel": (lambda: FusedLARS(1.0), ()),
+        "LARS, fused kernel, slot kept": (lambda: FusedSameSlotLARS(1.0), ()),
+        "LARS, no finiteness pass": (bench.OPTIMIZERS["LARS"], ("check",)),
+        "LARS, both": (lambda: FusedLARS(1.0), ("check",)),
+        "LARS, no norm guards": (bench.OPTIMIZERS["LARS"], ("guards",)),
+        "LARS, floor": (lambda: FloorLARS(1.0), ("check",)),
+        "keras Lamb": (bench.OPTIMIZERS["keras Lamb"], ()),
+        "LAMB": (bench.OPTIMIZERS["LAMB"], ()),
+        "LAMB, compiled chain": (lambda: CompiledChainLAMB(1e-3), ()),
+        "LAMB (weight decay)": (bench.OPTIMIZERS["LAMB (weight decay)"], ()),
+        "LAMB (weight decay), compiled chain": (lambda: CompiledChainLAMB(1e-3, weight_decay=0.01), ()),
     }
 
 
-def _contender(label, factory, skip_check, hidden, jit_compile):
+def _contender(label, factory, removed, hidden, jit_compile):
+    """A timed step; ``removed`` names what is replaced while it traces: ``"check"``, ``"guards"``."""
     bench.OPTIMIZERS[label] = lambda **kw: factory()
     contender = bench.StepAlone(label, lambda: bench.mlp(hidden), jit_compile)
-    original = reducer.all_finite, reducer.all_finite_by_squares
-    if skip_check:
+    original = reducer.all_finite, reducer.all_finite_by_squares, rules._norm_from_sum_of_squares
+    if "check" in removed:
         reducer.all_finite = lambda values: tf.constant(True)
         reducer.all_finite_by_squares = lambda values: (tf.constant(True), [None] * len(values))
+    if "guards" in removed:
+        rules._norm_from_sum_of_squares = lambda plain, size, scaled_norm: tf.sqrt(plain)
     try:
-        contender.run(3)  # traces now, with or without the check
+        contender.run(3)  # traces now, with or without the parts
     finally:
-        reducer.all_finite, reducer.all_finite_by_squares = original
+        reducer.all_finite, reducer.all_finite_by_squares, rules._norm_from_sum_of_squares = original
     return contender
 
 
 def _check_same_steps(hidden):
     """The prototypes take the optimizers' steps (to float32 rounding) on finite gradients."""
     for plain, prototype in (("SNGM", "SNGM, fused kernel"), ("LARS", "LARS, fused kernel"),
-                             ("LARS", "LARS, fused kernel, slot kept"),
+                             ("LARS", "LARS, fused kernel, slot kept"), ("LARS", "LARS, floor"),
                              ("LAMB (weight decay)", "LAMB (weight decay), compiled chain")):
         weights = []
         for label in (plain, prototype):
-            factory, _ = _factories()[label]
-            contender = _contender(label, factory, False, hidden, False)
+            factory, removed = _factories()[label]
+            contender = _contender(label, factory, removed, hidden, False)
             weights.append([v.numpy() for v in contender.variables])
         for a, b in zip(*weights):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
@@ -187,8 +218,8 @@ def main(argv=None):
     with MachineState():
         print("command: python benchmarks/step_alone_prototypes.py " + " ".join(sys.argv[1:] if argv is None else argv))
         _check_same_steps(bench.mlp_hidden_for(1e4))
-        contenders = [_contender(label, factory, skip, hidden, args.jit)
-                      for label, (factory, skip) in _factories().items()]
+        contenders = [_contender(label, factory, removed, hidden, args.jit)
+                      for label, (factory, removed) in _factories().items()]
         bench.interleaved(contenders, args.steps, args.rounds)
         by_label = {contender.label: contender for contender in contenders}
         count = sum(int(np.prod(v.shape)) for v in contenders[0].variables)
@@ -198,6 +229,8 @@ def main(argv=None):
             base = by_label["keras Lamb" if contender.label.startswith("LAMB") else "SGD+momentum"]
             if contender is not base and contender.label != "keras Lamb":
                 print(f"  {contender.label + ' / ' + base.label:<52}{bench.paired_ratio(contender, base, 'cpu'):.3f}")
+        floor_ratio = bench.paired_ratio(by_label["LARS"], by_label["LARS, floor"], "cpu")
+        print(f"  {'LARS / LARS, floor':<52}{floor_ratio:.3f}   (the checks and guards beyond the reads)")
         print(f"  (SGD+momentum {1000 * statistics.median(by_label['SGD+momentum'].cpu):.2f}, keras Lamb "
               f"{1000 * statistics.median(by_label['keras Lamb'].cpu):.2f} CPU ms per apply)")
     return 0
