@@ -60,6 +60,7 @@ import numpy as np  # noqa: E402
 import tf_largebatch.optimizers as tlb  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machine_state  # noqa: E402
 from machine_state import MachineState  # noqa: E402
 
 # name -> factory(**extra keyword arguments)
@@ -503,8 +504,10 @@ def main(argv=None):
     parser.add_argument("--settings", default=",".join(VR_OVERHEAD_SETTINGS),
                         help="section 4's settings, from %(default)s (1xla: one device under XLA; 2, 4: "
                              "MirroredStrategy replicas)")
+    machine_state.add_malloc_argument(parser)
     args = parser.parse_args(argv)
     set_threads(args.threads)
+    machine_state.configure_malloc(args.malloc)
     setting_names = tuple(args.settings.split(","))
     unknown = [name for name in setting_names if name not in VR_OVERHEAD_SETTINGS]
     if unknown:

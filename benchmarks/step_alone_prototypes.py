@@ -50,6 +50,7 @@ import optimizer_speed as bench  # configures the logical CPUs before TensorFlow
 
 import tensorflow as tf  # noqa: E402
 
+import machine_state  # noqa: E402
 from machine_state import MachineState  # noqa: E402
 from tf_largebatch.optimizers import keras_seam, reducer, rules  # noqa: E402
 
@@ -212,8 +213,10 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--jit", action="store_true", help="compile the steps with XLA")
     parser.add_argument("--threads", type=int, default=1, help="TensorFlow threads (default %(default)s)")
+    machine_state.add_malloc_argument(parser)
     args = parser.parse_args(argv)
     bench.set_threads(args.threads)
+    machine_state.configure_malloc(args.malloc)
     hidden = bench.mlp_hidden_for(args.size)
     with MachineState():
         print("command: python benchmarks/step_alone_prototypes.py " + " ".join(sys.argv[1:] if argv is None else argv))

@@ -42,6 +42,7 @@ import optimizer_speed as bench  # configures the logical CPUs before TensorFlow
 import tensorflow as tf  # noqa: E402
 
 import tf_largebatch.optimizers.vr as vr  # noqa: E402
+import machine_state  # noqa: E402
 from machine_state import MachineState  # noqa: E402
 
 
@@ -79,10 +80,12 @@ def main(argv=None):
     parser.add_argument("--previous-gsnr", metavar="FILE", help="another version's gsnr.py to compare with")
     parser.add_argument("--threads", type=int, default=0,
                         help="TensorFlow intra- and inter-op threads (default 0: TensorFlow's choice)")
+    machine_state.add_malloc_argument(parser)
     args = parser.parse_args(argv)
     if args.jit and args.replicas:
         parser.error("--jit needs --replicas 0 (Keras does not compile under a strategy on these CPUs)")
     bench.set_threads(args.threads)
+    machine_state.configure_malloc(args.malloc)
     with MachineState():
         print("command: python benchmarks/vr_step_parts.py " + " ".join(sys.argv[1:] if argv is None else argv))
         return _run(args)
