@@ -282,3 +282,12 @@ def test_the_refresh_interval_survives_config_and_serialization():
         assert type(restored) is type(optimizer)
         assert restored.gsnr_refresh_every == optimizer.gsnr_refresh_every
     assert tlb_opt.VRAdam(0.01).gsnr_refresh_every == 1
+
+
+def test_the_study_offers_the_refresh_as_its_own_contender():
+    """``VRMomentum(refresh4)``: VRMomentum's recipe but for ``gsnr_refresh_every=4``."""
+    from tf_largebatch.study import recipes
+
+    recipe = recipes.resolve("VRMomentum(refresh4)")
+    assert (recipe.class_name, recipe.base_learning_rate, recipe.rule) == ("VRMomentum", 0.0125, "linear")
+    assert recipe.needs_gradient_samples() and recipe.build(0.1, 2).gsnr_refresh_every == 4
