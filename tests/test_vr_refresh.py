@@ -22,6 +22,10 @@ SHAPES = [(7,), (4, 5), (3, 2, 2)]
 VARIANTS = {
     "VRAdam": (dict(learning_rate=0.01, epsilon=1e-7), ref.adam_step, dict(epsilon=1e-7), 0.9),
     "VRMomentum": (dict(learning_rate=0.05, momentum=0.9), ref.sgd_momentum_step, dict(momentum=0.9), 0.0),
+    "VRLAMB": (dict(learning_rate=0.01, weight_decay=0.01, epsilon=1e-6), ref.lamb_step,
+               dict(weight_decay=0.01, epsilon=1e-6), 0.9),
+    "VRLARS": (dict(learning_rate=0.5, momentum=0.9, weight_decay=1e-3, trust_coefficient=0.01), ref.lars_step,
+               dict(momentum=0.9, weight_decay=1e-3, trust_coefficient=0.01), 0.0),
 }
 
 
@@ -75,7 +79,8 @@ def float_state(optimizer):
 @pytest.mark.parametrize("refresh_every", [1, 3])
 def test_refresh_matches_the_numpy_reference(name, refresh_every):
     """Seven updates at n = 3: refreshes on updates 1, 4, 7, carried factors between,
-    with (VRAdam, beta_3 = 0.9) and without (VRMomentum) GSNR momentum."""
+    with (VRAdam, VRLAMB with weight decay: beta_3 = 0.9) and without (VRMomentum, VRLARS)
+    GSNR momentum."""
     rng = np.random.default_rng(3)
     start = [rng.normal(size=s).astype("float32") for s in SHAPES]
     samples = make_samples(rng, 7, 4)
