@@ -12,6 +12,9 @@ ratio to Adam):
 * ``VRAdam, statistics every update``: ``record_gradient_statistics=True``;
 * ``VRAdam, second moment in bfloat16``: ``second_moment_dtype="bfloat16"``
   (the opt-in approximation: the second moment all-reduced in bfloat16);
+* ``VRAdam, GSNR refreshed every 4``: ``gsnr_refresh_every=4`` (the opt-in
+  approximation: the second moment formed and all-reduced on one update in 4,
+  the GSNR momentum carrying the factor between);
 * ``VRAdam, chain compiled``: the per-variable GSNR chain compiled with XLA
   (``tf.function(jit_compile=True)``) also on CPU, where the package runs it
   inline (``tf_largebatch.optimizers.vr.COMPILE_ON_DEVICE_TYPES``);
@@ -101,6 +104,8 @@ def _run(args):
         1e-3, record_gradient_statistics=True, **kw)
     bench.OPTIMIZERS["VRAdam, second moment in bfloat16"] = lambda **kw: bench.tlb.VRAdam(
         1e-3, second_moment_dtype="bfloat16", **kw)
+    bench.OPTIMIZERS["VRAdam, GSNR refreshed every 4"] = lambda **kw: bench.tlb.VRAdam(
+        1e-3, gsnr_refresh_every=4, **kw)
     # The chain is vr.adapted_gradient (compiled as vr._compiled_adapted_gradient for large variables).
     chain, compiled_chain, compile_on = vr.adapted_gradient, vr._compiled_adapted_gradient, vr.COMPILE_ON_DEVICE_TYPES
     gsnr_module = types.SimpleNamespace(adapted_gradient=chain, STATISTIC_NAMES=vr.gsnr.STATISTIC_NAMES)
@@ -109,6 +114,7 @@ def _run(args):
         ("VRAdam", "VRAdam", gsnr_module, compile_on),
         ("VRAdam, statistics every update", "VRAdam, statistics every update", gsnr_module, compile_on),
         ("VRAdam, second moment in bfloat16", "VRAdam, second moment in bfloat16", gsnr_module, compile_on),
+        ("VRAdam, GSNR refreshed every 4", "VRAdam, GSNR refreshed every 4", gsnr_module, compile_on),
         ("VRAdam, chain compiled", "VRAdam", gsnr_module, ("CPU", "GPU")),
         ("VRAdam, no GSNR chain", "VRAdam", _without_chain(gsnr_module), compile_on),
     ]

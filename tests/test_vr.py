@@ -515,8 +515,8 @@ def test_variant_signatures_follow_their_inner_class(name, inner, defaults):
     names = list(signature.parameters)
     inner_names = [p for p in inspect.signature(inner.__init__).parameters if p in names and p not in ("name", "kwargs")]
     assert names[:len(inner_names)] == inner_names
-    assert names[len(inner_names):] == ["gamma", "gsnr_momentum", "gsnr_upper_bound", "second_moment_dtype", "name",
-                                        "kwargs"]
+    assert names[len(inner_names):] == ["gamma", "gsnr_momentum", "gsnr_upper_bound", "second_moment_dtype",
+                                        "gsnr_refresh_every", "name", "kwargs"]
     for argument, value in defaults.items():
         assert signature.parameters[argument].default == value, argument
     optimizer = cls()

@@ -163,7 +163,9 @@ class ReplicaReducer:
 
         Args:
             local_statistics: ``[[value per variable] per statistic]``, this
-                replica's (e.g. ``[grads]`` or ``[d, d**2]``).
+                replica's (e.g. ``[grads]`` or ``[d, d**2]``): the first
+                statistics of those built (``[grads]`` alone on a reducer built
+                for two accumulates and reduces the gradient only).
             variables: the variables, parallel to each inner list.
             apply_update: ``fn(statistics)`` with the all-reduced statistics
                 (same nesting), called when they are finite (``"skip"``) or
@@ -174,7 +176,10 @@ class ReplicaReducer:
             self._reduce(local_statistics, variables, apply_update)
             return
         indices = [keras_seam.variable_index(self._optimizer, v) for v in variables]
-        accumulators = [[accumulator[i] for i in indices] for accumulator in self.accumulators]
+        # An update may carry fewer statistics than were built (the VR optimizers'
+        # updates between GSNR refreshes carry the gradient alone).
+        accumulators = [[accumulator[i] for i in indices]
+                        for accumulator in self.accumulators[:len(local_statistics)]]
         for values, slots in zip(local_statistics, accumulators):
             for value, slot in zip(values, slots):
                 slot.assign_add(tf.cast(value, slot.dtype))

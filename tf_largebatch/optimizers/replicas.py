@@ -58,6 +58,36 @@ def cond_with_collectives(predicate, true_fn, args=(), false_fn=None):
     tf.distribute.get_replica_context().merge_call(cross_replica, args=(predicate,) + tuple(args))
 
 
+def branch_with_collectives(predicate, true_fn, false_fn, args=()):
+    """``true_fn(*args) if predicate else false_fn(*args)``, both in replica context.
+
+    Like :func:`cond_with_collectives`, but both branches run on every replica
+    and may all-reduce (e.g. two shapes of the update's one collective): under a
+    merging strategy the branch is taken once in cross-replica context and each
+    branch re-enters the replicas with ``call_for_each_replica``. ``predicate``
+    must be identical on every replica (the first replica's value decides).
+    """
+
+    def no_output(fn, *fn_args):
+        fn(*fn_args)
+        return tf.constant(True)
+
+    if not tf.distribute.has_strategy() or keras_seam.strategy_supports_no_merge_call():
+        tf.cond(predicate, lambda: no_output(true_fn, *args), lambda: no_output(false_fn, *args))
+        return
+
+    def cross_replica(distribution, predicate, *args):
+        decision = distribution.experimental_local_results(predicate)[0]
+
+        def each_replica(fn):
+            distribution.extended.call_for_each_replica(fn, args=args)
+            return tf.constant(True)
+
+        tf.cond(decision, lambda: each_replica(true_fn), lambda: each_replica(false_fn))
+
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(predicate,) + tuple(args))
+
+
 def run_update_steps(optimizer, grads, trainable_variables):
     """Runs ``optimizer.update_step`` on every variable, in cross-replica context.
 

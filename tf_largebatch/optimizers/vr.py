@@ -28,6 +28,9 @@ from tf_largebatch.optimizers.base import LargeBatchOptimizer, apply_reduced_gra
 from tf_largebatch.optimizers.docstrings import document, fill
 from tf_largebatch.optimizers.lamb import LAMB
 from tf_largebatch.optimizers.lars import LARS
+from tf_largebatch.optimizers.reducer import without_empty_variables
+from tf_largebatch.optimizers.replicas import branch_with_collectives
+from tf_largebatch.optimizers.slots import densify
 
 #: Keras base keywords the inner optimizer keeps: they act on the GSNR-adapted
 #: gradient. Every other base keyword (:data:`tf_largebatch.validation.BASE_KEYWORDS`)
@@ -40,7 +43,7 @@ WRAPPER_ARGUMENTS = tuple(k for k in validation.BASE_KEYWORDS if k not in INNER_
     "nonfinite_gradients", "record_gradient_statistics")
 
 #: The VR wrapper's own arguments, with their defaults (the variants' gsnr_momentum default is per row).
-GSNR_ARGUMENTS = ("gamma", "gsnr_momentum", "gsnr_upper_bound", "second_moment_dtype")
+GSNR_ARGUMENTS = ("gamma", "gsnr_momentum", "gsnr_upper_bound", "second_moment_dtype", "gsnr_refresh_every")
 
 _SAMPLES_NOTE = """\
     The GSNR is estimated from ``k`` gradient samples per update (``k`` = replicas
@@ -69,7 +72,20 @@ _GSNR_ARGS_DOC = """\
             the normalising mean. Without the shift (``k < 64``) the shift is
             0 and this is the element's own per-sample GSNR; with it
             (``k >= 64``) only the change of the mean since the last update
-            counts, so the resolution is far finer."""
+            counts, so the resolution is far finer.
+        gsnr_refresh_every: int >= 1 (default 1: the GSNR of every update,
+            the paper's rule). ``n > 1`` is an opt-in approximation: the GSNR
+            is refreshed on every n-th applied update only (the 1st, the
+            (n+1)-th, ...), where the update runs as with ``n = 1`` (both
+            moments all-reduced, ``r`` formed, ``p`` moved). The other updates
+            form no second moment and all-reduce the mean gradient alone, and
+            use the factor of the last refresh: ``g_hat = p_j / (1 -
+            gsnr_momentum**j) * gbar``, with ``p_j`` the GSNR momentum after
+            the ``j``-th refresh (its bias correction counts refreshes, so
+            ``j = applied_updates // n + 1``). With ``gsnr_momentum=0`` the
+            slot holds the last refresh's ``r`` itself (``p_j = r_j``). The
+            monitoring statistics are recorded on refresh updates only (a
+            request waits for the next one)."""
 
 _WRAPPER_KEYWORDS_DOC = """\
         gradient_accumulation_steps: int >= 2 or None. Each micro-batch is one
@@ -166,7 +182,8 @@ class VR(LargeBatchOptimizer):
     statistic_names = gsnr.STATISTIC_NAMES
 
     def __init__(self, inner_optimizer, gamma=0.1, gsnr_momentum=0.0, gsnr_upper_bound=1.0,
-                 second_moment_dtype="float32", record_gradient_statistics=False, name="vr", **kwargs):
+                 second_moment_dtype="float32", gsnr_refresh_every=1, record_gradient_statistics=False,
+                 name="vr", **kwargs):
         for argument in INNER_KEYWORDS:
             if kwargs.get(argument) is not None:
                 raise ValueError(
@@ -192,6 +209,7 @@ class VR(LargeBatchOptimizer):
             raise ValueError(f"`second_moment_dtype` must be one of {gsnr.SECOND_MOMENT_DTYPES}. "
                              f"Received: second_moment_dtype={second_moment_dtype!r}")
         self.second_moment_dtype = second_moment_dtype
+        self.gsnr_refresh_every = validation.check_positive_int("gsnr_refresh_every", gsnr_refresh_every)
         if second_moment_dtype != "float32":
             self._reducer.reduce_dtypes = {1: tf.as_dtype(second_moment_dtype)}  # statistic 1: the squares
 
@@ -220,14 +238,46 @@ class VR(LargeBatchOptimizer):
         self.inner_optimizer.build(var_list)
         self._gsnr_momentums = (
             [self._add_local_variable(v, "gsnr_momentum", aggregation="mean") for v in var_list]
-            if self.gsnr_momentum > 0
+            if self.gsnr_momentum > 0 or self.gsnr_refresh_every > 1  # the carried factor
             else None
         )
 
     # ------------------------------------------------------------ update path
+    def _refresh_count(self):
+        """``j``: the GSNR refreshes up to and including this update (the GSNR
+        momentum's bias-correction step; ``applied_updates + 1`` when every
+        update refreshes)."""
+        return self.applied_updates // self.gsnr_refresh_every + 1
+
+    def _apply_replica_gradients(self, grads, trainable_variables):
+        """With ``gsnr_refresh_every > 1``: both moments on refresh updates, the gradient alone between."""
+        if self.gsnr_refresh_every == 1:
+            super()._apply_replica_gradients(grads, trainable_variables)
+            return
+        grads, trainable_variables = without_empty_variables([densify(g) for g in grads], trainable_variables)
+        if not trainable_variables:
+            return
+
+        def apply_update(statistics):
+            self._update_from_reduced_statistics(statistics, trainable_variables)
+            self._update_ema()
+
+        def refresh(*grads):
+            local = self._moments.local_moments(list(grads), trainable_variables)
+            self._reducer.step(local, trainable_variables, apply_update)
+
+        def carry(*grads):
+            self._reducer.step([list(grads)], trainable_variables, apply_update)
+
+        due = tf.equal(self.applied_updates % self.gsnr_refresh_every, 0)
+        branch_with_collectives(due, refresh, carry, args=tuple(grads))
+
     def _update_from_reduced_statistics(self, statistics, trainable_variables):
+        if len(statistics) == 1:
+            self._update_with_carried_gsnr(statistics[0], trainable_variables)
+            return
         recorder = self._moments
-        step = self.applied_updates + 1
+        step = self._refresh_count()
         record = recorder.record_due()
         at_resolution_limit = recorder.at_resolution_limit()
         second_moment_error = gsnr.second_moment_reduction_error(self.second_moment_dtype, recorder.num_replicas)
@@ -257,6 +307,18 @@ class VR(LargeBatchOptimizer):
             tf.cond(record, store, lambda: tf.constant(False))
         apply_reduced_gradients(self.inner_optimizer, adapted, trainable_variables)
 
+    def _update_with_carried_gsnr(self, means, trainable_variables):
+        """An update between GSNR refreshes: ``g_hat = p_j / (1 - beta_3**j) * gbar``."""
+        step = self._refresh_count()
+        adapted = []
+        for mean, variable in zip(means, trainable_variables):
+            slot = self._gsnr_momentums[keras_seam.variable_index(self, variable)]
+            carry = _carried_gradient_function(variable)
+            adapted.append(tf.cast(carry(tf.convert_to_tensor(slot.value), mean, self.gsnr_momentum, step),
+                                   variable.dtype))
+            self._moments.remember_mean(variable, mean)
+        apply_reduced_gradients(self.inner_optimizer, adapted, trainable_variables)
+
     # ------------------------------------------------------------------ config
     def _wrapper_config(self):
         config = super().get_config()
@@ -271,6 +333,7 @@ class VR(LargeBatchOptimizer):
                 "gsnr_momentum": self.gsnr_momentum,
                 "gsnr_upper_bound": self.gsnr_upper_bound,
                 "second_moment_dtype": self.second_moment_dtype,
+                "gsnr_refresh_every": self.gsnr_refresh_every,
             }
         )
         return config
@@ -333,6 +396,22 @@ def adapted_gradient(sum_of_means, sum_of_mean_squares, shift, momentum, step, *
     return factor * sample.mean, sample.mean, momentum, statistics
 
 
+def carried_gradient(momentum, mean, decay, step):
+    """``g_hat`` between GSNR refreshes: ``p_j / (1 - decay**j) * gbar`` (``p_j * gbar`` for ``decay == 0``).
+
+    Args:
+        momentum: the GSNR momentum slot ``p_j`` (the last refresh's ``r`` when ``decay == 0``).
+        mean: ``gbar``, the update's all-reduced mean gradient.
+        decay: ``gsnr_momentum`` (a Python float).
+        step: ``j``, the refreshes so far (an integer tensor).
+    """
+    mean = tf.cast(mean, tf.float32)
+    if decay == 0:
+        return momentum * mean
+    correction = 1.0 / (1.0 - tf.pow(tf.constant(decay, tf.float32), tf.cast(step, tf.float32)))
+    return momentum * (mean * correction)
+
+
 #: The per-variable VR transform as one XLA cluster. Keras compiles the model step
 #: with XLA only on one device (``jit_compile="auto"`` turns it off under a
 #: tf.distribute strategy and on CPU). Compiled on its own, the GSNR chain's
@@ -352,12 +431,23 @@ COMPILE_ON_DEVICE_TYPES = ("CPU", "GPU")
 COMPILE_MIN_ELEMENTS = 2**15
 
 
-def _adapted_gradient_function(variable):
+def _compiles(variable):
+    """Whether ``variable``'s per-variable VR work runs as its own XLA cluster."""
     backend_variable = getattr(variable, "value", variable)  # keras.Variable -> its tf.Variable
     device = tf.DeviceSpec.from_string(getattr(backend_variable, "device", "") or "").device_type
-    if device in COMPILE_ON_DEVICE_TYPES and variable.shape.num_elements() >= COMPILE_MIN_ELEMENTS:
-        return _compiled_adapted_gradient
-    return adapted_gradient
+    return device in COMPILE_ON_DEVICE_TYPES and variable.shape.num_elements() >= COMPILE_MIN_ELEMENTS
+
+
+def _adapted_gradient_function(variable):
+    return _compiled_adapted_gradient if _compiles(variable) else adapted_gradient
+
+
+#: :func:`carried_gradient` as one XLA cluster (one pass for ``p``, ``gbar`` and the correction).
+_compiled_carried_gradient = tf.function(carried_gradient, jit_compile=True)
+
+
+def _carried_gradient_function(variable):
+    return _compiled_carried_gradient if _compiles(variable) else carried_gradient
 
 
 
@@ -497,6 +587,7 @@ def variant_signature(variant):
            inspect.Parameter("gsnr_momentum", keyword, default=variant.gsnr_momentum),
            inspect.Parameter("gsnr_upper_bound", keyword, default=1.0),
            inspect.Parameter("second_moment_dtype", keyword, default="float32"),
+           inspect.Parameter("gsnr_refresh_every", keyword, default=1),
            inspect.Parameter("name", keyword, default=variant.name.lower())]
     return inspect.Signature([inspect.Parameter("self", keyword)] + _inner_parameters(variant) + own
                              + [inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)])
@@ -569,7 +660,8 @@ def _variant_init(variant, signature):
         validation.check_base_keywords(inner_arguments)
         VR.__init__(self, variant.inner_class(**inner_arguments), gamma=arguments["gamma"],
                     gsnr_momentum=arguments["gsnr_momentum"], gsnr_upper_bound=arguments["gsnr_upper_bound"],
-                    second_moment_dtype=arguments["second_moment_dtype"], name=arguments["name"], **wrapper_kwargs)
+                    second_moment_dtype=arguments["second_moment_dtype"],
+                    gsnr_refresh_every=arguments["gsnr_refresh_every"], name=arguments["name"], **wrapper_kwargs)
 
     __init__.__signature__ = signature
     __init__.__qualname__ = f"{variant.name}.__init__"

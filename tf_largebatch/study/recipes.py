@@ -143,6 +143,9 @@ RECIPES = {
         # The opt-in approximation: the second moment all-reduced in bfloat16 (docs/vr.md).
         Recipe("VRMomentum(bf16)", "tf_largebatch", "VRMomentum", 0.0125, "linear",
                (("second_moment_dtype", "bfloat16"),)),
+        # The opt-in approximation: the GSNR refreshed every 4 updates, carried between (docs/vr.md).
+        Recipe("VRMomentum(refresh4)", "tf_largebatch", "VRMomentum", 0.0125, "linear",
+               (("gsnr_refresh_every", 4),)),
         Recipe("VRAdam", "tf_largebatch", "VRAdam", 2e-3, "sqrt"),
         Recipe("VRLAMB", "tf_largebatch", "VRLAMB", 8e-3, "sqrt"),
         Recipe("VRLARS", "tf_largebatch", "VRLARS", 1.0, "sqrt"),
