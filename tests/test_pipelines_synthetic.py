@@ -229,7 +229,7 @@ def test_one_config_per_family_smoke_runs_offline(path, tmp_path, capsys):
     check_smoke_run(path, tmp_path, capsys.readouterr().out, [True] * len(config.load_config(path, smoke=True)))
 
 
-@pytest.mark.slow  # BERT in two phases on 2 replicas: ~45 s here
+@pytest.mark.slow  # BERT in two phases on 2 replicas, twice the CLI: ~60 s at load 2.5
 def test_bert_family_two_phases_phase_two_starts_from_phase_one_with_a_fresh_warmup(tmp_path, capsys, monkeypatch):
     """The BERT family's smoke run through the CLI, phase 1 on TFRecords (the real
     reader), phase 2 on synthetic input (a ``--set`` choosing data turns the
