@@ -35,22 +35,16 @@ def run_python(code, cwd, **env):
     return result.stdout
 
 
-def test_import_registers_every_class(tmp_path):
-    out = run_python(f"""
-        import json, keras
-        import tf_largebatch
-        found = {{name: getattr(keras.saving.get_registered_object("tf_largebatch>" + name), "__name__", None)
-                 for name in {REGISTERED!r}}}
-        print(json.dumps(found))
-    """, tmp_path)
-    assert json.loads(out.splitlines()[-1]) == {name: name for name in REGISTERED}
-
-
-SAVE = """
+SAVE = f"""
     import json, keras, numpy as np
     import tf_largebatch as tlb
     from tf_largebatch.layers import GhostBatchNormalization
 
+    # What the import registered, before anything else is built.
+    found = {{name: getattr(keras.saving.get_registered_object("tf_largebatch>" + name), "__name__", None)
+             for name in {REGISTERED!r}}}
+    json.dump(found, open("registered.json", "w"))
+""" + """
     def build(optimizer):
         model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8),
                                   GhostBatchNormalization(virtual_batch_size=4), keras.layers.Dense(1)])
@@ -79,11 +73,21 @@ SAVE = """
 """
 
 LOAD = """
-    import json, keras, numpy as np
+    import json, sys, keras, numpy as np
+
+    # First without the package: Keras cannot find the classes.
+    assert "tf_largebatch" not in sys.modules
+    try:
+        keras.saving.load_model("sngm.keras")
+    except Exception as error:
+        without = "failed: " + type(error).__name__
+    else:
+        without = "loaded"
+
     import tf_largebatch
 
     saved = json.load(open("saved.json"))
-    report = {}
+    report = {"without_tf_largebatch": without}
     for name, values in saved.items():
         model = keras.saving.load_model(f"{name}.keras")
         report[name] = {
@@ -104,14 +108,27 @@ LOAD = """
 
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory):
-    """A directory with models saved by a fresh process (shared by the tests below)."""
+    """A directory with models saved by a fresh process (shared by the tests below),
+    and the classes its ``import tf_largebatch`` registered (``registered.json``)."""
     directory = tmp_path_factory.mktemp("saved")
     run_python(SAVE, directory)
     return directory
 
 
-def test_a_model_saved_in_one_process_loads_in_another_after_only_import_tf_largebatch(saved_models):
-    report = json.loads(run_python(LOAD, saved_models).splitlines()[-1])
+@pytest.fixture(scope="module")
+def load_report(saved_models):
+    """What a second fresh process found loading them, first without, then after ``import tf_largebatch``."""
+    return json.loads(run_python(LOAD, saved_models).splitlines()[-1])
+
+
+def test_import_registers_every_class(saved_models):
+    # Read in the saving process, right after its import tf_largebatch.
+    found = json.loads((saved_models / "registered.json").read_text())
+    assert found == {name: name for name in REGISTERED}
+
+
+def test_a_model_saved_in_one_process_loads_in_another_after_only_import_tf_largebatch(load_report):
+    report = load_report
     assert report["sngm"]["learning_rate"]["registered_name"] == "tf_largebatch>WarmupCosineDecay"
     for name, optimizer_class in [("sngm", "SNGM"), ("vrlamb", "VRLAMB")]:
         entry = report[name]
@@ -120,18 +137,10 @@ def test_a_model_saved_in_one_process_loads_in_another_after_only_import_tf_larg
         assert entry["weights_equal"] and entry["optimizer_equal"] and entry["prediction_close"], entry
 
 
-def test_without_tf_largebatch_the_load_fails(saved_models):
-    """The check above can fail: without the import, Keras cannot find the classes."""
-    code = """
-        import keras
-        try:
-            keras.saving.load_model("sngm.keras")
-        except Exception as error:
-            print("failed:", type(error).__name__)
-        else:
-            print("loaded")
-    """
-    assert run_python(code, saved_models).splitlines()[-1].startswith("failed:")
+def test_without_tf_largebatch_the_load_fails(load_report):
+    """The check above can fail: without the import, Keras cannot find the classes
+    (the same process, before its ``import tf_largebatch``)."""
+    assert load_report["without_tf_largebatch"].startswith("failed:")
 
 
 def test_under_the_launcher_the_package_defers_tensorflow_until_first_use(tmp_path):

@@ -1,14 +1,13 @@
-"""BERT pretraining pipeline: the TFRecord reader, on-the-fly masking from raw
-text, and the two-phase run (phase 2 starts from phase 1's weights with its own
-warm-up)."""
+"""BERT pretraining pipeline: the TFRecord reader and on-the-fly masking from raw
+text. The two-phase run (phase 2 starts from phase 1's weights with its own
+warm-up) is the BERT family's smoke run in test_pipelines_synthetic.py, with
+this file's ``PhaseRecorder``: one BERT training for both."""
 
 import glob
-import json
 import os
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -103,7 +102,8 @@ def test_raw_text_is_tokenized_packed_and_masked(tmp_path):
 
 
 class PhaseRecorder(keras.callbacks.Callback):
-    """Per phase: weights and learning rate at the first step, weights at the end."""
+    """Per phase: weights and learning rate at the first step, weights at the end
+    (used by test_pipelines_synthetic.py's two-phase BERT run)."""
 
     def __init__(self):
         super().__init__()
@@ -124,42 +124,3 @@ class PhaseRecorder(keras.callbacks.Callback):
         self.phases[-1]["last_weights"] = [w.copy() for w in self.model.get_weights()]
         self.phases[-1]["position_embedding"] = tuple(
             v.shape for v in self.model.variables if "position_embedding" in v.path)
-
-
-def test_two_phases_phase_two_starts_from_phase_one_with_a_fresh_warmup(tmp_path):
-    pretraining_records(tmp_path / "seq128.tfrecord", 8, 128, 20, seed=1)
-    pretraining_records(tmp_path / "seq512.tfrecord", 8, 512, 80, seed=2)
-    configs = config.load_config(BERT_CONFIG, smoke=True, overrides=[
-        f"phases.0.data.train_files={tmp_path}/seq128.tfrecord",
-        f"phases.1.data.train_files={tmp_path}/seq512.tfrecord",
-        "phases.0.schedule.learning_rate=0.01", "phases.1.schedule.learning_rate=0.02",
-        f"training.model_dir={tmp_path}/run", "callbacks.tensorboard=false",
-        "callbacks.gsnr_monitor.update_freq=1",
-    ])
-    assert [c.data.seq_length for c in configs] == [128, 512]
-    recorder = PhaseRecorder()
-    summaries = train.run(configs, callbacks=[recorder])
-    one, two = recorder.phases
-    # Phase 2's first step sees exactly phase 1's final weights ...
-    for before, after in zip(one["last_weights"], two["first_weights"]):
-        np.testing.assert_array_equal(before, after)
-    # ... with a new optimizer whose schedule starts again: warm-up from 0 to
-    # phase 2's own peak (warmup_steps=1 in smoke mode), not phase 1's finished decay.
-    assert one["first_iterations"] == 0 and two["first_iterations"] == 0
-    assert one["learning_rates"] == pytest.approx([0.0, 0.01])
-    assert two["learning_rates"] == pytest.approx([0.0, 0.02])
-    # Position embeddings are sized for 512 in both phases.
-    assert one["position_embedding"] == two["position_embedding"]
-    assert any(512 in shape for shape in one["position_embedding"])
-    assert [s["optimizer_steps"] for s in summaries] == [2, 2]
-    assert summaries[1]["initial_weights"] == os.path.join(tmp_path, "run", "phase1_seq128", "final.weights.h5")
-    for s in summaries:
-        assert all(np.isfinite(v) for v in s["final_logs"].values())
-    for phase in ("phase1_seq128", "phase2_seq512"):  # VR-LAMB's GSNR statistics, per phase
-        assert glob.glob(str(tmp_path / "run" / phase / "logs" / "gsnr" / "**" / "events.out.tfevents.*"),
-                         recursive=True)
-    with open(tmp_path / "run" / "phase2_seq512" / "summary.json") as f:
-        assert json.load(f)["phase"] == "phase2_seq512"
-    # A rerun of the finished command skips both phases instead of training again.
-    again = train.run(configs)
-    assert [s["skipped"] for s in again] == [True, True]

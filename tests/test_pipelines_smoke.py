@@ -5,7 +5,7 @@ through the real TFDS loading code (``tfds.testing.mock_data``) and real
 Every file in tpu_configs/ is validated in test_config.py and built in its
 smoke form in test_pipelines_synthetic.py, where one file per family also
 smoke-runs on synthetic data; here the ResNet-20 configs train on mocked real
-data (the BERT family in test_pipelines_bert.py), and the ResNet-50 ImageNet
+data (the BERT family on TFRecords in test_pipelines_synthetic.py), and the ResNet-50 ImageNet
 input is read from mocked TFDS data without training ResNet-50 again (its
 training runs in test_pipelines_synthetic.py).
 """

@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from tf_largebatch import cli, config, strategy as strategy_lib
 from tf_largebatch.pipelines import bert, cifar, synthetic, train
 
-from test_pipelines_bert import pretraining_records
+from test_pipelines_bert import PhaseRecorder, pretraining_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "tf_largebatch", "tpu_configs")
@@ -99,7 +99,7 @@ def test_smoke_with_synthetic_false_insists_on_real_data(tmp_path, capsys):
 # run the same code with other numbers, so one run of the family covers them.
 CONFIG_FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
 # (SNGM, LARS and MSGD on ResNet-20 also train in test_pipelines_smoke.py on
-# mocked TFDS data, BERT in test_pipelines_bert.py; the ResNet-50 runs here are
+# mocked TFDS data, BERT's phase 1 on TFRecords below; the ResNet-50 runs here are
 # the only ResNet-50 training of the pipelines, test_pipelines_smoke.py checks
 # the ImageNet input the VR-LARS config gets from TFDS on mock data.)
 
@@ -191,24 +191,85 @@ def test_every_shipped_config_builds_in_smoke_form(path):
 
 
 def family_param(path):
-    """The family's trained file; ResNet-50 and BERT (over 20 s each here) are marked slow."""
+    """The family's trained file; ResNet-50 (over 20 s each here) is marked slow."""
     (cfg, *_) = config.load_config(path, smoke=True)
-    marks = [pytest.mark.slow] if cfg.model.name in ("resnet50", "bert") else []
+    marks = [pytest.mark.slow] if cfg.model.name == "resnet50" else []
     return pytest.param(path, id=name_of(path), marks=marks)
 
 
-@pytest.mark.parametrize("path", [family_param(p) for p in TRAINED])
-def test_one_config_per_family_smoke_runs_offline(path, tmp_path, capsys):
-    assert cli.main(["train", "--config", path, "--smoke", "--set", f"training.model_dir={tmp_path}/run",
-                     "--set", "training.verbose=0", "--set", "callbacks.tensorboard=false"]) == 0
-    out = capsys.readouterr().out
+# The BERT family's run is the two-phase test below, which also checks the
+# hand-over between the phases (training BERT twice for two tests cost ~50 s).
+BERT_FAMILY = next(p for p in TRAINED if config.load_config(p, smoke=True)[0].model.name == "bert")
+
+
+def smoke_run(path, tmp_path, *sets):
+    """``tf-largebatch train --config path --smoke`` into ``tmp_path/run``; returns the exit code."""
+    settings = [f"training.model_dir={tmp_path}/run", "training.verbose=0", "callbacks.tensorboard=false", *sets]
+    return cli.main(["train", "--config", path, "--smoke", *[a for s in settings for a in ("--set", s)]])
+
+
+def check_smoke_run(path, tmp_path, out, synthetic):
+    """Every phase's summary after :func:`smoke_run`; ``synthetic``: per phase, whether it fell back."""
     configs = config.load_config(path, smoke=True)
-    for cfg in configs:
+    assert len(configs) == len(synthetic)
+    for cfg, fell_back in zip(configs, synthetic):
         directory = train.phase_dir(cfg).replace(cfg.training.model_dir, f"{tmp_path}/run")
         with open(os.path.join(directory, train.SUMMARY)) as f:
             summary = json.load(f)
-        assert summary["synthetic_data"] is True
+        assert summary["synthetic_data"] is fell_back
         assert summary["optimizer_updates"] == cfg.total_steps() == 2
         assert summary["examples_per_second"] > 0 and summary["measured_steps"] == 1
         assert all(np.isfinite(v) for v in summary["final_logs"].values()), summary["final_logs"]
         assert "final logs after 2 optimizer updates" in out
+
+
+@pytest.mark.parametrize("path", [family_param(p) for p in TRAINED if p != BERT_FAMILY])
+def test_one_config_per_family_smoke_runs_offline(path, tmp_path, capsys):
+    assert smoke_run(path, tmp_path) == 0
+    check_smoke_run(path, tmp_path, capsys.readouterr().out, [True] * len(config.load_config(path, smoke=True)))
+
+
+@pytest.mark.slow  # BERT in two phases on 2 replicas, twice the CLI: ~60 s at load 2.5
+def test_bert_family_two_phases_phase_two_starts_from_phase_one_with_a_fresh_warmup(tmp_path, capsys, monkeypatch):
+    """The BERT family's smoke run through the CLI, phase 1 on TFRecords (the real
+    reader), phase 2 on synthetic input (a ``--set`` choosing data turns the
+    fallback off, so phase 2 asks for it); phase 2 starts from phase 1's final
+    weights with its own warm-up, and a rerun skips both."""
+    pretraining_records(tmp_path / "seq128.tfrecord", 8, 128, 20, seed=1)
+    recorder, returned = PhaseRecorder(), []
+    real_run = train.run
+
+    def run_recorded(configs, callbacks=()):  # the real runner, with the recorder added
+        returned.append(real_run(configs, callbacks=[*callbacks, recorder]))
+        return returned[-1]
+
+    monkeypatch.setattr(train, "run", run_recorded)
+    sets = [f"phases.0.data.train_files={tmp_path}/seq128.tfrecord", "phases.1.data.synthetic=true",
+            "phases.0.schedule.learning_rate=0.01",
+            "phases.1.schedule.learning_rate=0.02", "callbacks.gsnr_monitor.update_freq=1"]
+    assert smoke_run(BERT_FAMILY, tmp_path, *sets) == 0
+    check_smoke_run(BERT_FAMILY, tmp_path, capsys.readouterr().out, [False, True])
+    summaries = returned[0]
+    assert [c.data.seq_length for c in config.load_config(BERT_FAMILY, smoke=True)] == [128, 512]
+    one, two = recorder.phases
+    # Phase 2's first step sees exactly phase 1's final weights ...
+    for before, after in zip(one["last_weights"], two["first_weights"]):
+        np.testing.assert_array_equal(before, after)
+    # ... with a new optimizer whose schedule starts again: warm-up from 0 to
+    # phase 2's own peak (warmup_steps=1 in smoke mode), not phase 1's finished decay.
+    assert one["first_iterations"] == 0 and two["first_iterations"] == 0
+    assert one["learning_rates"] == pytest.approx([0.0, 0.01])
+    assert two["learning_rates"] == pytest.approx([0.0, 0.02])
+    # Position embeddings are sized for 512 in both phases.
+    assert one["position_embedding"] == two["position_embedding"]
+    assert any(512 in shape for shape in one["position_embedding"])
+    assert [s["optimizer_steps"] for s in summaries] == [2, 2]
+    assert summaries[1]["initial_weights"] == os.path.join(tmp_path, "run", "phase1_seq128", "final.weights.h5")
+    for phase in ("phase1_seq128", "phase2_seq512"):  # VR-LAMB's GSNR statistics, per phase
+        assert glob.glob(str(tmp_path / "run" / phase / "logs" / "gsnr" / "**" / "events.out.tfevents.*"),
+                         recursive=True)
+    with open(tmp_path / "run" / "phase2_seq512" / "summary.json") as f:
+        assert json.load(f)["phase"] == "phase2_seq512"
+    # A rerun of the finished command skips both phases instead of training again.
+    assert smoke_run(BERT_FAMILY, tmp_path, *sets) == 0
+    assert [s["skipped"] for s in returned[1]] == [True, True]
