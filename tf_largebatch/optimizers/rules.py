@@ -136,11 +136,12 @@ def l2_norm(x, plain_sum_of_squares=None):
     plain = sum_of_squares(x) if plain_sum_of_squares is None else plain_sum_of_squares
     if keras_seam.tracing_for_xla():
         return _norm_from_sum_of_squares(plain, _num_elements(x), lambda: _scaled_l2_norm(x))
-    return _guarded_l2_norm(plain, tf.reshape(x, [-1]))
+    return _guarded_l2_norm(plain, tf.reshape(x, [-1]), _num_elements(x))
 
 
-@tf.function(input_signature=[tf.TensorSpec([], tf.float32), tf.TensorSpec([None], tf.float32)], autograph=False)
-def _guarded_l2_norm(plain, flat):
+@tf.function(input_signature=[tf.TensorSpec([], tf.float32), tf.TensorSpec([None], tf.float32),
+                              tf.TensorSpec([], tf.float32)], autograph=False)
+def _guarded_l2_norm(plain, flat, size):
     """:func:`l2_norm`'s guard in graph mode, traced once for tensors of every size.
 
     A step calls it once per norm (a layer-wise optimizer: twice per
@@ -154,7 +155,7 @@ def _guarded_l2_norm(plain, flat):
     function of a vector of unknown length made LAMB's step about 1.3 times
     slower.
     """
-    return _norm_from_sum_of_squares(plain, tf.cast(tf.size(flat), tf.float32), lambda: _scaled_l2_norm(flat))
+    return _norm_from_sum_of_squares(plain, size, lambda: _scaled_l2_norm(flat))
 
 
 def global_norm(tensors, plain_sums_of_squares=None):
