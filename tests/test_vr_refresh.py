@@ -15,6 +15,7 @@ import tensorflow as tf
 import keras
 import reference_optimizers as ref
 import tf_largebatch.optimizers as tlb_opt
+from test_vr import count_all_reduces
 
 SHAPES = [(7,), (4, 5), (3, 2, 2)]
 
@@ -155,14 +156,7 @@ def test_replicas_equal_one_device_on_the_same_samples(replicas, accumulation, m
 def test_between_refreshes_the_all_reduce_carries_the_gradient_alone(mirrored, monkeypatch):
     """The step's graph holds two shapes of the one collective: both moments (the refresh
     branch) and the gradient alone (the other updates); each update runs one of them."""
-    payloads = []
-    original = tf.distribute.ReplicaContext.all_reduce
-
-    def counting(self, reduce_op, value, options=None):
-        payloads.append(len(tf.nest.flatten(value)))
-        return original(self, reduce_op, value, options)
-
-    monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", counting)
+    payloads = count_all_reduces(monkeypatch)
     rng = np.random.default_rng(6)
     start = [rng.normal(size=s).astype("float32") for s in SHAPES]
     run_replicated(mirrored(2), lambda: tlb_opt.VRAdam(0.01, gsnr_refresh_every=2), start,
