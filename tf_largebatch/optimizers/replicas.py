@@ -36,26 +36,7 @@ def cond_with_collectives(predicate, true_fn, args=(), false_fn=None):
     the first replica's value decides. ``false_fn`` runs in cross-replica context
     under a merging strategy, so it may only update replica-invariant state.
     """
-    false_fn = false_fn or (lambda: None)
-
-    def no_output(fn, *fn_args):
-        fn(*fn_args)
-        return tf.constant(True)
-
-    if not tf.distribute.has_strategy() or keras_seam.strategy_supports_no_merge_call():
-        tf.cond(predicate, lambda: no_output(true_fn, *args), lambda: no_output(false_fn))
-        return
-
-    def cross_replica(distribution, predicate, *args):
-        decision = distribution.experimental_local_results(predicate)[0]
-
-        def take_branch():
-            distribution.extended.call_for_each_replica(true_fn, args=args)
-            return tf.constant(True)
-
-        tf.cond(decision, take_branch, lambda: no_output(false_fn))
-
-    tf.distribute.get_replica_context().merge_call(cross_replica, args=(predicate,) + tuple(args))
+    _cond_across_replicas(predicate, true_fn, false_fn or (lambda: None), args, false_in_replicas=False)
 
 
 def branch_with_collectives(predicate, true_fn, false_fn, args=()):
@@ -67,13 +48,24 @@ def branch_with_collectives(predicate, true_fn, false_fn, args=()):
     branch re-enters the replicas with ``call_for_each_replica``. ``predicate``
     must be identical on every replica (the first replica's value decides).
     """
+    _cond_across_replicas(predicate, true_fn, false_fn, args, false_in_replicas=True)
+
+
+def _cond_across_replicas(predicate, true_fn, false_fn, args, false_in_replicas):
+    """The one mechanism of :func:`cond_with_collectives` and :func:`branch_with_collectives`.
+
+    ``true_fn(*args)`` always runs in replica context; ``false_fn`` too, with
+    ``args``, when ``false_in_replicas``, else without arguments in
+    cross-replica context under a merging strategy.
+    """
 
     def no_output(fn, *fn_args):
         fn(*fn_args)
         return tf.constant(True)
 
+    false_args = args if false_in_replicas else ()
     if not tf.distribute.has_strategy() or keras_seam.strategy_supports_no_merge_call():
-        tf.cond(predicate, lambda: no_output(true_fn, *args), lambda: no_output(false_fn, *args))
+        tf.cond(predicate, lambda: no_output(true_fn, *args), lambda: no_output(false_fn, *false_args))
         return
 
     def cross_replica(distribution, predicate, *args):
@@ -83,7 +75,8 @@ def branch_with_collectives(predicate, true_fn, false_fn, args=()):
             distribution.extended.call_for_each_replica(fn, args=args)
             return tf.constant(True)
 
-        tf.cond(decision, lambda: each_replica(true_fn), lambda: each_replica(false_fn))
+        false_branch = (lambda: each_replica(false_fn)) if false_in_replicas else (lambda: no_output(false_fn))
+        tf.cond(decision, lambda: each_replica(true_fn), false_branch)
 
     tf.distribute.get_replica_context().merge_call(cross_replica, args=(predicate,) + tuple(args))
 
