@@ -405,11 +405,10 @@ def carried_gradient(momentum, mean, decay, step):
         decay: ``gsnr_momentum`` (a Python float).
         step: ``j``, the refreshes so far (an integer tensor).
     """
-    mean = tf.cast(mean, tf.float32)
+    momentum, mean = tf.cast(momentum, tf.float32), tf.cast(mean, tf.float32)
     if decay == 0:
         return momentum * mean
-    correction = 1.0 / (1.0 - tf.pow(tf.constant(decay, tf.float32), tf.cast(step, tf.float32)))
-    return momentum * (mean * correction)
+    return rules.bias_correction(momentum, decay, step) * mean  # as adapted_gradient corrects p on a refresh
 
 
 #: The per-variable VR transform as one XLA cluster. Keras compiles the model step
